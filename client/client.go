@@ -1,0 +1,146 @@
+// Package client is a small Go client for a mrkrepl region's request API
+// (package api): create and describe keys, request replications and wait for
+// them, encrypt and decrypt.
+//
+//	nc, _ := nats.Connect(url)
+//	c := client.New(nc, "us-east-1")
+//	key, err := c.CreateKey(ctx, api.CreateKeyRequest{Description: "orders"})
+//	rep, err := c.ReplicateKey(ctx, key.KeyID, "eu-west-1")
+//	rep, err = c.WaitReplication(ctx, rep.ReplicationID)
+//
+// A Client is safe for concurrent use; it does not own the connection.
+package client
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// Client calls one region's API.
+type Client struct {
+	nc     *nats.Conn
+	region string
+}
+
+// New returns a client for region's API over nc.
+func New(nc *nats.Conn, region string) *Client { return &Client{nc: nc, region: region} }
+
+// Region returns the region the client talks to.
+func (c *Client) Region() string { return c.region }
+
+// Error is an error reply from the API.
+type Error struct {
+	Code        string // api.Code*
+	Description string
+}
+
+func (e *Error) Error() string { return fmt.Sprintf("mrkrepl api: %s (%s)", e.Description, e.Code) }
+
+// IsNotFound reports whether err is an API "not found" reply.
+func IsNotFound(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == api.CodeNotFound
+}
+
+// Call sends req to op and decodes the reply into resp. If ctx has no
+// deadline, the call times out after 10 seconds.
+func (c *Client) Call(ctx context.Context, op string, req, resp any) error {
+	data, err := json.Marshal(req)
+	if err != nil {
+		return fmt.Errorf("encode %s request: %w", op, err)
+	}
+	if _, ok := ctx.Deadline(); !ok {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
+		defer cancel()
+	}
+	msg, err := c.nc.RequestWithContext(ctx, layout.APISubject(c.region, op), data)
+	if err != nil {
+		if errors.Is(err, nats.ErrNoResponders) {
+			return fmt.Errorf("%s in %s: no worker is serving the region's api", op, c.region)
+		}
+		return fmt.Errorf("%s in %s: %w", op, c.region, err)
+	}
+	if code := msg.Header.Get(micro.ErrorCodeHeader); code != "" {
+		return &Error{Code: code, Description: msg.Header.Get(micro.ErrorHeader)}
+	}
+	if resp == nil {
+		return nil
+	}
+	if err := json.Unmarshal(msg.Data, resp); err != nil {
+		return fmt.Errorf("decode %s reply: %w", op, err)
+	}
+	return nil
+}
+
+// CreateKey creates a multi-Region primary key in the client's region.
+func (c *Client) CreateKey(ctx context.Context, req api.CreateKeyRequest) (*api.Key, error) {
+	var k api.Key
+	return &k, c.Call(ctx, api.OpCreateKey, req, &k)
+}
+
+// DescribeKey returns the key's metadata in the client's region.
+func (c *Client) DescribeKey(ctx context.Context, keyID string) (*api.Key, error) {
+	var k api.Key
+	return &k, c.Call(ctx, api.OpDescribeKey, api.KeyRequest{KeyID: keyID}, &k)
+}
+
+// ListKeys lists the key ids known in the client's region.
+func (c *Client) ListKeys(ctx context.Context) ([]string, error) {
+	var r api.ListKeysResponse
+	return r.KeyIDs, c.Call(ctx, api.OpListKeys, struct{}{}, &r)
+}
+
+// ReplicateKey asks the key's primary (the client's region) to copy it to
+// replicaRegion. It returns as soon as the run has started.
+func (c *Client) ReplicateKey(ctx context.Context, keyID, replicaRegion string) (*api.Replication, error) {
+	var r api.Replication
+	return &r, c.Call(ctx, api.OpReplicateKey, api.ReplicateKeyRequest{KeyID: keyID, ReplicaRegion: replicaRegion}, &r)
+}
+
+// DescribeReplication returns a run as the client's region sees it.
+func (c *Client) DescribeReplication(ctx context.Context, replicationID string) (*api.Replication, error) {
+	var r api.Replication
+	return &r, c.Call(ctx, api.OpDescribeReplication, api.ReplicationRequest{ReplicationID: replicationID}, &r)
+}
+
+// WaitReplication polls the run until it is COMPLETED or FAILED, or ctx ends.
+func (c *Client) WaitReplication(ctx context.Context, replicationID string) (*api.Replication, error) {
+	delay := 10 * time.Millisecond
+	for {
+		r, err := c.DescribeReplication(ctx, replicationID)
+		if err != nil {
+			return nil, err
+		}
+		if r.State == api.StateCompleted || r.State == api.StateFailed {
+			return r, nil
+		}
+		select {
+		case <-ctx.Done():
+			return r, fmt.Errorf("replication %s still %s: %w", replicationID, r.State, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 500*time.Millisecond)
+	}
+}
+
+// Encrypt encrypts plaintext with the key's current version; aad is the
+// encryption context.
+func (c *Client) Encrypt(ctx context.Context, keyID string, plaintext, aad []byte) (*api.EncryptResponse, error) {
+	var r api.EncryptResponse
+	return &r, c.Call(ctx, api.OpEncrypt, api.EncryptRequest{KeyID: keyID, Plaintext: plaintext, AAD: aad}, &r)
+}
+
+// Decrypt decrypts a ciphertext blob made in any region holding the key.
+func (c *Client) Decrypt(ctx context.Context, blob, aad []byte) (*api.DecryptResponse, error) {
+	var r api.DecryptResponse
+	return &r, c.Call(ctx, api.OpDecrypt, api.DecryptRequest{CiphertextBlob: blob, AAD: aad}, &r)
+}

@@ -1,0 +1,196 @@
+// Package layout names and creates the JetStream resources of one region:
+// streams, consumers and KV buckets. Workers and proxies share it so both
+// sides agree on every name; creation is idempotent (CreateOrUpdate), so
+// any process may call it at start.
+//
+// Per region r, on r's own JetStream (docs/OPERATIONS.md lists them):
+//
+//	stream MRK_<R>_REQUESTS  mrk.r.requests.>        user requests (events)
+//	stream MRK_<R>_OUTBOX    mrk.r.out.<dst>.>       signed messages leaving r
+//	stream MRK_<R>_INBOX     mrk.r.in.>              verified messages for r
+//	stream MRK_<R>_EVENTS    mrk.r.events.>          audit events
+//	stream MRK_<R>_DLQ       mrk.r.dlq.>             refused messages, with reason
+//	kv     MRK_<R>_KEYS      key metadata
+//	kv     MRK_<R>_REPL      replication state
+//	kv     MRK_<R>_REPLAY    msg_ids seen (TTL = replay window)
+//
+// <R> is the region upper-cased with '-' replaced by '_'.
+package layout
+
+import (
+	"context"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// ReplayWindow is how long a msg_id is remembered. It must exceed the
+// longest message validity plus the clock skew allowance.
+const ReplayWindow = 30 * time.Minute
+
+// DedupWindow is the inbox and outbox Nats-Msg-Id de-duplication window.
+const DedupWindow = 20 * time.Minute
+
+func upper(region string) string {
+	return strings.ToUpper(strings.ReplaceAll(region, "-", "_"))
+}
+
+// Stream and bucket names.
+func RequestsStream(region string) string { return "MRK_" + upper(region) + "_REQUESTS" }
+func OutboxStream(region string) string   { return "MRK_" + upper(region) + "_OUTBOX" }
+func InboxStream(region string) string    { return "MRK_" + upper(region) + "_INBOX" }
+func EventsStream(region string) string   { return "MRK_" + upper(region) + "_EVENTS" }
+func DLQStream(region string) string      { return "MRK_" + upper(region) + "_DLQ" }
+func KeysBucket(region string) string     { return "MRK_" + upper(region) + "_KEYS" }
+func ReplBucket(region string) string     { return "MRK_" + upper(region) + "_REPL" }
+func ReplayBucket(region string) string   { return "MRK_" + upper(region) + "_REPLAY" }
+
+// Subjects.
+func RequestSubject(region, op string) string  { return "mrk." + region + ".requests." + op }
+func RequestsWildcard(region string) string    { return "mrk." + region + ".requests.>" }
+func OutboxFilter(src, dst string) string      { return "mrk." + src + ".out." + dst + ".>" }
+func InboxWildcard(region string) string       { return "mrk." + region + ".in.>" }
+func EventSubject(region, event string) string { return "mrk." + region + ".events." + event }
+func EventsWildcard(region string) string      { return "mrk." + region + ".events.>" }
+func DLQSubject(region, component string) string {
+	return "mrk." + region + ".dlq." + component
+}
+func DLQWildcard(region string) string { return "mrk." + region + ".dlq.>" }
+
+// APISubject is the request/reply subject of an API operation.
+func APISubject(region, op string) string { return "mrk." + region + ".api." + op }
+
+// Headers set on dead letters.
+const (
+	HeaderReason          = "Mrk-Reason"
+	HeaderDetail          = "Mrk-Detail"
+	HeaderOriginalSubject = "Mrk-Original-Subject"
+	HeaderComponent       = "Mrk-Component"
+)
+
+// Options size the resources.
+type Options struct {
+	Replicas int                   // 1 (default) or 3
+	Storage  jetstream.StorageType // default FileStorage
+}
+
+func (o Options) replicas() int {
+	if o.Replicas <= 0 {
+		return 1
+	}
+	return o.Replicas
+}
+
+// EnsureOutbox creates region's outbox stream, with one subject per other
+// region of the partition so that a message addressed to an unknown region
+// is refused at publish time instead of sitting unread.
+func EnsureOutbox(ctx context.Context, js jetstream.JetStream, region string, partitionRegions []string, o Options) error {
+	var subjects []string
+	regions := slices.Clone(partitionRegions)
+	slices.Sort(regions)
+	for _, dst := range regions {
+		if dst != region {
+			subjects = append(subjects, OutboxFilter(region, dst))
+		}
+	}
+	if len(subjects) == 0 {
+		return fmt.Errorf("outbox of %s: partition has no other region", region)
+	}
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:       OutboxStream(region),
+		Subjects:   subjects,
+		Storage:    o.Storage,
+		Replicas:   o.replicas(),
+		Duplicates: DedupWindow,
+		MaxAge:     24 * time.Hour,
+		Retention:  jetstream.LimitsPolicy,
+	})
+	if err != nil {
+		return fmt.Errorf("create stream %s: %w", OutboxStream(region), err)
+	}
+	return nil
+}
+
+// EnsureDLQ creates region's dead-letter stream.
+func EnsureDLQ(ctx context.Context, js jetstream.JetStream, region string, o Options) error {
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:     DLQStream(region),
+		Subjects: []string{DLQWildcard(region)},
+		Storage:  o.Storage,
+		Replicas: o.replicas(),
+		MaxAge:   30 * 24 * time.Hour,
+	})
+	if err != nil {
+		return fmt.Errorf("create stream %s: %w", DLQStream(region), err)
+	}
+	return nil
+}
+
+// Region holds a region's resources once ensured.
+type Region struct {
+	Requests jetstream.Stream
+	Inbox    jetstream.Stream
+	Keys     jetstream.KeyValue
+	Repl     jetstream.KeyValue
+	Replay   jetstream.KeyValue
+}
+
+// EnsureRegion creates every stream and bucket a region's workers use.
+func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, partitionRegions []string, o Options) (*Region, error) {
+	var r Region
+	var err error
+	streams := []struct {
+		dst *jetstream.Stream
+		cfg jetstream.StreamConfig
+	}{
+		{&r.Requests, jetstream.StreamConfig{
+			Name: RequestsStream(region), Subjects: []string{RequestsWildcard(region)},
+			Duplicates: DedupWindow, MaxAge: 7 * 24 * time.Hour,
+		}},
+		{&r.Inbox, jetstream.StreamConfig{
+			Name: InboxStream(region), Subjects: []string{InboxWildcard(region)},
+			Duplicates: DedupWindow, MaxAge: 24 * time.Hour,
+		}},
+		{nil, jetstream.StreamConfig{
+			Name: EventsStream(region), Subjects: []string{EventsWildcard(region)},
+			MaxAge: 30 * 24 * time.Hour,
+		}},
+	}
+	for _, s := range streams {
+		s.cfg.Storage = o.Storage
+		s.cfg.Replicas = o.replicas()
+		st, err := js.CreateOrUpdateStream(ctx, s.cfg)
+		if err != nil {
+			return nil, fmt.Errorf("create stream %s: %w", s.cfg.Name, err)
+		}
+		if s.dst != nil {
+			*s.dst = st
+		}
+	}
+	if err := EnsureOutbox(ctx, js, region, partitionRegions, o); err != nil {
+		return nil, err
+	}
+	if err := EnsureDLQ(ctx, js, region, o); err != nil {
+		return nil, err
+	}
+	buckets := []struct {
+		dst *jetstream.KeyValue
+		cfg jetstream.KeyValueConfig
+	}{
+		{&r.Keys, jetstream.KeyValueConfig{Bucket: KeysBucket(region), History: 5}},
+		{&r.Repl, jetstream.KeyValueConfig{Bucket: ReplBucket(region), History: 1}},
+		{&r.Replay, jetstream.KeyValueConfig{Bucket: ReplayBucket(region), History: 1, TTL: ReplayWindow}},
+	}
+	for _, b := range buckets {
+		b.cfg.Storage = o.Storage
+		b.cfg.Replicas = o.replicas()
+		*b.dst, err = js.CreateOrUpdateKeyValue(ctx, b.cfg)
+		if err != nil {
+			return nil, fmt.Errorf("create kv %s: %w", b.cfg.Bucket, err)
+		}
+	}
+	return &r, nil
+}

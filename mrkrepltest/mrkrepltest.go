@@ -1,0 +1,284 @@
+// Package mrkrepltest starts a whole mrkrepl partition in one process, for
+// tests and demos — what net/http/httptest is to HTTP servers. Each region
+// gets its own embedded nats-server with JetStream (loopback, random port),
+// its own HSM and worker; one proxy bridges them; the trust bundle is built
+// from the regions' RSKs.
+//
+//	func TestMine(t *testing.T) {
+//		p := mrkrepltest.New(t, mrkrepltest.Options{})
+//		us := p.Region("us-east-1").Client
+//		key, err := us.CreateKey(t.Context(), api.CreateKeyRequest{})
+//		...
+//	}
+//
+// Everything listens on 127.0.0.1 only. Close (or the test's cleanup) stops
+// the proxy, workers and servers, and removes the data directory it made.
+package mrkrepltest
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/mrkrepl/mrkrepl/client"
+	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/messages"
+	"github.com/mrkrepl/mrkrepl/proxy"
+	"github.com/mrkrepl/mrkrepl/workers"
+	"github.com/nats-io/nats-server/v2/server"
+	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// DefaultRegions are the regions started when Options.Regions is empty.
+var DefaultRegions = []string{"us-east-1", "eu-west-1", "ap-southeast-2"}
+
+// Options configure a partition. The zero value starts DefaultRegions with
+// in-memory software HSMs and file-backed JetStream in a temporary directory.
+type Options struct {
+	Partition string   // default "test"
+	Regions   []string // default DefaultRegions
+	// Dir keeps the servers' JetStream data (and persisted HSMs). Empty
+	// means a temporary directory removed by Close.
+	Dir string
+	// HSM returns the HSM URI for a region (hsmsvc.Open). Default "soft:".
+	HSM func(region string) string
+	// HSMOptions are passed to hsmsvc.Open.
+	HSMOptions hsmsvc.Options
+	// Logger receives every component's logs; nil discards them.
+	Logger *slog.Logger
+	// Registerer, if set, receives every component's metrics.
+	Registerer prometheus.Registerer
+	// ProxyDelay is an injected one-way delay between every pair of regions.
+	ProxyDelay time.Duration
+	// NoProxy starts no proxy (tests that relay messages themselves).
+	NoProxy bool
+	// MessageTTL is passed to the workers (0: their default).
+	MessageTTL time.Duration
+	// Concurrency is passed to the workers and proxy (0: their defaults).
+	Concurrency int
+}
+
+// Region is one running region.
+type Region struct {
+	Name   string
+	URL    string // nats://127.0.0.1:port
+	Server *server.Server
+	Conn   *nats.Conn // the worker's connection
+	HSM    hsmsvc.HSM
+	Worker *workers.Worker
+	Client *client.Client
+}
+
+// Partition is a running partition.
+type Partition struct {
+	Bundle  *messages.Bundle
+	Proxy   *proxy.Proxy
+	regions []*Region
+	conns   []*nats.Conn
+	dir     string
+	ownDir  bool
+}
+
+// Start brings up every region, then the proxy. On error everything started
+// so far is stopped.
+func Start(ctx context.Context, opts Options) (p *Partition, err error) {
+	if opts.Partition == "" {
+		opts.Partition = "test"
+	}
+	if len(opts.Regions) == 0 {
+		opts.Regions = DefaultRegions
+	}
+	if opts.HSM == nil {
+		opts.HSM = func(string) string { return "soft:" }
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	p = &Partition{dir: opts.Dir}
+	if p.dir == "" {
+		if p.dir, err = os.MkdirTemp("", "mrkrepltest-"); err != nil {
+			return nil, err
+		}
+		p.ownDir = true
+	}
+	defer func() {
+		if err != nil {
+			p.Close()
+			p = nil
+		}
+	}()
+
+	var keys []messages.BundleKey
+	now := time.Now()
+	for _, name := range opts.Regions {
+		r := &Region{Name: name}
+		p.regions = append(p.regions, r)
+		if r.Server, err = startServer(name, filepath.Join(p.dir, name, "jetstream")); err != nil {
+			return p, err
+		}
+		r.URL = r.Server.ClientURL()
+		hopts := opts.HSMOptions
+		if hopts.Logger == nil {
+			hopts.Logger = opts.Logger
+		}
+		if r.HSM, err = hsmsvc.Open(ctx, opts.HSM(name), hopts); err != nil {
+			return p, fmt.Errorf("region %s: hsm: %w", name, err)
+		}
+		kid, err := messages.KID(r.HSM.Signer().Public())
+		if err != nil {
+			return p, fmt.Errorf("region %s: %w", name, err)
+		}
+		keys = append(keys, messages.BundleKey{
+			Region: name, KID: kid, PublicKey: r.HSM.Signer().Public(),
+			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
+		})
+	}
+	if p.Bundle, err = messages.NewBundle(opts.Partition, opts.Regions, keys); err != nil {
+		return p, err
+	}
+	for _, r := range p.regions {
+		if r.Conn, err = p.Connect(r.Name, "worker"); err != nil {
+			return p, err
+		}
+		r.Worker, err = workers.New(workers.Config{
+			Region: r.Name, Bundle: p.Bundle, HSM: r.HSM, Conn: r.Conn,
+			Logger: opts.Logger, Registerer: wrap(opts.Registerer, "instance", "worker-"+r.Name),
+			MessageTTL: opts.MessageTTL, Concurrency: opts.Concurrency,
+		})
+		if err != nil {
+			return p, err
+		}
+		if err := r.Worker.Start(ctx); err != nil {
+			return p, err
+		}
+		r.Client = client.New(r.Conn, r.Name)
+	}
+	if !opts.NoProxy {
+		conns := map[string]*nats.Conn{}
+		for _, r := range p.regions {
+			if conns[r.Name], err = p.Connect(r.Name, "proxy"); err != nil {
+				return p, err
+			}
+		}
+		p.Proxy, err = proxy.New(proxy.Config{
+			Bundle: p.Bundle, Conns: conns, Logger: opts.Logger,
+			Registerer: wrap(opts.Registerer, "instance", "proxy"),
+			Delay:      map[string]time.Duration{"*": opts.ProxyDelay}, Concurrency: opts.Concurrency,
+		})
+		if err != nil {
+			return p, err
+		}
+		if err := p.Proxy.Start(ctx); err != nil {
+			return p, err
+		}
+	}
+	return p, nil
+}
+
+func wrap(reg prometheus.Registerer, k, v string) prometheus.Registerer {
+	if reg == nil {
+		return nil
+	}
+	return prometheus.WrapRegistererWith(prometheus.Labels{k: v}, reg)
+}
+
+// New starts a partition for a test and stops it in t.Cleanup. It fails the
+// test if the partition does not start.
+func New(t testing.TB, opts Options) *Partition {
+	t.Helper()
+	if opts.Dir == "" {
+		opts.Dir = t.TempDir()
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p, err := Start(ctx, opts)
+	if err != nil {
+		t.Fatalf("mrkrepltest: start partition: %v", err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+func startServer(name, storeDir string) (*server.Server, error) {
+	s, err := server.NewServer(&server.Options{
+		ServerName: name,
+		Host:       "127.0.0.1",
+		Port:       server.RANDOM_PORT,
+		JetStream:  true,
+		StoreDir:   storeDir,
+		NoLog:      true,
+		NoSigs:     true,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("region %s: nats server: %w", name, err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		s.Shutdown()
+		return nil, fmt.Errorf("region %s: nats server not ready after 10s", name)
+	}
+	return s, nil
+}
+
+// Region returns the named region, or nil.
+func (p *Partition) Region(name string) *Region {
+	for _, r := range p.regions {
+		if r.Name == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// Regions returns the regions in the order they were started.
+func (p *Partition) Regions() []*Region { return slices.Clone(p.regions) }
+
+// Connect opens a new connection to a region's server; Close closes it.
+func (p *Partition) Connect(region, name string) (*nats.Conn, error) {
+	r := p.Region(region)
+	if r == nil || r.Server == nil {
+		return nil, fmt.Errorf("no region %q", region)
+	}
+	nc, err := nats.Connect(r.URL, nats.Name("mrkrepl-"+name+"-"+region), nats.MaxReconnects(-1))
+	if err != nil {
+		return nil, fmt.Errorf("connect to %s: %w", region, err)
+	}
+	p.conns = append(p.conns, nc)
+	return nc, nil
+}
+
+// Close stops the proxy, the workers, the HSMs and the servers.
+func (p *Partition) Close() {
+	if p.Proxy != nil {
+		p.Proxy.Stop()
+	}
+	for _, r := range p.regions {
+		if r.Worker != nil {
+			r.Worker.Stop()
+		}
+	}
+	for _, nc := range p.conns {
+		nc.Close()
+	}
+	var errs []error
+	for _, r := range p.regions {
+		if r.HSM != nil {
+			errs = append(errs, r.HSM.Close())
+		}
+		if r.Server != nil {
+			r.Server.Shutdown()
+			r.Server.WaitForShutdown()
+		}
+	}
+	if p.ownDir {
+		errs = append(errs, os.RemoveAll(p.dir))
+	}
+	_ = errors.Join(errs...)
+}

@@ -1,0 +1,279 @@
+// Package proxy is the JetStream bridge between the regions of a partition.
+//
+// For every ordered pair of regions (src, dst) the proxy keeps a durable
+// pull consumer on src's outbox, filtered to messages for dst, so that a
+// slow or unreachable region holds up only its own pairs. Each message is
+// checked with messages.Verify — signature by an RSK of src valid at
+// sent_at, partition, addressing, expiry, subject — before anything is
+// forwarded. A verified message is published to dst's inbox
+// (mrk.<dst>.in.<src>.<type>) with Nats-Msg-Id = msg_id, and the source
+// message is acked only after dst's JetStream has acknowledged the publish;
+// a failed publish is retried with growing delays. A refused message is
+// never forwarded: it is dead-lettered on mrk.<src>.dlq.proxy with the
+// reason in the Mrk-Reason header, counted, and terminated.
+//
+// The proxy holds no secrets and needs none: it sees signed public keys and
+// wrapped material only. Several proxies may run at once: they share the
+// durable consumers, and the inbox's de-duplication window drops a message
+// that two of them forwarded.
+package proxy
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/messages"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures a Proxy. Bundle and Conns are required.
+type Config struct {
+	Bundle *messages.Bundle
+	// Conns holds a connection to every region's NATS cluster, by region.
+	Conns map[string]*nats.Conn
+
+	Logger     *slog.Logger
+	Registerer prometheus.Registerer
+	Layout     layout.Options
+	// Durable prefixes the consumer names ("<Durable>-<dst>"). Proxies with
+	// the same prefix share the work. Default "proxy".
+	Durable string
+	// Delay is an injected one-way delay per pair, to emulate WAN latency
+	// in tests and benchmarks. Keys are "src>dst"; "*" applies to all.
+	Delay map[string]time.Duration
+	// Concurrency bounds messages in flight per pair. Default 64.
+	Concurrency int
+	// Now returns the current time (tests). Default time.Now.
+	Now func() time.Time
+}
+
+// Proxy forwards verified messages between regions.
+type Proxy struct {
+	cfg Config
+	log *slog.Logger
+	met *metrics
+	js  map[string]jetstream.JetStream
+
+	mu       sync.Mutex
+	consumes []jetstream.ConsumeContext
+	inflight sync.WaitGroup
+}
+
+// New checks cfg and returns a Proxy that is not yet started.
+func New(cfg Config) (*Proxy, error) {
+	if cfg.Bundle == nil {
+		return nil, errors.New("proxy: trust bundle is required")
+	}
+	for _, r := range cfg.Bundle.Regions() {
+		if cfg.Conns[r] == nil {
+			return nil, fmt.Errorf("proxy: no connection for region %s of partition %s", r, cfg.Bundle.Partition())
+		}
+	}
+	for r := range cfg.Conns {
+		if !cfg.Bundle.HasRegion(r) {
+			return nil, fmt.Errorf("proxy: region %s is not in partition %s", r, cfg.Bundle.Partition())
+		}
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.Durable == "" {
+		cfg.Durable = "proxy"
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 64
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	p := &Proxy{cfg: cfg, log: cfg.Logger.With("component", "proxy"), js: map[string]jetstream.JetStream{}}
+	for r, nc := range cfg.Conns {
+		js, err := jetstream.New(nc)
+		if err != nil {
+			return nil, fmt.Errorf("proxy: jetstream for %s: %w", r, err)
+		}
+		p.js[r] = js
+	}
+	met, err := newMetrics(cfg.Registerer, cfg.Bundle.Regions())
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	p.met = met
+	return p, nil
+}
+
+// Start ensures every region's outbox and dead-letter streams exist and
+// starts one consumer per ordered pair of regions.
+func (p *Proxy) Start(ctx context.Context) error {
+	regions := p.cfg.Bundle.Regions()
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	for _, src := range regions {
+		js := p.js[src]
+		if err := layout.EnsureOutbox(ctx, js, src, regions, p.cfg.Layout); err != nil {
+			p.stopLocked()
+			return fmt.Errorf("proxy: %w", err)
+		}
+		if err := layout.EnsureDLQ(ctx, js, src, p.cfg.Layout); err != nil {
+			p.stopLocked()
+			return fmt.Errorf("proxy: %w", err)
+		}
+		for _, dst := range regions {
+			if dst == src {
+				continue
+			}
+			cons, err := js.CreateOrUpdateConsumer(ctx, layout.OutboxStream(src), jetstream.ConsumerConfig{
+				Durable:       p.cfg.Durable + "-" + dst,
+				FilterSubject: layout.OutboxFilter(src, dst),
+				AckPolicy:     jetstream.AckExplicitPolicy,
+				AckWait:       30*time.Second + p.delay(src, dst),
+				MaxAckPending: 4 * p.cfg.Concurrency,
+				DeliverPolicy: jetstream.DeliverAllPolicy,
+			})
+			if err != nil {
+				p.stopLocked()
+				return fmt.Errorf("proxy: consumer %s→%s: %w", src, dst, err)
+			}
+			pr := &pair{p: p, src: src, dst: dst, sem: make(chan struct{}, p.cfg.Concurrency)}
+			cc, err := cons.Consume(pr.handle, jetstream.PullMaxMessages(p.cfg.Concurrency))
+			if err != nil {
+				p.stopLocked()
+				return fmt.Errorf("proxy: consume %s→%s: %w", src, dst, err)
+			}
+			p.consumes = append(p.consumes, cc)
+		}
+	}
+	p.log.Info("proxy started", "partition", p.cfg.Bundle.Partition(), "regions", regions)
+	return nil
+}
+
+// Stop stops consuming and waits for messages in flight.
+func (p *Proxy) Stop() {
+	p.mu.Lock()
+	p.stopLocked()
+	p.mu.Unlock()
+	p.inflight.Wait()
+}
+
+func (p *Proxy) stopLocked() {
+	for _, c := range p.consumes {
+		c.Stop()
+	}
+	p.consumes = nil
+}
+
+func (p *Proxy) delay(src, dst string) time.Duration {
+	if d, ok := p.cfg.Delay[src+">"+dst]; ok {
+		return d
+	}
+	return p.cfg.Delay["*"]
+}
+
+// pair forwards the messages of one (src, dst) pair.
+type pair struct {
+	p        *Proxy
+	src, dst string
+	sem      chan struct{}
+}
+
+func (pr *pair) handle(msg jetstream.Msg) {
+	pr.sem <- struct{}{}
+	pr.p.inflight.Add(1)
+	go func() {
+		defer func() { <-pr.sem; pr.p.inflight.Done() }()
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second+pr.p.delay(pr.src, pr.dst))
+		defer cancel()
+		pr.forward(ctx, msg)
+	}()
+}
+
+// forward is one message's whole life in the proxy; it ends in exactly one
+// of ack (forwarded), term (refused and dead-lettered) or nak (retry).
+func (pr *pair) forward(ctx context.Context, msg jetstream.Msg) {
+	p := pr.p
+	start := time.Now()
+	env, err := messages.Verify(msg.Data(), messages.VerifyOptions{
+		Bundle:  p.cfg.Bundle,
+		Now:     p.cfg.Now(),
+		Subject: msg.Subject(),
+	})
+	if err == nil && (env.Message.Src != pr.src || env.Message.Dst != pr.dst) {
+		err = &messages.VerifyError{Reason: messages.ReasonSubject, Detail: "message is not for this pair"}
+	}
+	if err != nil {
+		pr.refuse(ctx, msg, err)
+		return
+	}
+	typ := string(env.Message.Type)
+	if d := p.delay(pr.src, pr.dst); d > 0 {
+		select {
+		case <-time.After(d):
+		case <-ctx.Done():
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+	}
+	out := nats.NewMsg(messages.InboxSubject(pr.dst, pr.src, env.Message.Type))
+	out.Data = msg.Data()
+	_, err = p.js[pr.dst].PublishMsg(ctx, out, jetstream.WithMsgID(env.Message.MsgID))
+	if err != nil {
+		p.met.retried.WithLabelValues(pr.src, pr.dst).Inc()
+		delay := retryDelay(msg)
+		p.log.Warn("forward failed; will retry", "src", pr.src, "dst", pr.dst, "type", typ, "msg_id", env.Message.MsgID, "retry_in", delay, "err", err)
+		_ = msg.NakWithDelay(delay)
+		return
+	}
+	if err := msg.DoubleAck(ctx); err != nil {
+		// The destination has it; a redelivery is de-duplicated there.
+		p.log.Warn("ack after forward failed", "src", pr.src, "dst", pr.dst, "msg_id", env.Message.MsgID, "err", err)
+	}
+	p.met.forwarded.WithLabelValues(pr.src, pr.dst, typ).Inc()
+	p.met.latency.WithLabelValues(pr.src, pr.dst).Observe(time.Since(start).Seconds())
+	p.met.lastForward.WithLabelValues(pr.src, pr.dst).SetToCurrentTime()
+}
+
+func (pr *pair) refuse(ctx context.Context, msg jetstream.Msg, err error) {
+	p := pr.p
+	reason, detail := string(messages.ReasonMalformed), err.Error()
+	var ve *messages.VerifyError
+	if errors.As(err, &ve) {
+		reason, detail = string(ve.Reason), ve.Detail
+	}
+	dl := nats.NewMsg(layout.DLQSubject(pr.src, "proxy"))
+	dl.Data = msg.Data()
+	dl.Header.Set(layout.HeaderReason, reason)
+	dl.Header.Set(layout.HeaderDetail, detail)
+	dl.Header.Set(layout.HeaderOriginalSubject, msg.Subject())
+	dl.Header.Set(layout.HeaderComponent, "proxy")
+	if _, err := p.js[pr.src].PublishMsg(ctx, dl); err != nil {
+		p.log.Error("dead-letter failed; will retry", "src", pr.src, "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	p.met.refused.WithLabelValues(pr.src, pr.dst, reason).Inc()
+	p.met.deadLettered.WithLabelValues(pr.src).Inc()
+	p.log.Warn("message refused", "src", pr.src, "dst", pr.dst, "subject", msg.Subject(), "reason", reason, "detail", detail)
+	_ = msg.TermWithReason(reason)
+}
+
+// retryDelay grows with deliveries: 250ms, 500ms, … capped at 30s, with
+// ±20% jitter so that proxies do not retry in lockstep.
+func retryDelay(msg jetstream.Msg) time.Duration {
+	n := uint64(1)
+	if md, err := msg.Metadata(); err == nil {
+		n = md.NumDelivered
+	}
+	d := min(250*time.Millisecond<<min(n-1, 7), 30*time.Second)
+	return jitter(d)
+}
+
+// Regions returns the regions the proxy bridges.
+func (p *Proxy) Regions() []string { return slices.Clone(p.cfg.Bundle.Regions()) }

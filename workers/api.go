@@ -1,0 +1,321 @@
+package workers
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+)
+
+// maxRequest bounds a request body (a 4 KiB plaintext in base64 plus JSON).
+const maxRequest = 16 << 10
+
+// startAPI registers the region's request API as a micro service. Several
+// workers of a region share the default queue group, so each request is
+// served once.
+func (w *Worker) startAPI() (micro.Service, error) {
+	svc, err := micro.AddService(w.cfg.Conn, micro.Config{
+		Name:        "mrkrepl",
+		Version:     "0.1.0",
+		Description: "mrkrepl region " + w.cfg.Region,
+		Metadata:    map[string]string{"region": w.cfg.Region},
+	})
+	if err != nil {
+		return nil, err
+	}
+	handlers := map[string]func(context.Context, []byte) (any, error){
+		api.OpCreateKey:           w.apiCreateKey,
+		api.OpDescribeKey:         w.apiDescribeKey,
+		api.OpListKeys:            w.apiListKeys,
+		api.OpReplicateKey:        w.apiReplicateKey,
+		api.OpDescribeReplication: w.apiDescribeReplication,
+		api.OpEncrypt:             w.apiEncrypt,
+		api.OpDecrypt:             w.apiDecrypt,
+	}
+	for op, fn := range handlers {
+		err := svc.AddEndpoint(op, w.endpoint(op, fn), micro.WithEndpointSubject(layout.APISubject(w.cfg.Region, op)))
+		if err != nil {
+			_ = svc.Stop()
+			return nil, fmt.Errorf("endpoint %s: %w", op, err)
+		}
+	}
+	return svc, nil
+}
+
+func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, error)) micro.HandlerFunc {
+	return func(req micro.Request) {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		defer cancel()
+		var resp any
+		var err error
+		if len(req.Data()) > maxRequest {
+			err = badRequest("request of %d bytes exceeds %d", len(req.Data()), maxRequest)
+		} else {
+			resp, err = fn(ctx, req.Data())
+		}
+		if err != nil {
+			w.met.requests.WithLabelValues(op, "error").Inc()
+			var ae *apiError
+			if !errors.As(err, &ae) {
+				w.log.Error("request failed", "op", op, "err", err)
+				ae = &apiError{Code: api.CodeInternal, Detail: "internal error"}
+			}
+			_ = req.Error(ae.Code, ae.Detail, nil)
+			return
+		}
+		w.met.requests.WithLabelValues(op, "ok").Inc()
+		_ = req.RespondJSON(resp)
+	}
+}
+
+// decodeRequest parses a JSON request strictly.
+func decodeRequest(data []byte, v any) error {
+	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(v); err != nil {
+		return badRequest("invalid request: %v", err)
+	}
+	if dec.More() {
+		return badRequest("invalid request: trailing data")
+	}
+	return nil
+}
+
+// validKeyID reports whether s is "mrk-" followed by 32 lowercase hex digits.
+func validKeyID(s string) bool {
+	h, ok := strings.CutPrefix(s, "mrk-")
+	if !ok || len(h) != 32 {
+		return false
+	}
+	for _, c := range h {
+		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
+			return false
+		}
+	}
+	return true
+}
+
+func newKeyID() string {
+	var b [16]byte
+	_, _ = rand.Read(b[:])
+	return "mrk-" + hex.EncodeToString(b[:])
+}
+
+func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
+	var req api.CreateKeyRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if req.KeyUsage == "" {
+		req.KeyUsage = api.KeyUsageEncryptDecrypt
+	}
+	if req.KeyUsage != api.KeyUsageEncryptDecrypt {
+		return nil, badRequest("unsupported key usage %q (supported: %s)", req.KeyUsage, api.KeyUsageEncryptDecrypt)
+	}
+	if len(req.Description) > 8192 {
+		return nil, badRequest("description longer than 8192 bytes")
+	}
+	now := w.cfg.Now().UTC()
+	key := &api.Key{
+		KeyID: newKeyID(), Partition: w.cfg.Bundle.Partition(), Region: w.cfg.Region,
+		Role: api.RolePrimary, PrimaryRegion: w.cfg.Region, KeySpec: api.KeySpecSymmetricDefault,
+		KeyUsage: req.KeyUsage, Description: req.Description, Enabled: true,
+		Versions: []uint32{1}, CurrentVersion: 1, CreatedAt: now, UpdatedAt: now,
+	}
+	err := w.hsmOp("generate_key", func() error {
+		return w.cfg.HSM.GenerateKey(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: 1})
+	})
+	if err != nil {
+		return nil, fmt.Errorf("generate key: %w", err)
+	}
+	if _, err := createJSON(ctx, w.res.Keys, key.KeyID, key); err != nil {
+		_ = w.cfg.HSM.DestroyKey(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: 1})
+		return nil, fmt.Errorf("store key: %w", err)
+	}
+	w.event(ctx, api.Event{Type: api.EventKeyCreated, KeyID: key.KeyID})
+	w.log.Info("key created", "key_id", key.KeyID)
+	return key, nil
+}
+
+func (w *Worker) apiDescribeKey(ctx context.Context, data []byte) (any, error) {
+	var req api.KeyRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if !validKeyID(req.KeyID) {
+		return nil, badRequest("invalid key id %q", req.KeyID)
+	}
+	key, _, err := getJSON[api.Key](ctx, w.res.Keys, req.KeyID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
+	}
+	return key, err
+}
+
+func (w *Worker) apiListKeys(ctx context.Context, data []byte) (any, error) {
+	if len(data) > 0 {
+		var req struct{}
+		if err := decodeRequest(data, &req); err != nil {
+			return nil, err
+		}
+	}
+	lister, err := w.res.Keys.ListKeys(ctx)
+	if err != nil {
+		return nil, err
+	}
+	ids := []string{}
+	for k := range lister.Keys() {
+		ids = append(ids, k)
+	}
+	slices.Sort(ids)
+	return api.ListKeysResponse{KeyIDs: ids}, nil
+}
+
+func (w *Worker) apiReplicateKey(ctx context.Context, data []byte) (any, error) {
+	var req api.ReplicateKeyRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	rec, err := w.startReplication(ctx, req.KeyID, req.ReplicaRegion)
+	if err != nil {
+		return nil, err
+	}
+	return rec.public(), nil
+}
+
+func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, error) {
+	var req api.ReplicationRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if len(req.ReplicationID) != 32 {
+		return nil, badRequest("invalid replication id %q", req.ReplicationID)
+	}
+	rec, _, err := getJSON[replication](ctx, w.res.Repl, req.ReplicationID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, notFound("replication %s not found in region %s", req.ReplicationID, w.cfg.Region)
+	}
+	if err != nil {
+		return nil, err
+	}
+	return rec.public(), nil
+}
+
+// usableKey returns the key's metadata if it can be used in this region.
+func (w *Worker) usableKey(ctx context.Context, keyID string) (*api.Key, error) {
+	if !validKeyID(keyID) {
+		return nil, badRequest("invalid key id %q", keyID)
+	}
+	key, _, err := getJSON[api.Key](ctx, w.res.Keys, keyID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, notFound("key %s not found in region %s", keyID, w.cfg.Region)
+	}
+	if err != nil {
+		return nil, err
+	}
+	if !key.Enabled {
+		return nil, conflict("key %s is disabled", keyID)
+	}
+	return key, nil
+}
+
+func (w *Worker) apiEncrypt(ctx context.Context, data []byte) (any, error) {
+	var req api.EncryptRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if len(req.Plaintext) == 0 || len(req.Plaintext) > api.MaxPlaintext {
+		return nil, badRequest("plaintext must be 1 to %d bytes", api.MaxPlaintext)
+	}
+	key, err := w.usableKey(ctx, req.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	header, err := blobHeader(key.KeyID, key.CurrentVersion)
+	if err != nil {
+		return nil, err
+	}
+	var ct []byte
+	err = w.hsmOp("encrypt", func() (err error) {
+		ct, err = w.cfg.HSM.Encrypt(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: key.CurrentVersion}, req.Plaintext, blobAAD(header, req.AAD))
+		return err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("encrypt: %w", err)
+	}
+	return api.EncryptResponse{KeyID: key.KeyID, Version: key.CurrentVersion, CiphertextBlob: append(header, ct...)}, nil
+}
+
+func (w *Worker) apiDecrypt(ctx context.Context, data []byte) (any, error) {
+	var req api.DecryptRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	keyID, version, err := parseBlobHeader(req.CiphertextBlob)
+	if err != nil {
+		return nil, badRequest("%v", err)
+	}
+	key, err := w.usableKey(ctx, keyID)
+	if err != nil {
+		return nil, err
+	}
+	if !containsVersion(key.Versions, version) {
+		return nil, notFound("key %s has no version %d in region %s", keyID, version, w.cfg.Region)
+	}
+	var pt []byte
+	err = w.hsmOp("decrypt", func() (err error) {
+		pt, err = w.cfg.HSM.Decrypt(ctx, hsmsvc.KeyRef{KeyID: keyID, Version: version},
+			req.CiphertextBlob[blobHeaderLen:], blobAAD(req.CiphertextBlob[:blobHeaderLen], req.AAD))
+		return err
+	})
+	if err != nil {
+		// Wrong AAD or a tampered blob: say so without detail.
+		return nil, badRequest("ciphertext does not decrypt with key %s version %d and the given aad", keyID, version)
+	}
+	return api.DecryptResponse{KeyID: keyID, Version: version, Plaintext: pt}, nil
+}
+
+// handleRequestEvent processes a request published on the requests stream.
+// Only replicate-key is accepted as an event; its outcome is visible in the
+// audit stream and describe-key.
+func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
+	op := msg.Subject()[strings.LastIndexByte(msg.Subject(), '.')+1:]
+	var err error
+	if op != api.OpReplicateKey {
+		err = badRequest("unsupported request event %q (only %s)", op, api.OpReplicateKey)
+	} else if len(msg.Data()) > maxRequest {
+		err = badRequest("request too large")
+	} else {
+		_, err = w.apiReplicateKey(ctx, msg.Data())
+	}
+	var ae *apiError
+	switch {
+	case err == nil:
+		w.met.requests.WithLabelValues("event:"+op, "ok").Inc()
+		w.ack(ctx, msg)
+	case errors.As(err, &ae):
+		// A bad request never succeeds: record why and drop it.
+		w.met.requests.WithLabelValues("event:"+op, "error").Inc()
+		w.log.Warn("request event rejected", "subject", msg.Subject(), "reason", ae.Detail)
+		w.event(ctx, api.Event{Type: api.EventRequestRejected, Reason: ae.Detail})
+		if derr := w.deadLetter(ctx, msg, &refusal{Reason: "bad_request", Detail: ae.Detail}); derr != nil {
+			_ = msg.NakWithDelay(time.Second)
+			return
+		}
+		_ = msg.TermWithReason("bad request")
+	default:
+		w.log.Warn("request event failed; will retry", "subject", msg.Subject(), "err", err)
+		_ = msg.NakWithDelay(retryDelay(msg))
+	}
+}

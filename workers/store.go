@@ -1,0 +1,147 @@
+package workers
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// Roles of a region in one replication run.
+const (
+	roleSource      = "source"
+	roleDestination = "destination"
+)
+
+// replication is one run's state in the REPL bucket, keyed by its id. It
+// stores the last message this region sent in the run so that a redelivered
+// input can be answered with the identical bytes.
+type replication struct {
+	ID            string `json:"id"`
+	Role          string `json:"role"`
+	KeyID         string `json:"key_id"`
+	Version       uint32 `json:"version"`
+	Peer          string `json:"peer"`
+	State         string `json:"state"`
+	Reason        string `json:"reason,omitempty"`
+	KeySpec       string `json:"key_spec"`
+	KeyUsage      string `json:"key_usage"`
+	PrimaryRegion string `json:"primary_region"`
+	Description   string `json:"description,omitempty"`
+
+	SrcKID []byte `json:"src_kid,omitempty"` // kid that signed init
+	DstKID []byte `json:"dst_kid,omitempty"` // kid that signed offer
+	RAKB   []byte `json:"rakb,omitempty"`    // public
+
+	InitDigest     []byte `json:"init_digest,omitempty"`
+	OfferDigest    []byte `json:"offer_digest,omitempty"`
+	MaterialDigest []byte `json:"material_digest,omitempty"`
+	ReceiptDigest  []byte `json:"receipt_digest,omitempty"`
+	ExpectedKC     []byte `json:"expected_kc,omitempty"` // source: its own key confirmation
+
+	LastSent        []byte `json:"last_sent,omitempty"`
+	LastSentSubject string `json:"last_sent_subject,omitempty"`
+	LastSentMsgID   string `json:"last_sent_msg_id,omitempty"`
+
+	CreatedAt   time.Time  `json:"created_at"`
+	UpdatedAt   time.Time  `json:"updated_at"`
+	ExpiresAt   time.Time  `json:"expires_at"`
+	UsableAt    *time.Time `json:"usable_at,omitempty"`
+	CompletedAt *time.Time `json:"completed_at,omitempty"`
+}
+
+func (r *replication) public() api.Replication {
+	return api.Replication{
+		ReplicationID: r.ID, Role: r.Role, KeyID: r.KeyID, Version: r.Version, Peer: r.Peer,
+		State: r.State, Reason: r.Reason, CreatedAt: r.CreatedAt, UpdatedAt: r.UpdatedAt,
+		CompletedAt: r.CompletedAt,
+	}
+}
+
+func (r *replication) ended() bool {
+	return r.State == api.StateCompleted || r.State == api.StateFailed
+}
+
+// errNoChange tells update that fn decided not to write.
+var errNoChange = errors.New("no change")
+
+// getJSON reads key from kv. It returns jetstream.ErrKeyNotFound if absent.
+func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string) (*T, uint64, error) {
+	e, err := kv.Get(ctx, key)
+	if err != nil {
+		return nil, 0, err
+	}
+	v := new(T)
+	if err := json.Unmarshal(e.Value(), v); err != nil {
+		return nil, 0, fmt.Errorf("decode %s/%s: %w", kv.Bucket(), key, err)
+	}
+	return v, e.Revision(), nil
+}
+
+// createJSON stores v under key if key is absent; jetstream.ErrKeyExists otherwise.
+func createJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string, v *T) (uint64, error) {
+	b, err := json.Marshal(v)
+	if err != nil {
+		return 0, err
+	}
+	return kv.Create(ctx, key, b)
+}
+
+// updateJSON applies fn to the current value of key and writes it back with
+// compare-and-set, retrying when another worker wrote in between. fn may
+// return errNoChange to leave the value as it is.
+func updateJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn func(*T) error) (*T, error) {
+	for attempt := 0; ; attempt++ {
+		v, rev, err := getJSON[T](ctx, kv, key)
+		if err != nil {
+			return nil, err
+		}
+		if err := fn(v); err != nil {
+			if errors.Is(err, errNoChange) {
+				return v, nil
+			}
+			return nil, err
+		}
+		b, err := json.Marshal(v)
+		if err != nil {
+			return nil, err
+		}
+		_, err = kv.Update(ctx, key, b, rev)
+		if err == nil {
+			return v, nil
+		}
+		if !errors.Is(err, jetstream.ErrKeyExists) || attempt >= 20 {
+			return nil, fmt.Errorf("update %s/%s: %w", kv.Bucket(), key, err)
+		}
+		// Someone else wrote first (wrong last sequence): read again.
+		select {
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		case <-time.After(time.Duration(attempt+1) * time.Millisecond):
+		}
+	}
+}
+
+// setReplica records the state of one replica in the primary's key record.
+func setReplica(k *api.Key, r api.Replica) {
+	for i := range k.Replicas {
+		if k.Replicas[i].Region == r.Region {
+			k.Replicas[i] = r
+			return
+		}
+	}
+	k.Replicas = append(k.Replicas, r)
+}
+
+func findReplica(k *api.Key, region string) (api.Replica, bool) {
+	for _, r := range k.Replicas {
+		if r.Region == region {
+			return r, true
+		}
+	}
+	return api.Replica{}, false
+}

@@ -1,0 +1,217 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+	"time"
+
+	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/messages"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/nats-io/nats.go/micro"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Config configures a Worker. Region, Bundle, HSM and Conn are required.
+type Config struct {
+	Region string           // this worker's region; must be in Bundle
+	Bundle *messages.Bundle // the partition's trust bundle
+	HSM    hsmsvc.HSM       // the region's HSM; its RSK must be in Bundle for Region
+	Conn   *nats.Conn       // connection to the region's own NATS cluster
+
+	Logger     *slog.Logger          // nil discards logs
+	Registerer prometheus.Registerer // nil registers no metrics
+
+	// Layout sizes the region's streams and buckets (replicas, storage).
+	Layout layout.Options
+	// MessageTTL is the validity of each message sent (expires_at − sent_at).
+	// Default 5 minutes.
+	MessageTTL time.Duration
+	// ReplicationTTL bounds a run: the destination's RAKB expires after it.
+	// Default 15 minutes.
+	ReplicationTTL time.Duration
+	// Concurrency is how many messages the worker handles at once per
+	// consumer. Default 16.
+	Concurrency int
+	// Now returns the current time (tests). Default time.Now.
+	Now func() time.Time
+}
+
+// Worker is one region's HSM worker. Start it with Start, stop it with Stop.
+type Worker struct {
+	cfg     Config
+	log     *slog.Logger
+	js      jetstream.JetStream
+	res     *layout.Region
+	met     *metrics
+	kid     []byte // this region's RSK kid
+	backend string
+
+	mu       sync.Mutex
+	consumes []jetstream.ConsumeContext
+	svc      micro.Service
+	inflight sync.WaitGroup
+	sem      chan struct{}
+}
+
+// Durable consumer names on the region's streams.
+const (
+	requestsConsumer = "worker"
+	inboxConsumer    = "worker"
+)
+
+// New checks cfg and returns a Worker that is not yet started.
+func New(cfg Config) (*Worker, error) {
+	switch {
+	case cfg.Region == "":
+		return nil, errors.New("worker: region is required")
+	case cfg.Bundle == nil:
+		return nil, errors.New("worker: trust bundle is required")
+	case cfg.HSM == nil:
+		return nil, errors.New("worker: hsm is required")
+	case cfg.Conn == nil:
+		return nil, errors.New("worker: nats connection is required")
+	case !cfg.Bundle.HasRegion(cfg.Region):
+		return nil, fmt.Errorf("worker: region %q is not in partition %q", cfg.Region, cfg.Bundle.Partition())
+	}
+	kid, err := messages.KID(cfg.HSM.Signer().Public())
+	if err != nil {
+		return nil, fmt.Errorf("worker: rsk: %w", err)
+	}
+	bk, ok := cfg.Bundle.Key(kid)
+	if !ok || bk.Region != cfg.Region {
+		return nil, fmt.Errorf("worker: the hsm's rsk (kid %x) is not in the trust bundle for region %s", kid, cfg.Region)
+	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.New(slog.DiscardHandler)
+	}
+	if cfg.MessageTTL <= 0 {
+		cfg.MessageTTL = 5 * time.Minute
+	}
+	if cfg.ReplicationTTL <= 0 {
+		cfg.ReplicationTTL = 15 * time.Minute
+	}
+	if cfg.Concurrency <= 0 {
+		cfg.Concurrency = 16
+	}
+	if cfg.Now == nil {
+		cfg.Now = time.Now
+	}
+	js, err := jetstream.New(cfg.Conn)
+	if err != nil {
+		return nil, fmt.Errorf("worker: jetstream: %w", err)
+	}
+	met, err := newMetrics(cfg.Registerer, cfg.Region)
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	return &Worker{
+		cfg:     cfg,
+		log:     cfg.Logger.With("component", "worker", "region", cfg.Region),
+		js:      js,
+		met:     met,
+		kid:     kid,
+		backend: cfg.HSM.Backend(),
+		sem:     make(chan struct{}, 2*cfg.Concurrency),
+	}, nil
+}
+
+// Start creates the region's streams and buckets (idempotently), starts
+// consuming requests and inbox messages, and registers the API service.
+func (w *Worker) Start(ctx context.Context) error {
+	res, err := layout.EnsureRegion(ctx, w.js, w.cfg.Region, w.cfg.Bundle.Regions(), w.cfg.Layout)
+	if err != nil {
+		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
+	}
+	w.res = res
+	consumerCfg := func(name string) jetstream.ConsumerConfig {
+		return jetstream.ConsumerConfig{
+			Durable:       name,
+			AckPolicy:     jetstream.AckExplicitPolicy,
+			AckWait:       30 * time.Second,
+			MaxAckPending: 4 * w.cfg.Concurrency,
+			DeliverPolicy: jetstream.DeliverAllPolicy,
+		}
+	}
+	reqCons, err := res.Requests.CreateOrUpdateConsumer(ctx, consumerCfg(requestsConsumer))
+	if err != nil {
+		return fmt.Errorf("worker %s: requests consumer: %w", w.cfg.Region, err)
+	}
+	inCons, err := res.Inbox.CreateOrUpdateConsumer(ctx, consumerCfg(inboxConsumer))
+	if err != nil {
+		return fmt.Errorf("worker %s: inbox consumer: %w", w.cfg.Region, err)
+	}
+	svc, err := w.startAPI()
+	if err != nil {
+		return fmt.Errorf("worker %s: api: %w", w.cfg.Region, err)
+	}
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.svc = svc
+	for _, c := range []struct {
+		cons jetstream.Consumer
+		fn   func(context.Context, jetstream.Msg)
+	}{{reqCons, w.handleRequestEvent}, {inCons, w.handleInbox}} {
+		cc, err := c.cons.Consume(w.dispatch(c.fn), jetstream.PullMaxMessages(w.cfg.Concurrency))
+		if err != nil {
+			w.stopLocked()
+			return fmt.Errorf("worker %s: consume: %w", w.cfg.Region, err)
+		}
+		w.consumes = append(w.consumes, cc)
+	}
+	w.log.Info("worker started", "hsm", w.backend, "kid", fmt.Sprintf("%x", w.kid[:8]), "partition", w.cfg.Bundle.Partition())
+	return nil
+}
+
+// dispatch runs fn for each message on its own goroutine, at most
+// 2×Concurrency at once, so that one slow HSM call does not hold up others.
+func (w *Worker) dispatch(fn func(context.Context, jetstream.Msg)) jetstream.MessageHandler {
+	return func(msg jetstream.Msg) {
+		w.sem <- struct{}{}
+		w.inflight.Add(1)
+		go func() {
+			defer func() { <-w.sem; w.inflight.Done() }()
+			ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
+			defer cancel()
+			fn(ctx, msg)
+		}()
+	}
+}
+
+// Stop stops consuming and serving, and waits for in-flight messages.
+func (w *Worker) Stop() {
+	w.mu.Lock()
+	w.stopLocked()
+	w.mu.Unlock()
+	w.inflight.Wait()
+}
+
+func (w *Worker) stopLocked() {
+	for _, c := range w.consumes {
+		c.Stop()
+	}
+	w.consumes = nil
+	if w.svc != nil {
+		_ = w.svc.Stop()
+		w.svc = nil
+	}
+}
+
+// Region returns the worker's region.
+func (w *Worker) Region() string { return w.cfg.Region }
+
+// hsmOp times one HSM call.
+func (w *Worker) hsmOp(op string, fn func() error) error {
+	start := time.Now()
+	err := fn()
+	w.met.hsmOps.WithLabelValues(op, w.backend).Observe(time.Since(start).Seconds())
+	if err != nil {
+		w.met.hsmErrors.WithLabelValues(op, w.backend).Inc()
+	}
+	return err
+}
