@@ -2,8 +2,6 @@ package workers
 
 import (
 	"context"
-	"crypto/rand"
-	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -14,6 +12,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 )
@@ -92,26 +91,6 @@ func decodeRequest(data []byte, v any) error {
 	return nil
 }
 
-// validKeyID reports whether s is "mrk-" followed by 32 lowercase hex digits.
-func validKeyID(s string) bool {
-	h, ok := strings.CutPrefix(s, "mrk-")
-	if !ok || len(h) != 32 {
-		return false
-	}
-	for _, c := range h {
-		if !('0' <= c && c <= '9' || 'a' <= c && c <= 'f') {
-			return false
-		}
-	}
-	return true
-}
-
-func newKeyID() string {
-	var b [16]byte
-	_, _ = rand.Read(b[:])
-	return "mrk-" + hex.EncodeToString(b[:])
-}
-
 func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 	var req api.CreateKeyRequest
 	if err := decodeRequest(data, &req); err != nil {
@@ -128,7 +107,7 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 	}
 	now := w.cfg.Now().UTC()
 	key := &api.Key{
-		KeyID: newKeyID(), Partition: w.cfg.Bundle.Partition(), Region: w.cfg.Region,
+		KeyID: messages.NewKeyID(), Partition: w.cfg.Bundle.Partition(), Region: w.cfg.Region,
 		Role: api.RolePrimary, PrimaryRegion: w.cfg.Region, KeySpec: api.KeySpecSymmetricDefault,
 		KeyUsage: req.KeyUsage, Description: req.Description, Enabled: true,
 		Versions: []uint32{1}, CurrentVersion: 1, CreatedAt: now, UpdatedAt: now,
@@ -153,7 +132,7 @@ func (w *Worker) apiDescribeKey(ctx context.Context, data []byte) (any, error) {
 	if err := decodeRequest(data, &req); err != nil {
 		return nil, err
 	}
-	if !validKeyID(req.KeyID) {
+	if !messages.IsKeyID(req.KeyID) {
 		return nil, badRequest("invalid key id %q", req.KeyID)
 	}
 	key, _, err := getJSON[api.Key](ctx, w.res.Keys, req.KeyID)
@@ -199,7 +178,7 @@ func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, 
 	if err := decodeRequest(data, &req); err != nil {
 		return nil, err
 	}
-	if len(req.ReplicationID) != 32 {
+	if !messages.IsID(req.ReplicationID) {
 		return nil, badRequest("invalid replication id %q", req.ReplicationID)
 	}
 	rec, _, err := getJSON[replication](ctx, w.res.Repl, req.ReplicationID)
@@ -214,7 +193,7 @@ func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, 
 
 // usableKey returns the key's metadata if it can be used in this region.
 func (w *Worker) usableKey(ctx context.Context, keyID string) (*api.Key, error) {
-	if !validKeyID(keyID) {
+	if !messages.IsKeyID(keyID) {
 		return nil, badRequest("invalid key id %q", keyID)
 	}
 	key, _, err := getJSON[api.Key](ctx, w.res.Keys, keyID)

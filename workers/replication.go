@@ -121,7 +121,7 @@ func (w *Worker) event(ctx context.Context, ev api.Event) {
 // Asking again for a replica that exists or is being created returns that
 // run: the call is idempotent.
 func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*replication, error) {
-	if !validKeyID(keyID) {
+	if !messages.IsKeyID(keyID) {
 		return nil, badRequest("invalid key id %q", keyID)
 	}
 	if !w.cfg.Bundle.HasRegion(dst) {

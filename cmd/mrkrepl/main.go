@@ -1,0 +1,132 @@
+// Command mrkrepl runs and operates mrkrepl, the replication service for
+// multi-Region keys.
+//
+//	mrkrepl demo       the whole partition in one process (embedded NATS, soft HSMs)
+//	mrkrepl worker     a region's HSM worker against the region's NATS cluster
+//	mrkrepl proxy      the bridge between the regions' NATS clusters
+//	mrkrepl inspect    decode (and optionally verify) a protocol message
+//
+// Run "mrkrepl <command> -h" for a command's flags.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+)
+
+type command struct {
+	name, summary string
+	run           func(ctx context.Context, args []string, stdout, stderr io.Writer) error
+}
+
+var commands = []command{
+	{"demo", "run a whole partition in one process and replicate a key across it", runDemo},
+	{"worker", "run a region's HSM worker", runWorker},
+	{"proxy", "run the bridge between regions", runProxy},
+	{"inspect", "decode and optionally verify a protocol message", runInspect},
+}
+
+func usage(w io.Writer) {
+	fmt.Fprintln(w, "usage: mrkrepl <command> [flags]")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "mrkrepl replicates multi-Region keys between the HSMs of a partition's regions.")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "commands:")
+	for _, c := range commands {
+		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, `Run "mrkrepl <command> -h" for a command's flags.`)
+}
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+// errUsage marks an error already explained by a usage message.
+var errUsage = errors.New("usage")
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
+		usage(stdout)
+		if len(args) == 0 {
+			return 2
+		}
+		return 0
+	}
+	for _, c := range commands {
+		if c.name != args[0] {
+			continue
+		}
+		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+		defer stop()
+		err := c.run(ctx, args[1:], stdout, stderr)
+		switch {
+		case err == nil, errors.Is(err, flag.ErrHelp):
+			return 0
+		case errors.Is(err, errUsage):
+			return 2
+		default:
+			fmt.Fprintf(stderr, "mrkrepl %s: %v\n", c.name, err)
+			return 1
+		}
+	}
+	fmt.Fprintf(stderr, "mrkrepl: unknown command %q\n\n", args[0])
+	usage(stderr)
+	return 2
+}
+
+// newFlagSet returns a flag set whose errors are returned, not fatal.
+func newFlagSet(name, synopsis string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("mrkrepl "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprintf(stderr, "usage: mrkrepl %s %s\n\nflags:\n", name, synopsis)
+		fs.PrintDefaults()
+	}
+	return fs
+}
+
+// parseFlags parses args and rejects positional arguments unless allowed.
+func parseFlags(fs *flag.FlagSet, args []string, allowArgs bool) error {
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return errUsage
+	}
+	if !allowArgs && fs.NArg() > 0 {
+		fmt.Fprintf(fs.Output(), "unexpected argument %q\n", fs.Arg(0))
+		fs.Usage()
+		return errUsage
+	}
+	return nil
+}
+
+// logFlags adds --log-level and --log-format and returns a constructor.
+func logFlags(fs *flag.FlagSet, defLevel string) func(w io.Writer) (*slog.Logger, error) {
+	level := fs.String("log-level", defLevel, "log level: debug, info, warn or error")
+	format := fs.String("log-format", "text", "log format: text or json")
+	return func(w io.Writer) (*slog.Logger, error) {
+		var l slog.Level
+		if err := l.UnmarshalText([]byte(*level)); err != nil {
+			return nil, fmt.Errorf("--log-level %q: want debug, info, warn or error", *level)
+		}
+		o := &slog.HandlerOptions{Level: l}
+		switch strings.ToLower(*format) {
+		case "text":
+			return slog.New(slog.NewTextHandler(w, o)), nil
+		case "json":
+			return slog.New(slog.NewJSONHandler(w, o)), nil
+		}
+		return nil, fmt.Errorf("--log-format %q: want text or json", *format)
+	}
+}
