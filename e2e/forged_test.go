@@ -1,0 +1,286 @@
+package e2e
+
+import (
+	"context"
+	"crypto"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/messages"
+	"github.com/mrkrepl/mrkrepl/mrkrepltest"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// badMessage is one hostile input and the reason it must be refused with.
+type badMessage struct {
+	name   string
+	raw    []byte
+	reason messages.Reason
+	// atWorker is the reason when the message reaches the worker directly,
+	// if it differs (the worker checks dst against itself first).
+	atWorker messages.Reason
+}
+
+// hostileMessages builds messages from src to dst that a relay or a
+// compromised host could inject, each with exactly one defect.
+func hostileMessages(t *testing.T, p *mrkrepltest.Partition, src, dst string) []badMessage {
+	t.Helper()
+	attacker, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	srcSigner := p.Region(src).HSM.Signer()
+	dstSigner := p.Region(dst).HSM.Signer()
+	var third string
+	for _, r := range p.Bundle.Regions() {
+		if r != src && r != dst {
+			third = r
+		}
+	}
+	thirdSigner := p.Region(third).HSM.Signer()
+	now := time.Now()
+	init := func(edit func(*messages.Message)) *messages.Message {
+		m := &messages.Message{
+			Header: messages.Header{
+				V: 1, Type: messages.TypeInit, MsgID: messages.NewID(), ReplicationID: messages.NewID(),
+				Partition: p.Bundle.Partition(), Src: src, Dst: dst,
+				SentAt: now.UnixMilli(), ExpiresAt: now.Add(5 * time.Minute).UnixMilli(),
+			},
+			Init: &messages.Init{
+				KeyID: messages.NewKeyID(), KeySpec: "SYMMETRIC_DEFAULT", KeyUsage: "ENCRYPT_DECRYPT",
+				Version: 1, PrimaryRegion: src,
+			},
+		}
+		if edit != nil {
+			edit(m)
+		}
+		return m
+	}
+	seal := func(m *messages.Message, s crypto.Signer) []byte {
+		t.Helper()
+		raw, err := messages.Seal(m, s)
+		if err != nil {
+			t.Fatalf("seal: %v", err)
+		}
+		return raw
+	}
+	valid := seal(init(nil), srcSigner)
+	flipped := slices.Clone(valid)
+	flipped[len(flipped)-1] ^= 0x01
+	return []badMessage{
+		{"garbage", []byte("not a cose message"), messages.ReasonMalformed, ""},
+		{"empty", []byte{}, messages.ReasonMalformed, ""},
+		{"truncated", valid[:len(valid)-10], messages.ReasonMalformed, ""},
+		{"trailing byte", append(slices.Clone(valid), 0x00), messages.ReasonMalformed, ""},
+		{"oversized", make([]byte, messages.MaxMessageSize+1), messages.ReasonTooLarge, ""},
+		{"flipped signature bit", flipped, messages.ReasonBadSignature, ""},
+		{"unknown signer", seal(init(nil), attacker), messages.ReasonUnknownKID, ""},
+		{"signed by another region's rsk", seal(init(nil), thirdSigner), messages.ReasonKIDWrongRegion, ""},
+		{"signed by the destination's rsk", seal(init(nil), dstSigner), messages.ReasonKIDWrongRegion, ""},
+		{"wrong partition", seal(init(func(m *messages.Message) { m.Partition = "other" }), srcSigner), messages.ReasonWrongPartition, ""},
+		{"expired", seal(init(func(m *messages.Message) {
+			m.SentAt = now.Add(-30 * time.Minute).UnixMilli()
+			m.ExpiresAt = now.Add(-10 * time.Minute).UnixMilli()
+		}), srcSigner), messages.ReasonExpired, ""},
+		{"from the future", seal(init(func(m *messages.Message) {
+			m.SentAt = now.Add(time.Hour).UnixMilli()
+			m.ExpiresAt = now.Add(2 * time.Hour).UnixMilli()
+		}), srcSigner), messages.ReasonFromFuture, ""},
+		{"addressed elsewhere", seal(init(func(m *messages.Message) { m.Dst = third }), srcSigner), messages.ReasonSubject, messages.ReasonWrongDst},
+		{"unknown region", seal(init(func(m *messages.Message) { m.Dst = "mars-1" }), srcSigner), messages.ReasonUnknownRegion, ""},
+	}
+}
+
+// deadLetters waits until stream holds n messages and returns their reasons.
+func deadLetters(t *testing.T, ctx context.Context, nc *nats.Conn, stream string, n int) []string {
+	t.Helper()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got uint64
+	for ctx.Err() == nil {
+		st, err := js.Stream(ctx, stream)
+		if err == nil {
+			info, err := st.Info(ctx)
+			if err == nil {
+				got = info.State.Msgs
+				if got >= uint64(n) {
+					var reasons []string
+					for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
+						m, err := st.GetMsg(ctx, seq)
+						if err != nil {
+							t.Fatalf("get dead letter %d: %v", seq, err)
+						}
+						reasons = append(reasons, m.Header.Get(layout.HeaderReason))
+					}
+					return reasons
+				}
+			}
+		}
+		time.Sleep(10 * time.Millisecond) // poll interval, not a wait for state
+	}
+	t.Fatalf("%s holds %d dead letters, want %d", stream, got, n)
+	return nil
+}
+
+func streamMsgs(t *testing.T, ctx context.Context, nc *nats.Conn, stream string) uint64 {
+	t.Helper()
+	js, _ := jetstream.New(nc)
+	st, err := js.Stream(ctx, stream)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return info.State.Msgs
+}
+
+func sortedReasons(bad []badMessage) []string {
+	var out []string
+	for _, b := range bad {
+		out = append(out, string(b.reason))
+	}
+	slices.Sort(out)
+	return out
+}
+
+// TestProxyForwardsNothingForged injects hostile messages into a region's
+// outbox, where only its worker should write: the proxy must refuse every
+// one with the right reason, dead-letter it, and forward none.
+func TestProxyForwardsNothingForged(t *testing.T) {
+	p := mrkrepltest.New(t, mrkrepltest.Options{})
+	ctx := ctxT(t, time.Minute)
+	const src, dst = "us-east-1", "eu-west-1"
+	bad := hostileMessages(t, p, src, dst)
+	nc, err := p.Connect(src, "attacker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	for _, b := range bad {
+		if _, err := js.Publish(ctx, messages.OutboxSubject(src, dst, messages.TypeInit), b.raw); err != nil {
+			t.Fatalf("%s: publish to outbox: %v", b.name, err)
+		}
+	}
+	got := deadLetters(t, ctx, nc, layout.DLQStream(src), len(bad))
+	slices.Sort(got)
+	if want := sortedReasons(bad); !slices.Equal(got, want) {
+		t.Errorf("dead-letter reasons\n got %v\nwant %v", got, want)
+	}
+	dnc, _ := p.Connect(dst, "check")
+	if n := streamMsgs(t, ctx, dnc, layout.InboxStream(dst)); n != 0 {
+		t.Errorf("%s inbox holds %d messages; the proxy forwarded something it should have refused", dst, n)
+	}
+	// Publishing to a region outside the partition has no stream at all.
+	if _, err := js.Publish(ctx, "mrk."+src+".out.mars-1.replication.init", bad[0].raw); err == nil {
+		t.Error("publish to an outbox subject for an unknown region was accepted")
+	}
+}
+
+// TestWorkerRefusesForged bypasses the proxy: the same hostile messages are
+// written straight into the destination's inbox. The worker must refuse
+// each with its reason, dead-letter it, and change no key state.
+func TestWorkerRefusesForged(t *testing.T) {
+	p := mrkrepltest.New(t, mrkrepltest.Options{NoProxy: true})
+	ctx := ctxT(t, time.Minute)
+	const src, dst = "us-east-1", "eu-west-1"
+	bad := hostileMessages(t, p, src, dst)
+	nc, err := p.Connect(dst, "attacker")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	var want []string
+	for _, b := range bad {
+		if _, err := js.Publish(ctx, messages.InboxSubject(dst, src, messages.TypeInit), b.raw); err != nil {
+			t.Fatalf("%s: publish to inbox: %v", b.name, err)
+		}
+		if b.atWorker != "" {
+			want = append(want, string(b.atWorker))
+		} else {
+			want = append(want, string(b.reason))
+		}
+	}
+	// Replay: a valid init delivered twice is one run; the same msg_id with
+	// other bytes is refused.
+	valid := hostileValidInit(t, p, src, dst, "")
+	replayed := hostileValidInit(t, p, src, dst, valid.msgID)
+	for _, raw := range [][]byte{valid.raw, valid.raw, replayed.raw} {
+		if _, err := js.Publish(ctx, messages.InboxSubject(dst, src, messages.TypeInit), raw); err != nil {
+			t.Fatal(err)
+		}
+	}
+	want = append(want, "replayed_msg_id")
+	slices.Sort(want)
+	got := deadLetters(t, ctx, nc, layout.DLQStream(dst), len(want))
+	slices.Sort(got)
+	if !slices.Equal(got, want) {
+		t.Errorf("dead-letter reasons\n got %v\nwant %v", got, want)
+	}
+	keys, err := p.Region(dst).Client.ListKeys(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(keys) != 0 {
+		t.Errorf("refused messages created keys in %s: %v", dst, keys)
+	}
+	// The valid init made exactly one offer, even though it arrived twice.
+	waitFor(t, ctx, func() bool { return outboxCount(t, ctx, nc, dst) >= 1 })
+	if n := outboxCount(t, ctx, nc, dst); n != 1 {
+		t.Errorf("%s sent %d offers for one init delivered twice, want 1", dst, n)
+	}
+}
+
+// outboxCount is the number of messages region's worker has published.
+func outboxCount(t *testing.T, ctx context.Context, nc *nats.Conn, region string) uint64 {
+	return streamMsgs(t, ctx, nc, layout.OutboxStream(region))
+}
+
+type sealed struct {
+	raw   []byte
+	msgID string
+}
+
+// hostileValidInit returns a correctly signed init from src; if msgID is
+// set, it reuses it (with a fresh replication id, so other bytes).
+func hostileValidInit(t *testing.T, p *mrkrepltest.Partition, src, dst, msgID string) sealed {
+	t.Helper()
+	if msgID == "" {
+		msgID = messages.NewID()
+	}
+	now := time.Now()
+	m := &messages.Message{
+		Header: messages.Header{
+			V: 1, Type: messages.TypeInit, MsgID: msgID, ReplicationID: messages.NewID(),
+			Partition: p.Bundle.Partition(), Src: src, Dst: dst,
+			SentAt: now.UnixMilli(), ExpiresAt: now.Add(5 * time.Minute).UnixMilli(),
+		},
+		Init: &messages.Init{KeyID: messages.NewKeyID(), KeySpec: "SYMMETRIC_DEFAULT", KeyUsage: "ENCRYPT_DECRYPT", Version: 1, PrimaryRegion: src},
+	}
+	raw, err := messages.Seal(m, p.Region(src).HSM.Signer())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return sealed{raw, msgID}
+}
+
+// waitFor polls cond until it holds or ctx ends.
+func waitFor(t *testing.T, ctx context.Context, cond func() bool) {
+	t.Helper()
+	for !cond() {
+		select {
+		case <-ctx.Done():
+			t.Fatal("condition not reached before deadline")
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
