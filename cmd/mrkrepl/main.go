@@ -5,6 +5,8 @@
 //	mrkrepl worker     a region's HSM worker against the region's NATS cluster
 //	mrkrepl proxy      the bridge between the regions' NATS clusters
 //	mrkrepl inspect    decode (and optionally verify) a protocol message
+//	mrkrepl rsk        print a region's RSK as a trust-bundle fragment
+//	mrkrepl bundle     merge fragments into the partition's trust bundle
 //
 // Run "mrkrepl <command> -h" for a command's flags.
 package main
@@ -32,6 +34,8 @@ var commands = []command{
 	{"worker", "run a region's HSM worker", runWorker},
 	{"proxy", "run the bridge between regions", runProxy},
 	{"inspect", "decode and optionally verify a protocol message", runInspect},
+	{"rsk", "print a region's RSK as a trust-bundle fragment", runRSK},
+	{"bundle", "merge trust-bundle fragments into a partition's bundle", runBundle},
 }
 
 func usage(w io.Writer) {
@@ -48,13 +52,17 @@ func usage(w io.Writer) {
 }
 
 func main() {
-	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
+	stop()
+	os.Exit(code)
 }
 
 // errUsage marks an error already explained by a usage message.
 var errUsage = errors.New("usage")
 
-func run(args []string, stdout, stderr io.Writer) int {
+// run executes one command; daemons run until ctx ends.
+func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "help" {
 		usage(stdout)
 		if len(args) == 0 {
@@ -66,8 +74,6 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if c.name != args[0] {
 			continue
 		}
-		ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-		defer stop()
 		err := c.run(ctx, args[1:], stdout, stderr)
 		switch {
 		case err == nil, errors.Is(err, flag.ErrHelp):
