@@ -121,6 +121,12 @@ func (w *Worker) event(ctx context.Context, ev api.Event) {
 // Asking again for a replica that exists or is being created returns that
 // run: the call is idempotent.
 func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*replication, error) {
+	return w.startRun(ctx, keyID, dst, 1)
+}
+
+// startRun is startReplication for a given attempt number (the sweeper
+// starts attempts after the first).
+func (w *Worker) startRun(ctx context.Context, keyID, dst string, attempt int) (*replication, error) {
 	if !messages.IsKeyID(keyID) {
 		return nil, badRequest("invalid key id %q", keyID)
 	}
@@ -142,7 +148,7 @@ func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*repl
 	}
 	if r, ok := findReplica(key, dst); ok && r.ReplicationID != "" && r.State != api.ReplicaFailed {
 		existing, _, err := getJSON[replication](ctx, w.res.Repl, r.ReplicationID)
-		if err == nil && (existing.State == api.StateCompleted || !w.expired(existing)) {
+		if err == nil && (existing.State == api.StateCompleted || !existing.ended() && !w.expired(existing)) {
 			if !existing.ended() {
 				// Nudge the run along: re-publishing is de-duplicated.
 				if err := w.publish(ctx, existing); err != nil {
@@ -158,7 +164,7 @@ func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*repl
 		ID: messages.NewID(), Role: roleSource, KeyID: keyID, Version: key.CurrentVersion,
 		Peer: dst, State: api.StateInitSent, KeySpec: key.KeySpec, KeyUsage: key.KeyUsage,
 		PrimaryRegion: w.cfg.Region, Description: key.Description, SrcKID: w.kid,
-		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL),
+		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL), Attempt: attempt,
 	}
 	m := w.newMessage(messages.TypeInit, rec.ID, dst)
 	m.Init = &messages.Init{
@@ -166,6 +172,9 @@ func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*repl
 		Version: key.CurrentVersion, PrimaryRegion: w.cfg.Region,
 	}
 	if rec.InitDigest, err = w.seal(rec, m); err != nil {
+		return nil, err
+	}
+	if err := w.markPending(ctx, rec.ID); err != nil {
 		return nil, err
 	}
 	if _, err := createJSON(ctx, w.res.Repl, rec.ID, rec); err != nil {
@@ -189,6 +198,7 @@ func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*repl
 	}
 	if winner != "" {
 		_ = w.res.Repl.Delete(ctx, rec.ID)
+		_ = w.res.Pending.Delete(ctx, rec.ID)
 		other, _, err := getJSON[replication](ctx, w.res.Repl, winner)
 		if err != nil {
 			return nil, err
@@ -199,7 +209,7 @@ func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*repl
 		return nil, err
 	}
 	w.event(ctx, api.Event{Type: api.EventReplicationStarted, KeyID: keyID, ReplicationID: rec.ID, Peer: dst})
-	w.log.Info("replication started", "replication_id", rec.ID, "key_id", keyID, "dst", dst)
+	w.log.Info("replication started", "replication_id", rec.ID, "key_id", keyID, "dst", dst, "attempt", attempt)
 	return rec, nil
 }
 
@@ -220,9 +230,13 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return err
 	}
+	// A replica that is already here is answered like a new one: the HSM
+	// reports the key as present at unwrap time, and the key confirmation
+	// in the receipt lets the source check that it is the same key (this is
+	// how a source that lost a receipt, or retried, learns of the replica).
 	if key, _, err := getJSON[api.Key](ctx, w.res.Keys, in.KeyID); err == nil {
-		if key.Role == api.RolePrimary || containsVersion(key.Versions, in.Version) {
-			return refuse(reasonKeyExists, "key %s version %d already present in %s", in.KeyID, in.Version, w.cfg.Region)
+		if key.Role == api.RolePrimary || key.PrimaryRegion != m.Src {
+			return refuse(reasonKeyExists, "key %s exists in %s with primary %s", in.KeyID, w.cfg.Region, key.PrimaryRegion)
 		}
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return err
@@ -235,9 +249,15 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 		PrimaryRegion: in.PrimaryRegion, SrcKID: env.KID, DstKID: w.kid, InitDigest: env.Digest,
 		CreatedAt: m.SentTime(), UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL),
 	}
-	var err error
-	err = w.hsmOp("create_agreement_key", func() (err error) {
+	err := w.hsmOp("create_agreement_key", func() (err error) {
 		rec.RAKB, err = w.cfg.HSM.CreateAgreementKey(ctx, rec.ID, rec.ExpiresAt)
+		if errors.Is(err, hsmsvc.ErrExists) {
+			// Made before a crash, before any offer was stored or sent:
+			// nobody has seen its public key, so replace it.
+			if err = w.cfg.HSM.DestroyAgreementKey(ctx, rec.ID); err == nil || errors.Is(err, hsmsvc.ErrNotFound) {
+				rec.RAKB, err = w.cfg.HSM.CreateAgreementKey(ctx, rec.ID, rec.ExpiresAt)
+			}
+		}
 		return err
 	})
 	if err != nil {
@@ -246,6 +266,9 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	reply := w.newMessage(messages.TypeOffer, rec.ID, m.Src)
 	reply.Offer = &messages.Offer{InitDigest: env.Digest, RAKB: rec.RAKB}
 	if rec.OfferDigest, err = w.seal(rec, reply); err != nil {
+		return err
+	}
+	if err := w.markPending(ctx, rec.ID); err != nil {
 		return err
 	}
 	if _, err := createJSON(ctx, w.res.Repl, rec.ID, rec); err != nil {
@@ -435,7 +458,10 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	if err != nil {
 		return err
 	}
-	if rec.State != api.StateMaterialSent {
+	// A receipt may arrive after the sweeper gave up on the run: it still
+	// proves (by key confirmation) whether the replica exists.
+	late := rec.State == api.StateFailed && rec.TimedOut && len(rec.MaterialDigest) > 0
+	if rec.State != api.StateMaterialSent && !late {
 		if bytes.Equal(rec.ReceiptDigest, env.Digest) {
 			return errDuplicate
 		}
@@ -446,6 +472,7 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	}
 	next := *rec
 	now := w.cfg.Now()
+	next.Reason, next.TimedOut = "", false
 	next.ReceiptDigest = env.Digest
 	next.UpdatedAt = now
 	next.CompletedAt = &now
@@ -457,6 +484,9 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 		next.State, next.Reason = api.StateFailed, "key confirmation mismatch"
 	default:
 		next.State = api.StateCompleted
+	}
+	if late && next.State != api.StateCompleted {
+		return errDuplicate // the run already ended FAILED; nothing to add
 	}
 	if err := w.casRun(ctx, &next, rev); err != nil {
 		return w.lostRace(ctx, m, env.Digest, err, func(o *replication) []byte { return o.ReceiptDigest })
@@ -475,6 +505,9 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	})
 	if err != nil {
 		return err
+	}
+	if late && next.State == api.StateCompleted {
+		w.log.Info("late receipt completed a timed-out run", "replication_id", rec.ID)
 	}
 	w.finish(ctx, &next)
 	return nil
@@ -521,6 +554,9 @@ func (w *Worker) lostRace(ctx context.Context, m *messages.Message, digest []byt
 
 // finish counts, times and announces a run's end in this region.
 func (w *Worker) finish(ctx context.Context, rec *replication) {
+	if err := w.res.Pending.Delete(ctx, rec.ID); err != nil {
+		w.log.Warn("pending index not cleared; the sweeper will", "replication_id", rec.ID, "err", err)
+	}
 	elapsed := w.cfg.Now().Sub(rec.CreatedAt).Seconds()
 	ev := api.Event{KeyID: rec.KeyID, ReplicationID: rec.ID, Peer: rec.Peer, Reason: rec.Reason}
 	if rec.State == api.StateCompleted {

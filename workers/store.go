@@ -28,6 +28,8 @@ type replication struct {
 	Peer          string `json:"peer"`
 	State         string `json:"state"`
 	Reason        string `json:"reason,omitempty"`
+	TimedOut      bool   `json:"timed_out,omitempty"` // ended FAILED by the sweeper
+	Attempt       int    `json:"attempt,omitempty"`   // source: 1 for the first run for this replica, 2 for its first retry …
 	KeySpec       string `json:"key_spec"`
 	KeyUsage      string `json:"key_usage"`
 	PrimaryRegion string `json:"primary_region"`

@@ -35,6 +35,17 @@ type Config struct {
 	// ReplicationTTL bounds a run: the destination's RAKB expires after it.
 	// Default 15 minutes.
 	ReplicationTTL time.Duration
+	// RunTimeout bounds a source run: one not COMPLETED by then is marked
+	// FAILED and, up to MaxAttempts, replaced by a fresh run. Default
+	// MessageTTL + 1 minute, so a message still in flight when the region
+	// returns can finish the run.
+	RunTimeout time.Duration
+	// MaxAttempts is how many runs are tried for one replica before it is
+	// marked FAILED. Default 5.
+	MaxAttempts int
+	// SweepInterval is how often the worker looks for runs past their
+	// deadline. Default 5 seconds.
+	SweepInterval time.Duration
 	// Concurrency is how many messages the worker handles at once per
 	// consumer. Default 16.
 	Concurrency int
@@ -52,11 +63,12 @@ type Worker struct {
 	kid     []byte // this region's RSK kid
 	backend string
 
-	mu       sync.Mutex
-	consumes []jetstream.ConsumeContext
-	svc      micro.Service
-	inflight sync.WaitGroup
-	sem      chan struct{}
+	mu        sync.Mutex
+	consumes  []jetstream.ConsumeContext
+	stopSweep context.CancelFunc
+	svc       micro.Service
+	inflight  sync.WaitGroup
+	sem       chan struct{}
 }
 
 // Durable consumer names on the region's streams.
@@ -95,6 +107,15 @@ func New(cfg Config) (*Worker, error) {
 	}
 	if cfg.ReplicationTTL <= 0 {
 		cfg.ReplicationTTL = 15 * time.Minute
+	}
+	if cfg.RunTimeout <= 0 {
+		cfg.RunTimeout = cfg.MessageTTL + time.Minute
+	}
+	if cfg.MaxAttempts <= 0 {
+		cfg.MaxAttempts = 5
+	}
+	if cfg.SweepInterval <= 0 {
+		cfg.SweepInterval = 5 * time.Second
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 16
@@ -164,6 +185,13 @@ func (w *Worker) Start(ctx context.Context) error {
 		}
 		w.consumes = append(w.consumes, cc)
 	}
+	sctx, cancel := context.WithCancel(context.Background())
+	w.stopSweep = cancel
+	w.inflight.Add(1)
+	go func() {
+		defer w.inflight.Done()
+		w.sweepLoop(sctx)
+	}()
 	w.log.Info("worker started", "hsm", w.backend, "kid", fmt.Sprintf("%x", w.kid[:8]), "partition", w.cfg.Bundle.Partition())
 	return nil
 }
@@ -192,6 +220,10 @@ func (w *Worker) Stop() {
 }
 
 func (w *Worker) stopLocked() {
+	if w.stopSweep != nil {
+		w.stopSweep()
+		w.stopSweep = nil
+	}
 	for _, c := range w.consumes {
 		c.Stop()
 	}

@@ -13,6 +13,7 @@
 //	kv     MRK_<R>_KEYS      key metadata
 //	kv     MRK_<R>_REPL      replication state
 //	kv     MRK_<R>_REPLAY    msg_ids seen (TTL = replay window)
+//	kv     MRK_<R>_PENDING   ids of runs in flight, for the sweeper
 //
 // <R> is the region upper-cased with '-' replaced by '_'.
 package layout
@@ -47,6 +48,7 @@ func DLQStream(region string) string      { return "MRK_" + upper(region) + "_DL
 func KeysBucket(region string) string     { return "MRK_" + upper(region) + "_KEYS" }
 func ReplBucket(region string) string     { return "MRK_" + upper(region) + "_REPL" }
 func ReplayBucket(region string) string   { return "MRK_" + upper(region) + "_REPLAY" }
+func PendingBucket(region string) string  { return "MRK_" + upper(region) + "_PENDING" }
 
 // Subjects.
 func RequestSubject(region, op string) string  { return "mrk." + region + ".requests." + op }
@@ -136,6 +138,7 @@ type Region struct {
 	Keys     jetstream.KeyValue
 	Repl     jetstream.KeyValue
 	Replay   jetstream.KeyValue
+	Pending  jetstream.KeyValue
 }
 
 // EnsureRegion creates every stream and bucket a region's workers use.
@@ -183,6 +186,7 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 		{&r.Keys, jetstream.KeyValueConfig{Bucket: KeysBucket(region), History: 5}},
 		{&r.Repl, jetstream.KeyValueConfig{Bucket: ReplBucket(region), History: 1}},
 		{&r.Replay, jetstream.KeyValueConfig{Bucket: ReplayBucket(region), History: 1, TTL: ReplayWindow}},
+		{&r.Pending, jetstream.KeyValueConfig{Bucket: PendingBucket(region), History: 1}},
 	}
 	for _, b := range buckets {
 		b.cfg.Storage = o.Storage

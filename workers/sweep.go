@@ -1,0 +1,152 @@
+package workers
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"time"
+
+	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/nats-io/nats.go/jetstream"
+)
+
+// The sweeper ends runs that cannot finish. Every run in flight has an
+// entry in the PENDING bucket (written before the run itself, deleted when
+// it ends), so a sweep reads only runs in flight, never the whole history.
+//
+//   - A source run not COMPLETED within RunTimeout is marked FAILED
+//     (timed out) and, while fewer than MaxAttempts runs were tried for the
+//     replica, replaced by a fresh run; after the last attempt the replica is
+//     marked FAILED with the reason.
+//   - A destination run still waiting for material when its RAKB expires is
+//     marked FAILED and its RAKB destroyed.
+//
+// Every change is a compare-and-set on the run, so several workers may
+// sweep at once: one wins, the others see the run ended.
+
+// orphanAge is how old a pending entry without a run must be before it is
+// removed (a run is stored right after its entry; a crash in between leaves
+// the entry alone).
+const orphanAge = time.Minute
+
+func (w *Worker) markPending(ctx context.Context, id string) error {
+	if _, err := w.res.Pending.Put(ctx, id, []byte(strconv.FormatInt(w.cfg.Now().UnixMilli(), 10))); err != nil {
+		return fmt.Errorf("pending index: %w", err)
+	}
+	return nil
+}
+
+func (w *Worker) sweepLoop(ctx context.Context) {
+	t := time.NewTicker(w.cfg.SweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			if err := w.sweep(ctx); err != nil && ctx.Err() == nil {
+				w.log.Warn("sweep failed", "err", err)
+			}
+		}
+	}
+}
+
+// sweep examines every run in flight once.
+func (w *Worker) sweep(ctx context.Context) error {
+	lister, err := w.res.Pending.ListKeys(ctx)
+	if err != nil {
+		return err
+	}
+	var ids []string
+	for id := range lister.Keys() {
+		ids = append(ids, id)
+	}
+	var errs []error
+	for _, id := range ids {
+		if err := w.sweepRun(ctx, id); err != nil {
+			errs = append(errs, fmt.Errorf("run %s: %w", id, err))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (w *Worker) sweepRun(ctx context.Context, id string) error {
+	now := w.cfg.Now()
+	rec, rev, err := getJSON[replication](ctx, w.res.Repl, id)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		e, gerr := w.res.Pending.Get(ctx, id)
+		if gerr != nil {
+			return nil
+		}
+		ms, _ := strconv.ParseInt(string(e.Value()), 10, 64)
+		if now.Sub(time.UnixMilli(ms)) > orphanAge {
+			return w.res.Pending.Delete(ctx, id, jetstream.LastRevision(e.Revision()))
+		}
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if rec.ended() {
+		return w.res.Pending.Delete(ctx, id)
+	}
+	deadline := rec.ExpiresAt
+	if rec.Role == roleSource {
+		deadline = rec.CreatedAt.Add(w.cfg.RunTimeout)
+	}
+	if now.Before(deadline) {
+		return nil
+	}
+	next := *rec
+	next.State = api.StateFailed
+	next.TimedOut = true
+	next.Reason = fmt.Sprintf("timed out in %s after %s", rec.State, now.Sub(rec.CreatedAt).Round(time.Second))
+	next.UpdatedAt = now
+	next.CompletedAt = &now
+	if err := w.casRun(ctx, &next, rev); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil // the run moved on meanwhile
+		}
+		return err
+	}
+	if rec.Role == roleDestination {
+		if err := w.cfg.HSM.DestroyAgreementKey(ctx, rec.ID); err != nil && !errors.Is(err, hsmsvc.ErrNotFound) {
+			w.log.Warn("rakb not destroyed; it expires by itself", "replication_id", rec.ID, "err", err)
+		}
+	}
+	w.finish(ctx, &next)
+	if rec.Role == roleSource {
+		return w.retryOrGiveUp(ctx, &next)
+	}
+	return nil
+}
+
+// retryOrGiveUp starts the next attempt for a replica whose run timed out,
+// or marks the replica FAILED after the last one.
+func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {
+	if failed.Attempt < w.cfg.MaxAttempts {
+		next, err := w.startRun(ctx, failed.KeyID, failed.Peer, failed.Attempt+1)
+		if err != nil {
+			return fmt.Errorf("retry replication of %s to %s: %w", failed.KeyID, failed.Peer, err)
+		}
+		w.log.Info("replication retried with a fresh run", "key_id", failed.KeyID, "dst", failed.Peer,
+			"failed_run", failed.ID, "new_run", next.ID, "attempt", next.Attempt)
+		return nil
+	}
+	reason := fmt.Sprintf("gave up after %d attempts: %s", failed.Attempt, failed.Reason)
+	_, err := updateJSON(ctx, w.res.Keys, failed.KeyID, func(k *api.Key) error {
+		r, ok := findReplica(k, failed.Peer)
+		if ok && (r.ReplicationID != failed.ID || r.State == api.ReplicaEnabled) {
+			return errNoChange // a newer run or a late receipt decided
+		}
+		setReplica(k, api.Replica{Region: failed.Peer, State: api.ReplicaFailed, ReplicationID: failed.ID, Reason: reason, UpdatedAt: w.cfg.Now()})
+		k.UpdatedAt = w.cfg.Now()
+		return nil
+	})
+	if err == nil {
+		w.log.Warn("replica failed", "key_id", failed.KeyID, "dst", failed.Peer, "reason", reason)
+	}
+	return err
+}
