@@ -63,6 +63,11 @@ type Options struct {
 	MessageTTL time.Duration
 	// Concurrency is passed to the workers and proxy (0: their defaults).
 	Concurrency int
+	// RunTimeout, MaxAttempts and SweepInterval are passed to the workers
+	// (0: their defaults).
+	RunTimeout    time.Duration
+	MaxAttempts   int
+	SweepInterval time.Duration
 }
 
 // Region is one running region.
@@ -74,16 +79,21 @@ type Region struct {
 	HSM    hsmsvc.HSM
 	Worker *workers.Worker
 	Client *client.Client
+
+	port     int    // kept across server restarts
+	storeDir string // JetStream data, kept across restarts
 }
 
 // Partition is a running partition.
 type Partition struct {
-	Bundle  *messages.Bundle
-	Proxy   *proxy.Proxy
-	regions []*Region
-	conns   []*nats.Conn
-	dir     string
-	ownDir  bool
+	Bundle     *messages.Bundle
+	Proxy      *proxy.Proxy
+	opts       Options
+	regions    []*Region
+	proxyConns map[string]*nats.Conn
+	conns      []*nats.Conn
+	dir        string
+	ownDir     bool
 }
 
 // Start brings up every region, then the proxy. On error everything started
@@ -101,7 +111,7 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
-	p = &Partition{dir: opts.Dir}
+	p = &Partition{dir: opts.Dir, opts: opts}
 	if p.dir == "" {
 		if p.dir, err = os.MkdirTemp("", "mrkrepltest-"); err != nil {
 			return nil, err
@@ -118,12 +128,11 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 	var keys []messages.BundleKey
 	now := time.Now()
 	for _, name := range opts.Regions {
-		r := &Region{Name: name}
+		r := &Region{Name: name, port: server.RANDOM_PORT, storeDir: filepath.Join(p.dir, name, "jetstream")}
 		p.regions = append(p.regions, r)
-		if r.Server, err = startServer(name, filepath.Join(p.dir, name, "jetstream")); err != nil {
+		if err := p.startServer(r); err != nil {
 			return p, err
 		}
-		r.URL = r.Server.ClientURL()
 		hopts := opts.HSMOptions
 		if hopts.Logger == nil {
 			hopts.Logger = opts.Logger
@@ -144,38 +153,12 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 		return p, err
 	}
 	for _, r := range p.regions {
-		if r.Conn, err = p.Connect(r.Name, "worker"); err != nil {
+		if err := p.startWorker(ctx, r, opts.Registerer); err != nil {
 			return p, err
 		}
-		r.Worker, err = workers.New(workers.Config{
-			Region: r.Name, Bundle: p.Bundle, HSM: r.HSM, Conn: r.Conn,
-			Logger: opts.Logger, Registerer: wrap(opts.Registerer, "instance", "worker-"+r.Name),
-			MessageTTL: opts.MessageTTL, Concurrency: opts.Concurrency,
-		})
-		if err != nil {
-			return p, err
-		}
-		if err := r.Worker.Start(ctx); err != nil {
-			return p, err
-		}
-		r.Client = client.New(r.Conn, r.Name)
 	}
 	if !opts.NoProxy {
-		conns := map[string]*nats.Conn{}
-		for _, r := range p.regions {
-			if conns[r.Name], err = p.Connect(r.Name, "proxy"); err != nil {
-				return p, err
-			}
-		}
-		p.Proxy, err = proxy.New(proxy.Config{
-			Bundle: p.Bundle, Conns: conns, Logger: opts.Logger,
-			Registerer: wrap(opts.Registerer, "instance", "proxy"),
-			Delay:      map[string]time.Duration{"*": opts.ProxyDelay}, Concurrency: opts.Concurrency,
-		})
-		if err != nil {
-			return p, err
-		}
-		if err := p.Proxy.Start(ctx); err != nil {
+		if err := p.startProxy(ctx, opts.Registerer); err != nil {
 			return p, err
 		}
 	}
@@ -206,27 +189,6 @@ func New(t testing.TB, opts Options) *Partition {
 	return p
 }
 
-func startServer(name, storeDir string) (*server.Server, error) {
-	s, err := server.NewServer(&server.Options{
-		ServerName: name,
-		Host:       "127.0.0.1",
-		Port:       server.RANDOM_PORT,
-		JetStream:  true,
-		StoreDir:   storeDir,
-		NoLog:      true,
-		NoSigs:     true,
-	})
-	if err != nil {
-		return nil, fmt.Errorf("region %s: nats server: %w", name, err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		s.Shutdown()
-		return nil, fmt.Errorf("region %s: nats server not ready after 10s", name)
-	}
-	return s, nil
-}
-
 // Region returns the named region, or nil.
 func (p *Partition) Region(name string) *Region {
 	for _, r := range p.regions {
@@ -241,12 +203,14 @@ func (p *Partition) Region(name string) *Region {
 func (p *Partition) Regions() []*Region { return slices.Clone(p.regions) }
 
 // Connect opens a new connection to a region's server; Close closes it.
+// The connection reconnects forever, so it survives server restarts.
 func (p *Partition) Connect(region, name string) (*nats.Conn, error) {
 	r := p.Region(region)
-	if r == nil || r.Server == nil {
+	if r == nil || r.URL == "" {
 		return nil, fmt.Errorf("no region %q", region)
 	}
-	nc, err := nats.Connect(r.URL, nats.Name("mrkrepl-"+name+"-"+region), nats.MaxReconnects(-1))
+	nc, err := nats.Connect(r.URL, nats.Name("mrkrepl-"+name+"-"+region), nats.MaxReconnects(-1),
+		nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", region, err)
 	}
