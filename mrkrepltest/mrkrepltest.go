@@ -63,6 +63,9 @@ type Options struct {
 	MessageTTL time.Duration
 	// Concurrency is passed to the workers and proxy (0: their defaults).
 	Concurrency int
+	// ExtraBundleKeys are added to the trust bundle (e.g. a retired RSK in
+	// tests of validity windows).
+	ExtraBundleKeys []messages.BundleKey
 	// RunTimeout, MaxAttempts and SweepInterval are passed to the workers
 	// (0: their defaults).
 	RunTimeout    time.Duration
@@ -149,6 +152,7 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 			NotBefore: now.Add(-time.Hour), NotAfter: now.Add(365 * 24 * time.Hour),
 		})
 	}
+	keys = append(keys, opts.ExtraBundleKeys...)
 	if p.Bundle, err = messages.NewBundle(opts.Partition, opts.Regions, keys); err != nil {
 		return p, err
 	}

@@ -1,11 +1,14 @@
 package e2e
 
 import (
+	"bytes"
 	"context"
 	"crypto"
+	"crypto/ecdh"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"crypto/rand"
+	"math/big"
 	"slices"
 	"testing"
 	"time"
@@ -29,7 +32,7 @@ type badMessage struct {
 
 // hostileMessages builds messages from src to dst that a relay or a
 // compromised host could inject, each with exactly one defect.
-func hostileMessages(t *testing.T, p *mrkrepltest.Partition, src, dst string) []badMessage {
+func hostileMessages(t *testing.T, p *mrkrepltest.Partition, src, dst string, retired crypto.Signer) []badMessage {
 	t.Helper()
 	attacker, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
 	if err != nil {
@@ -73,7 +76,28 @@ func hostileMessages(t *testing.T, p *mrkrepltest.Partition, src, dst string) []
 	valid := seal(init(nil), srcSigner)
 	flipped := slices.Clone(valid)
 	flipped[len(flipped)-1] ^= 0x01
+	// A material message, to tamper with its RAKA and wrapped key.
+	attackerRAK, err := ecdh.P384().GenerateKey(rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	genuineRAK, _ := ecdh.P384().GenerateKey(rand.Reader)
+	mat := init(func(m *messages.Message) {
+		m.Type, m.Init = messages.TypeMaterial, nil
+		m.Material = &messages.Material{
+			OfferDigest: messages.Digest([]byte("some offer")), RAKA: genuineRAK.PublicKey().Bytes(),
+			WrappedKey: bytes.Repeat([]byte{0xa5}, 40),
+			Properties: messages.Properties{KeySpec: "SYMMETRIC_DEFAULT", KeyUsage: "ENCRYPT_DECRYPT"},
+		}
+	})
+	matRaw := seal(mat, srcSigner)
+	mitm := bytes.Replace(matRaw, genuineRAK.PublicKey().Bytes(), attackerRAK.PublicKey().Bytes(), 1)
+	tamperedWrap := bytes.Replace(matRaw, bytes.Repeat([]byte{0xa5}, 40), append(bytes.Repeat([]byte{0xa5}, 39), 0x5a), 1)
 	return []badMessage{
+		{"material with the relay's own RAKA (MITM)", mitm, messages.ReasonBadSignature, ""},
+		{"material with tampered wrapped key", tamperedWrap, messages.ReasonBadSignature, ""},
+		{"high-S signature", highS(t, valid), messages.ReasonNonCanonical, ""},
+		{"signed by a retired rsk", seal(init(nil), retired), messages.ReasonKIDNotValid, ""},
 		{"garbage", []byte("not a cose message"), messages.ReasonMalformed, ""},
 		{"empty", []byte{}, messages.ReasonMalformed, ""},
 		{"truncated", valid[:len(valid)-10], messages.ReasonMalformed, ""},
@@ -153,14 +177,15 @@ func sortedReasons(bad []badMessage) []string {
 	return out
 }
 
-// TestProxyForwardsNothingForged injects hostile messages into a region's
+// TestAdversarialProxy injects hostile messages into a region's
 // outbox, where only its worker should write: the proxy must refuse every
 // one with the right reason, dead-letter it, and forward none.
-func TestProxyForwardsNothingForged(t *testing.T) {
-	p := mrkrepltest.New(t, mrkrepltest.Options{})
+func TestAdversarialProxy(t *testing.T) {
+	retired, retiredKey := retiredRSK(t, "us-east-1")
+	p := mrkrepltest.New(t, mrkrepltest.Options{ExtraBundleKeys: []messages.BundleKey{retiredKey}})
 	ctx := ctxT(t, time.Minute)
 	const src, dst = "us-east-1", "eu-west-1"
-	bad := hostileMessages(t, p, src, dst)
+	bad := hostileMessages(t, p, src, dst, retired)
 	nc, err := p.Connect(src, "attacker")
 	if err != nil {
 		t.Fatal(err)
@@ -186,14 +211,15 @@ func TestProxyForwardsNothingForged(t *testing.T) {
 	}
 }
 
-// TestWorkerRefusesForged bypasses the proxy: the same hostile messages are
+// TestAdversarialWorker bypasses the proxy: the same hostile messages are
 // written straight into the destination's inbox. The worker must refuse
 // each with its reason, dead-letter it, and change no key state.
-func TestWorkerRefusesForged(t *testing.T) {
-	p := mrkrepltest.New(t, mrkrepltest.Options{NoProxy: true})
+func TestAdversarialWorker(t *testing.T) {
+	retired, retiredKey := retiredRSK(t, "us-east-1")
+	p := mrkrepltest.New(t, mrkrepltest.Options{NoProxy: true, ExtraBundleKeys: []messages.BundleKey{retiredKey}})
 	ctx := ctxT(t, time.Minute)
 	const src, dst = "us-east-1", "eu-west-1"
-	bad := hostileMessages(t, p, src, dst)
+	bad := hostileMessages(t, p, src, dst, retired)
 	nc, err := p.Connect(dst, "attacker")
 	if err != nil {
 		t.Fatal(err)
@@ -288,4 +314,33 @@ func waitFor(t *testing.T, ctx context.Context, cond func() bool) {
 		case <-time.After(10 * time.Millisecond):
 		}
 	}
+}
+
+// retiredRSK makes an RSK for region whose bundle entry expired an hour ago.
+func retiredRSK(t *testing.T, region string) (crypto.Signer, messages.BundleKey) {
+	t.Helper()
+	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	kid, err := messages.KID(k.Public())
+	if err != nil {
+		t.Fatal(err)
+	}
+	now := time.Now()
+	return k, messages.BundleKey{Region: region, KID: kid, PublicKey: k.Public(),
+		NotBefore: now.Add(-48 * time.Hour), NotAfter: now.Add(-time.Hour)}
+}
+
+// highS rewrites an envelope's ECDSA signature (r, s) as (r, n−s): still a
+// valid signature, but not the one encoding the protocol accepts.
+func highS(t *testing.T, raw []byte) []byte {
+	t.Helper()
+	out := slices.Clone(raw)
+	sig := out[len(out)-96:]
+	n := elliptic.P384().Params().N
+	s := new(big.Int).SetBytes(sig[48:])
+	s.Sub(n, s)
+	s.FillBytes(sig[48:])
+	return out
 }
