@@ -96,3 +96,41 @@ func crossDecrypt(t *testing.T, ctx context.Context, keyID string, regions []*mr
 }
 
 var _ = client.IsNotFound
+
+// TestClusteredRegions runs each region as a three-node JetStream cluster
+// (R3 streams and buckets) and keeps replicating while one node of every
+// region is down.
+func TestClusteredRegions(t *testing.T) {
+	if testing.Short() {
+		t.Skip("starts nine servers")
+	}
+	p := mrkrepltest.New(t, mrkrepltest.Options{ClusterSize: 3})
+	ctx := ctxT(t, 2*time.Minute)
+	us := p.Region("us-east-1").Client
+	replicate := func(keyID, dst string) {
+		t.Helper()
+		rep, err := us.ReplicateKey(ctx, keyID, dst)
+		if err != nil {
+			t.Fatalf("replicate to %s: %v", dst, err)
+		}
+		if rep, err = us.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
+			t.Fatalf("replicate to %s: %v %+v", dst, err, rep)
+		}
+	}
+	key, err := us.CreateKey(ctx, api.CreateKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicate(key.KeyID, "eu-west-1")
+	// One node of each region down; clients on it reconnect to the others.
+	for _, r := range p.Regions() {
+		p.StopNode(r.Name, 2)
+	}
+	key2, err := us.CreateKey(ctx, api.CreateKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	replicate(key2.KeyID, "eu-west-1")
+	replicate(key2.KeyID, "ap-southeast-2")
+	crossDecrypt(t, ctx, key2.KeyID, p.Regions())
+}

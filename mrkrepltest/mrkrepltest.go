@@ -20,6 +20,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"slices"
@@ -63,6 +64,9 @@ type Options struct {
 	MessageTTL time.Duration
 	// Concurrency is passed to the workers and proxy (0: their defaults).
 	Concurrency int
+	// ClusterSize 3 runs each region as a three-node JetStream cluster
+	// with R3 streams and buckets; 0 or 1 runs one server per region.
+	ClusterSize int
 	// ExtraBundleKeys are added to the trust bundle (e.g. a retired RSK in
 	// tests of validity windows).
 	ExtraBundleKeys []messages.BundleKey
@@ -76,14 +80,14 @@ type Options struct {
 // Region is one running region.
 type Region struct {
 	Name   string
-	URL    string // nats://127.0.0.1:port
-	Server *server.Server
-	Conn   *nats.Conn // the worker's connection
+	URL    string         // nats://127.0.0.1:port
+	Server *server.Server // the region's (first) server
+	Conn   *nats.Conn     // the worker's connection
 	HSM    hsmsvc.HSM
 	Worker *workers.Worker
 	Client *client.Client
 
-	port     int    // kept across server restarts
+	nodes    []node // the region's nats-servers (one, or three as a cluster)
 	storeDir string // JetStream data, kept across restarts
 }
 
@@ -131,7 +135,16 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 	var keys []messages.BundleKey
 	now := time.Now()
 	for _, name := range opts.Regions {
-		r := &Region{Name: name, port: server.RANDOM_PORT, storeDir: filepath.Join(p.dir, name, "jetstream")}
+		r := &Region{Name: name, storeDir: filepath.Join(p.dir, name, "jetstream")}
+		r.nodes = make([]node, max(opts.ClusterSize, 1))
+		for i := range r.nodes {
+			r.nodes[i].port = server.RANDOM_PORT
+			if len(r.nodes) > 1 {
+				if r.nodes[i].clusterPort, err = freePort(); err != nil {
+					return p, err
+				}
+			}
+		}
 		p.regions = append(p.regions, r)
 		if err := p.startServer(r); err != nil {
 			return p, err
@@ -240,13 +253,21 @@ func (p *Partition) Close() {
 		if r.HSM != nil {
 			errs = append(errs, r.HSM.Close())
 		}
-		if r.Server != nil {
-			r.Server.Shutdown()
-			r.Server.WaitForShutdown()
-		}
+		p.StopServer(r.Name)
 	}
 	if p.ownDir {
 		errs = append(errs, os.RemoveAll(p.dir))
 	}
 	_ = errors.Join(errs...)
+}
+
+// freePort returns a loopback TCP port that was free a moment ago (cluster
+// route ports must be known before the servers start).
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
 }

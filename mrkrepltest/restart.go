@@ -4,13 +4,17 @@ import (
 	"context"
 	"fmt"
 	"net"
+	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/client"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/proxy"
 	"github.com/mrkrepl/mrkrepl/workers"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -19,29 +23,93 @@ import (
 // their HSM (the HSM is the region's device, not the worker's).
 
 func (p *Partition) startServer(r *Region) error {
-	s, err := server.NewServer(&server.Options{
+	for i := range r.nodes {
+		if err := p.startNode(r, i); err != nil {
+			return err
+		}
+	}
+	return p.waitJetStream(r)
+}
+
+// node is one nats-server of a region; ports are kept across restarts.
+type node struct {
+	server      *server.Server
+	port        int
+	clusterPort int
+}
+
+func (p *Partition) startNode(r *Region, i int) error {
+	n := &r.nodes[i]
+	opts := &server.Options{
 		ServerName: r.Name,
 		Host:       "127.0.0.1",
-		Port:       r.port,
+		Port:       n.port,
 		JetStream:  true,
 		StoreDir:   r.storeDir,
 		NoLog:      true,
 		NoSigs:     true,
-	})
+	}
+	if len(r.nodes) > 1 {
+		opts.ServerName = fmt.Sprintf("%s-%d", r.Name, i)
+		opts.StoreDir = filepath.Join(r.storeDir, fmt.Sprint(i))
+		opts.Cluster = server.ClusterOpts{Name: r.Name, Host: "127.0.0.1", Port: n.clusterPort}
+		for j := range r.nodes {
+			if j != i {
+				opts.Routes = append(opts.Routes, server.RoutesFromStr(fmt.Sprintf("nats-route://127.0.0.1:%d", r.nodes[j].clusterPort))...)
+			}
+		}
+	}
+	s, err := server.NewServer(opts)
 	if err != nil {
 		return fmt.Errorf("region %s: nats server: %w", r.Name, err)
 	}
 	go s.Start()
 	if !s.ReadyForConnections(10 * time.Second) {
 		s.Shutdown()
-		return fmt.Errorf("region %s: nats server not ready after 10s", r.Name)
+		return fmt.Errorf("region %s: nats server %s not ready after 10s", r.Name, opts.ServerName)
 	}
-	r.Server = s
-	r.URL = s.ClientURL()
+	n.server = s
 	if a, ok := s.Addr().(*net.TCPAddr); ok {
-		r.port = a.Port
+		n.port = a.Port
 	}
+	if i == 0 {
+		r.Server = s
+	}
+	var urls []string
+	for _, m := range r.nodes {
+		if m.port > 0 {
+			urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", m.port))
+		}
+	}
+	r.URL = strings.Join(urls, ",")
 	return nil
+}
+
+// waitJetStream polls until the region's JetStream answers (in a cluster:
+// until its meta leader is elected).
+func (p *Partition) waitJetStream(r *Region) error {
+	nc, err := nats.Connect(r.URL)
+	if err != nil {
+		return fmt.Errorf("region %s: %w", r.Name, err)
+	}
+	defer nc.Close()
+	js, err := jetstream.New(nc)
+	if err != nil {
+		return err
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_, err := js.AccountInfo(ctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("region %s: jetstream not ready: %w", r.Name, err)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
 }
 
 func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.Registerer) error {
@@ -54,6 +122,7 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 		Logger: p.opts.Logger, Registerer: wrap(reg, "instance", "worker-"+r.Name),
 		MessageTTL: p.opts.MessageTTL, Concurrency: p.opts.Concurrency,
 		RunTimeout: p.opts.RunTimeout, MaxAttempts: p.opts.MaxAttempts, SweepInterval: p.opts.SweepInterval,
+		Layout: p.layout(),
 	})
 	if err != nil {
 		nc.Close()
@@ -81,6 +150,7 @@ func (p *Partition) startProxy(ctx context.Context, reg prometheus.Registerer) e
 		Bundle: p.Bundle, Conns: conns, Logger: p.opts.Logger,
 		Registerer: wrap(reg, "instance", "proxy"),
 		Delay:      map[string]time.Duration{"*": p.opts.ProxyDelay}, Concurrency: p.opts.Concurrency,
+		Layout: p.layout(),
 	})
 	if err != nil {
 		return err
@@ -92,29 +162,59 @@ func (p *Partition) startProxy(ctx context.Context, reg prometheus.Registerer) e
 	return nil
 }
 
-// StopServer shuts a region's nats-server down (its data stays on disk):
-// the region is cut off from its workers, clients and the proxy.
+// StopServer shuts every nats-server of a region down (data stays on
+// disk): the region is cut off from its workers, clients and the proxy.
 func (p *Partition) StopServer(region string) {
 	r := p.Region(region)
-	if r == nil || r.Server == nil {
+	if r == nil {
 		return
 	}
-	r.Server.Shutdown()
-	r.Server.WaitForShutdown()
-	r.Server = nil
+	for i := range r.nodes {
+		p.StopNode(region, i)
+	}
 }
 
-// StartServer starts a stopped region's server again on the same port with
-// the same data; connections reconnect by themselves.
+// StopNode shuts down node i of a region (0 for a single-server region).
+func (p *Partition) StopNode(region string, i int) {
+	r := p.Region(region)
+	if r == nil || i >= len(r.nodes) || r.nodes[i].server == nil {
+		return
+	}
+	r.nodes[i].server.Shutdown()
+	r.nodes[i].server.WaitForShutdown()
+	r.nodes[i].server = nil
+	if i == 0 {
+		r.Server = nil
+	}
+}
+
+// StartServer starts a stopped region's servers again on the same ports
+// with the same data; connections reconnect by themselves.
 func (p *Partition) StartServer(region string) error {
 	r := p.Region(region)
 	if r == nil {
 		return fmt.Errorf("no region %q", region)
 	}
-	if r.Server != nil {
+	for i := range r.nodes {
+		if r.nodes[i].server == nil {
+			if err := p.startNode(r, i); err != nil {
+				return err
+			}
+		}
+	}
+	return p.waitJetStream(r)
+}
+
+// StartNode starts node i of a region again.
+func (p *Partition) StartNode(region string, i int) error {
+	r := p.Region(region)
+	if r == nil || i >= len(r.nodes) {
+		return fmt.Errorf("no node %d in region %q", i, region)
+	}
+	if r.nodes[i].server != nil {
 		return nil
 	}
-	return p.startServer(r)
+	return p.startNode(r, i)
 }
 
 // KillWorker stops a region's worker as a crash would: its connection is
@@ -160,4 +260,11 @@ func (p *Partition) StartProxy(ctx context.Context) error {
 		return nil
 	}
 	return p.startProxy(ctx, nil)
+}
+
+func (p *Partition) layout() layout.Options {
+	if p.opts.ClusterSize > 1 {
+		return layout.Options{Replicas: 3}
+	}
+	return layout.Options{}
 }
