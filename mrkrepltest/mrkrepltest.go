@@ -29,6 +29,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/proxy"
 	"github.com/mrkrepl/mrkrepl/workers"
@@ -64,6 +65,10 @@ type Options struct {
 	MessageTTL time.Duration
 	// Concurrency is passed to the workers and proxy (0: their defaults).
 	Concurrency int
+	// Auth runs every server with per-role users and permissions
+	// (internal/natsauth): workers, the proxy and clients each connect as
+	// their role; Partition.Connect connects as an unrestricted admin.
+	Auth bool
 	// ClusterSize 3 runs each region as a three-node JetStream cluster
 	// with R3 streams and buckets; 0 or 1 runs one server per region.
 	ClusterSize int
@@ -98,6 +103,7 @@ type Partition struct {
 	opts       Options
 	regions    []*Region
 	proxyConns map[string]*nats.Conn
+	passwords  map[string]string // by role, with Auth
 	conns      []*nats.Conn
 	dir        string
 	ownDir     bool
@@ -119,6 +125,12 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	p = &Partition{dir: opts.Dir, opts: opts}
+	if opts.Auth {
+		p.passwords = map[string]string{}
+		for _, role := range []string{natsauth.RoleWorker, natsauth.RoleProxy, natsauth.RoleClient, "admin"} {
+			p.passwords[role] = messages.NewID()
+		}
+	}
 	if p.dir == "" {
 		if p.dir, err = os.MkdirTemp("", "mrkrepltest-"); err != nil {
 			return nil, err
@@ -220,14 +232,25 @@ func (p *Partition) Region(name string) *Region {
 func (p *Partition) Regions() []*Region { return slices.Clone(p.regions) }
 
 // Connect opens a new connection to a region's server; Close closes it.
-// The connection reconnects forever, so it survives server restarts.
+// The connection reconnects forever, so it survives server restarts. With
+// Options.Auth it connects as an unrestricted admin.
 func (p *Partition) Connect(region, name string) (*nats.Conn, error) {
+	return p.ConnectAs(region, "admin", name)
+}
+
+// ConnectAs is Connect as one of the roles of internal/natsauth (with
+// Options.Auth; without, every connection is unrestricted).
+func (p *Partition) ConnectAs(region, role, name string) (*nats.Conn, error) {
 	r := p.Region(region)
 	if r == nil || r.URL == "" {
 		return nil, fmt.Errorf("no region %q", region)
 	}
-	nc, err := nats.Connect(r.URL, nats.Name("mrkrepl-"+name+"-"+region), nats.MaxReconnects(-1),
-		nats.ReconnectWait(100*time.Millisecond), nats.RetryOnFailedConnect(true))
+	opts := []nats.Option{nats.Name("mrkrepl-" + name + "-" + region), nats.MaxReconnects(-1),
+		nats.ReconnectWait(100 * time.Millisecond), nats.RetryOnFailedConnect(true)}
+	if p.passwords != nil {
+		opts = append(opts, nats.UserInfo(role, p.passwords[role]))
+	}
+	nc, err := nats.Connect(r.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", region, err)
 	}

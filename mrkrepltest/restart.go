@@ -10,6 +10,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/proxy"
 	"github.com/mrkrepl/mrkrepl/workers"
 	"github.com/nats-io/nats-server/v2/server"
@@ -48,6 +49,9 @@ func (p *Partition) startNode(r *Region, i int) error {
 		StoreDir:   r.storeDir,
 		NoLog:      true,
 		NoSigs:     true,
+	}
+	if p.passwords != nil {
+		opts.Users = natsauth.Users(r.Name, p.passwords)
 	}
 	if len(r.nodes) > 1 {
 		opts.ServerName = fmt.Sprintf("%s-%d", r.Name, i)
@@ -88,7 +92,11 @@ func (p *Partition) startNode(r *Region, i int) error {
 // waitJetStream polls until the region's JetStream answers (in a cluster:
 // until its meta leader is elected).
 func (p *Partition) waitJetStream(r *Region) error {
-	nc, err := nats.Connect(r.URL)
+	var opts []nats.Option
+	if p.passwords != nil {
+		opts = append(opts, nats.UserInfo("admin", p.passwords["admin"]))
+	}
+	nc, err := nats.Connect(r.URL, opts...)
 	if err != nil {
 		return fmt.Errorf("region %s: %w", r.Name, err)
 	}
@@ -113,7 +121,7 @@ func (p *Partition) waitJetStream(r *Region) error {
 }
 
 func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.Registerer) error {
-	nc, err := p.Connect(r.Name, "worker")
+	nc, err := p.ConnectAs(r.Name, natsauth.RoleWorker, "worker")
 	if err != nil {
 		return err
 	}
@@ -133,14 +141,20 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 		return err
 	}
 	r.Conn, r.Worker = nc, w
-	r.Client = client.New(nc, r.Name)
+	cc := nc
+	if p.passwords != nil {
+		if cc, err = p.ConnectAs(r.Name, natsauth.RoleClient, "client"); err != nil {
+			return err
+		}
+	}
+	r.Client = client.New(cc, r.Name)
 	return nil
 }
 
 func (p *Partition) startProxy(ctx context.Context, reg prometheus.Registerer) error {
 	conns := map[string]*nats.Conn{}
 	for _, r := range p.regions {
-		nc, err := p.Connect(r.Name, "proxy")
+		nc, err := p.ConnectAs(r.Name, natsauth.RoleProxy, "proxy")
 		if err != nil {
 			return err
 		}
