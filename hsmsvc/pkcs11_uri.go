@@ -1,0 +1,226 @@
+package hsmsvc
+
+// Parsing of the pkcs11: URI (RFC 7512) and of the PIN file it names. Pure
+// Go, so it is the same with and without cgo.
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// DefaultRSKLabel is the CKA_LABEL of the RSK when the URI has no object=.
+const DefaultRSKLabel = "mrkrepl-rsk"
+
+// maxPINFileSize bounds what is read from a pin-source file.
+const maxPINFileSize = 1024
+
+// pkcs11Config is a parsed pkcs11: URI. It holds no PIN, only where to read
+// it, so it can be logged.
+type pkcs11Config struct {
+	modulePath   string // module-path, absolute
+	token        string // token= (CKA_LABEL of the token), may be ""
+	serial       string // serial=, may be ""
+	rskLabel     string // object=, DefaultRSKLabel if absent
+	pinSource    string // pin-source as a file path, may be ""
+	allowHostKDF bool   // allow-host-kdf=true
+}
+
+// tokenName names the token for errors and logs: label, serial or both.
+func (c *pkcs11Config) tokenName() string {
+	switch {
+	case c.token != "" && c.serial != "":
+		return fmt.Sprintf("token %q (serial %s)", c.token, c.serial)
+	case c.serial != "":
+		return "token with serial " + c.serial
+	default:
+		return fmt.Sprintf("token %q", c.token)
+	}
+}
+
+// unsupportedPathAttrs are the RFC 7512 path attributes this backend does
+// not use; naming one gets a precise error rather than "unknown".
+var unsupportedPathAttrs = map[string]bool{
+	"manufacturer": true, "model": true, "library-manufacturer": true,
+	"library-description": true, "library-version": true, "id": true,
+	"type": true, "slot-manufacturer": true, "slot-description": true,
+	"slot-id": true,
+}
+
+// parsePKCS11URI parses uri strictly:
+//
+//	pkcs11:token=<label>;serial=<serial>;object=<rsk label>
+//	       ?module-path=<abs path>&pin-source=<file>&allow-host-kdf=true
+//
+// Path attributes: token and/or serial (at least one; both must match when
+// both are given), object (the RSK's CKA_LABEL, default DefaultRSKLabel).
+// Query attributes: module-path (required, absolute), pin-source (a file:
+// URI or an absolute path; optional when Options.PIN is set), allow-host-kdf
+// (true or false; mrkrepl's own query attribute). pin-value is refused: a
+// PIN in a URI ends up in argv, shell history and process listings. Every
+// other attribute, a repeated attribute, an empty value, a fragment and bad
+// percent-encoding are errors.
+func parsePKCS11URI(uri string) (*pkcs11Config, error) {
+	fail := func(format string, args ...any) (*pkcs11Config, error) {
+		return nil, fmt.Errorf("pkcs11 uri: "+format, args...)
+	}
+	scheme, rest, ok := strings.Cut(uri, ":")
+	if !ok || !strings.EqualFold(scheme, "pkcs11") {
+		return fail("does not start with \"pkcs11:\"")
+	}
+	if strings.ContainsAny(rest, "#") {
+		return fail("a fragment (#…) is not allowed")
+	}
+	path, query, _ := strings.Cut(rest, "?")
+	cfg := &pkcs11Config{rskLabel: DefaultRSKLabel}
+
+	seen := map[string]bool{}
+	attr := func(kind, sep, s string) ([][2]string, error) {
+		var out [][2]string
+		if s == "" {
+			return nil, nil
+		}
+		for _, a := range strings.Split(s, sep) {
+			name, raw, ok := strings.Cut(a, "=")
+			if !ok || name == "" {
+				return nil, fmt.Errorf("pkcs11 uri: %s attribute %q is not name=value", kind, a)
+			}
+			name = strings.ToLower(name)
+			if seen[name] {
+				return nil, fmt.Errorf("pkcs11 uri: attribute %q given twice", name)
+			}
+			seen[name] = true
+			v, err := url.PathUnescape(raw)
+			if err != nil {
+				return nil, fmt.Errorf("pkcs11 uri: attribute %q: bad percent-encoding", name)
+			}
+			if v == "" {
+				return nil, fmt.Errorf("pkcs11 uri: attribute %q is empty", name)
+			}
+			out = append(out, [2]string{name, v})
+		}
+		return out, nil
+	}
+
+	pattrs, err := attr("path", ";", path)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range pattrs {
+		switch name, v := a[0], a[1]; {
+		case name == "token":
+			cfg.token = v
+		case name == "serial":
+			cfg.serial = v
+		case name == "object":
+			cfg.rskLabel = v
+		case unsupportedPathAttrs[name]:
+			return fail("path attribute %q is not supported; select the token with token= and/or serial=, the RSK with object=", name)
+		default:
+			return fail("unknown path attribute %q; the path takes token=, serial= and object=", name)
+		}
+	}
+	qattrs, err := attr("query", "&", query)
+	if err != nil {
+		return nil, err
+	}
+	for _, a := range qattrs {
+		switch name, v := a[0], a[1]; name {
+		case "module-path":
+			if !filepath.IsAbs(v) {
+				return fail("module-path %q is not an absolute path", v)
+			}
+			cfg.modulePath = filepath.Clean(v)
+		case "pin-source":
+			p, err := pinSourcePath(v)
+			if err != nil {
+				return nil, err
+			}
+			cfg.pinSource = p
+		case "pin-value":
+			return fail("pin-value is refused: a PIN in a URI leaks through argv and logs; put it in a file (mode 0600) and use pin-source=/path/to/file")
+		case "module-name":
+			return fail("module-name is not supported; give the module's absolute path with module-path=")
+		case "allow-host-kdf":
+			switch strings.ToLower(v) {
+			case "true":
+				cfg.allowHostKDF = true
+			case "false":
+				cfg.allowHostKDF = false
+			default:
+				return fail("allow-host-kdf=%q, want true or false", v)
+			}
+		default:
+			return fail("unknown query attribute %q; the query takes module-path=, pin-source= and allow-host-kdf=", name)
+		}
+	}
+	if cfg.token == "" && cfg.serial == "" {
+		return fail("no token selected: give token=<label> and/or serial=<serial>")
+	}
+	if cfg.modulePath == "" {
+		return fail("module-path=<absolute path of the PKCS#11 module> is required")
+	}
+	return cfg, nil
+}
+
+// pinSourcePath accepts a file: URI without a host, or an absolute path.
+func pinSourcePath(v string) (string, error) {
+	p := v
+	if strings.HasPrefix(v, "file:") {
+		u, err := url.Parse(v)
+		if err != nil || (u.Host != "" && u.Host != "localhost") || u.RawQuery != "" || u.Opaque != "" {
+			return "", fmt.Errorf("pkcs11 uri: pin-source %q is not a local file: URI", v)
+		}
+		p = u.Path
+	} else if strings.HasPrefix(v, "|") {
+		return "", errors.New("pkcs11 uri: pin-source commands (|…) are not supported; give a file")
+	}
+	if !filepath.IsAbs(p) {
+		return "", fmt.Errorf("pkcs11 uri: pin-source %q is not an absolute path or file: URI", v)
+	}
+	return filepath.Clean(p), nil
+}
+
+// resolvePIN returns opts.PIN if set, else the content of the pin-source
+// file without its trailing newline. Errors name the file, never its
+// content. insecure reports a file readable by group or others.
+func resolvePIN(cfg *pkcs11Config, opts Options) (pin string, insecure bool, err error) {
+	if opts.PIN != "" {
+		return opts.PIN, false, nil
+	}
+	if cfg.pinSource == "" {
+		return "", false, errors.New("no PIN: add pin-source=<file> to the pkcs11 uri (or set Options.PIN)")
+	}
+	f, err := os.Open(cfg.pinSource)
+	if err != nil {
+		return "", false, fmt.Errorf("read PIN from pin-source: %w", err)
+	}
+	defer f.Close()
+	st, err := f.Stat()
+	if err != nil {
+		return "", false, fmt.Errorf("read PIN from pin-source: %w", err)
+	}
+	if !st.Mode().IsRegular() {
+		return "", false, fmt.Errorf("read PIN from pin-source %s: not a regular file", cfg.pinSource)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxPINFileSize+1))
+	if err != nil {
+		return "", false, fmt.Errorf("read PIN from pin-source: %w", err)
+	}
+	defer clear(b)
+	if len(b) > maxPINFileSize {
+		return "", false, fmt.Errorf("read PIN from pin-source %s: longer than %d bytes", cfg.pinSource, maxPINFileSize)
+	}
+	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
+	if s == "" {
+		return "", false, fmt.Errorf("read PIN from pin-source %s: the file is empty", cfg.pinSource)
+	}
+	if strings.ContainsAny(s, "\r\n") {
+		return "", false, fmt.Errorf("read PIN from pin-source %s: more than one line", cfg.pinSource)
+	}
+	return s, st.Mode().Perm()&0o077 != 0, nil
+}
