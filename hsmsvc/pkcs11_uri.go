@@ -42,6 +42,13 @@ func (c *pkcs11Config) tokenName() string {
 	}
 }
 
+// queryAttrs are the query attributes, named in errors when they appear in
+// the path.
+var queryAttrs = map[string]bool{
+	"module-path": true, "pin-source": true, "allow-host-kdf": true,
+	"pin-value": true, "module-name": true,
+}
+
 // unsupportedPathAttrs are the RFC 7512 path attributes this backend does
 // not use; naming one gets a precise error rather than "unknown".
 var unsupportedPathAttrs = map[string]bool{
@@ -118,6 +125,8 @@ func parsePKCS11URI(uri string) (*pkcs11Config, error) {
 			cfg.serial = v
 		case name == "object":
 			cfg.rskLabel = v
+		case queryAttrs[name]:
+			return fail("%s is a query attribute: write it after \"?\" (pkcs11:token=…?%s=…)", name, name)
 		case unsupportedPathAttrs[name]:
 			return fail("path attribute %q is not supported; select the token with token= and/or serial=, the RSK with object=", name)
 		default:
@@ -145,6 +154,8 @@ func parsePKCS11URI(uri string) (*pkcs11Config, error) {
 			return fail("pin-value is refused: a PIN in a URI leaks through argv and logs; put it in a file (mode 0600) and use pin-source=/path/to/file")
 		case "module-name":
 			return fail("module-name is not supported; give the module's absolute path with module-path=")
+		case "token", "serial", "object":
+			return fail("%s is a path attribute: write it before \"?\", separated by \";\" (pkcs11:%s=…;…?module-path=…)", name, name)
 		case "allow-host-kdf":
 			switch strings.ToLower(v) {
 			case "true":

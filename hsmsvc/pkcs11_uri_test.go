@@ -62,6 +62,9 @@ func TestParsePKCS11URI(t *testing.T) {
 		{"pkcs11:token=a" + mod + "&pin-source=file://host/pin", "not a local file: URI"},
 		{"pkcs11:token=a" + mod + "&pin-source=%7C/bin/getpin", "pin-source commands"},
 		{"pkcs11:token=a" + mod + "#frag", "a fragment"},
+		{"pkcs11:token=a;module-path=" + testModule, "module-path is a query attribute"},
+		{"pkcs11:token=a;pin-source=/p" + mod, "pin-source is a query attribute"},
+		{"pkcs11:" + mod + "&token=a", "token is a path attribute"},
 	}
 	for _, tc := range bad {
 		_, err := parsePKCS11URI(tc.uri)
