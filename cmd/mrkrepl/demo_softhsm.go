@@ -1,11 +1,42 @@
 package main
 
 import (
-	"errors"
+	"context"
+	"fmt"
+	"path/filepath"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/softhsm"
 )
 
+// softhsmDemo makes a throwaway SoftHSM2 token per region (under dir, with
+// its own softhsm2.conf) and an RSK in each. In mixed mode the regions
+// alternate: SoftHSM2, soft, SoftHSM2, …
+//
+// SoftHSM2 cannot run the protocol's KDF inside the token, so the demo turns
+// on AllowHostKDF: Z is read out for the host-side KDF (docs/PKCS11.md).
 func softhsmDemo(mode, dir string) (func(string) string, hsmsvc.Options, error) {
-	return nil, hsmsvc.Options{}, errors.New("--hsm " + mode + ": not yet available")
+	opts := hsmsvc.Options{AllowHostKDF: true}
+	uris := map[string]string{}
+	var order []string // regions in the order first asked for
+	return func(region string) string {
+		if uri, ok := uris[region]; ok {
+			return uri
+		}
+		order = append(order, region)
+		if mode == "mixed" && len(order)%2 == 0 {
+			uris[region] = "soft:"
+			return "soft:"
+		}
+		uri, err := softhsm.CreateToken(filepath.Join(dir, "softhsm"), "demo-"+region)
+		if err == nil {
+			_, err = hsmsvc.InitPKCS11RSK(context.Background(), uri, opts)
+		}
+		if err != nil {
+			// hsmsvc.Open reports the bad URI with this error's text.
+			return "pkcs11:error=" + fmt.Sprint(err)
+		}
+		uris[region] = uri
+		return uri
+	}, opts, nil
 }

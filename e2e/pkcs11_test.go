@@ -1,0 +1,52 @@
+package e2e
+
+import (
+	"testing"
+	"time"
+
+	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/softhsm"
+	"github.com/mrkrepl/mrkrepl/mrkrepltest"
+)
+
+// TestInteropSoftAndPKCS11 replicates between a region on the soft backend
+// and one on a SoftHSM2 token, in both directions, and checks that
+// ciphertext crosses both ways. (Skips without SoftHSM2 unless
+// MRKREPL_REQUIRE_SOFTHSM=1.)
+func TestInteropSoftAndPKCS11(t *testing.T) {
+	uri := softhsm.NewToken(t, "e2e-eu")
+	opts := hsmsvc.Options{AllowHostKDF: true}
+	if _, err := hsmsvc.InitPKCS11RSK(t.Context(), uri, opts); err != nil {
+		t.Fatal(err)
+	}
+	p := mrkrepltest.New(t, mrkrepltest.Options{
+		Regions:    []string{"us-east-1", "eu-west-1"},
+		HSMOptions: opts,
+		HSM: func(r string) string {
+			if r == "eu-west-1" {
+				return uri
+			}
+			return "soft:"
+		},
+	})
+	if b := p.Region("eu-west-1").HSM.Backend(); b != "pkcs11" {
+		t.Fatalf("eu-west-1 runs %s, want pkcs11", b)
+	}
+	ctx := ctxT(t, 2*time.Minute)
+	for _, dir := range []struct{ src, dst string }{{"us-east-1", "eu-west-1"}, {"eu-west-1", "us-east-1"}} {
+		c := p.Region(dir.src).Client
+		key, err := c.CreateKey(ctx, api.CreateKeyRequest{})
+		if err != nil {
+			t.Fatalf("create in %s: %v", dir.src, err)
+		}
+		rep, err := c.ReplicateKey(ctx, key.KeyID, dir.dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if rep, err = c.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
+			t.Fatalf("%s → %s: %v %+v", dir.src, dir.dst, err, rep)
+		}
+		crossDecrypt(t, ctx, key.KeyID, p.Regions())
+	}
+}
