@@ -45,13 +45,15 @@ func TestChaos(t *testing.T) {
 	if testing.Short() {
 		keys, chaosFor = 6, 6*time.Second
 	}
+	const messageTTL = 5 * time.Second
 	dir := t.TempDir()
 	p := mrkrepltest.New(t, mrkrepltest.Options{
 		Dir: dir,
 		// Persisted soft HSMs: key material survives everything but the disk.
 		HSM:           func(r string) string { return "soft:" + dir + "/" + r + "/hsm" },
-		MessageTTL:    8 * time.Second,
-		RunTimeout:    10 * time.Second,
+		MessageTTL:    messageTTL,
+		ClockSkew:     500 * time.Millisecond,
+		RunTimeout:    messageTTL + 2*time.Second,
 		MaxAttempts:   20,
 		SweepInterval: 250 * time.Millisecond,
 	})
@@ -90,7 +92,26 @@ func TestChaos(t *testing.T) {
 	go func() {
 		defer close(chaosDone)
 		end := time.Now().Add(chaosFor)
+		// One long outage of a replica region, longer than a message's
+		// validity: what was in flight to it expires, and its runs must
+		// time out and be retried with fresh runs.
+		longCut := time.Now().Add(chaosFor/4 + time.Duration(rng.IntN(int(chaosFor/4))))
 		for time.Now().Before(end) && ctx.Err() == nil {
+			if !longCut.IsZero() && time.Now().After(longCut) {
+				longCut = time.Time{}
+				r := others[rng.IntN(len(others))]
+				mu.Lock()
+				actions = append(actions, "long-cut:"+r)
+				p.StopServer(r)
+				mu.Unlock()
+				time.Sleep(messageTTL + 2*time.Second) // the outage
+				mu.Lock()
+				if err := p.StartServer(r); err != nil {
+					t.Errorf("restore region %s: %v", r, err)
+				}
+				mu.Unlock()
+				continue
+			}
 			time.Sleep(time.Duration(200+rng.IntN(500)) * time.Millisecond) // pacing of faults
 			r := regions[rng.IntN(len(regions))].Name
 			mu.Lock()
@@ -132,6 +153,8 @@ func TestChaos(t *testing.T) {
 
 	// Requests, during the chaos: half through the API, half as events.
 	for i := range keys {
+		// Spread the requests over the chaos, so faults hit runs in flight.
+		time.Sleep(chaosFor / time.Duration(keys+1)) // pacing, not a wait for state
 		var keyID string
 		retry("create key", func(c context.Context) error {
 			k, err := primary.Client.CreateKey(c, api.CreateKeyRequest{Description: fmt.Sprint("chaos ", i)})
@@ -192,6 +215,7 @@ func TestChaos(t *testing.T) {
 			t.Errorf("lost: replication of %s to %s never ended", rq.keyID, rq.dst)
 		case r.State == api.ReplicaFailed:
 			failed++
+			t.Logf("failed: %s to %s: %s", rq.keyID, rq.dst, r.Reason)
 			if r.Reason == "" {
 				t.Errorf("replication of %s to %s FAILED without a reason", rq.keyID, rq.dst)
 			}

@@ -72,6 +72,8 @@ type Options struct {
 	// ClusterSize 3 runs each region as a three-node JetStream cluster
 	// with R3 streams and buckets; 0 or 1 runs one server per region.
 	ClusterSize int
+	// ClockSkew is passed to workers and proxy (0: messages.DefaultSkew).
+	ClockSkew time.Duration
 	// ExtraBundleKeys are added to the trust bundle (e.g. a retired RSK in
 	// tests of validity windows).
 	ExtraBundleKeys []messages.BundleKey

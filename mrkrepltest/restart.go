@@ -130,7 +130,7 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 		Logger: p.opts.Logger, Registerer: wrap(reg, "instance", "worker-"+r.Name),
 		MessageTTL: p.opts.MessageTTL, Concurrency: p.opts.Concurrency,
 		RunTimeout: p.opts.RunTimeout, MaxAttempts: p.opts.MaxAttempts, SweepInterval: p.opts.SweepInterval,
-		Layout: p.layout(),
+		Layout: p.layout(), ClockSkew: p.opts.ClockSkew,
 	})
 	if err != nil {
 		nc.Close()
@@ -164,7 +164,7 @@ func (p *Partition) startProxy(ctx context.Context, reg prometheus.Registerer) e
 		Bundle: p.Bundle, Conns: conns, Logger: p.opts.Logger,
 		Registerer: wrap(reg, "instance", "proxy"),
 		Delay:      map[string]time.Duration{"*": p.opts.ProxyDelay}, Concurrency: p.opts.Concurrency,
-		Layout: p.layout(),
+		Layout: p.layout(), ClockSkew: p.opts.ClockSkew,
 	})
 	if err != nil {
 		return err

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"math/rand/v2"
 	"slices"
 	"sync"
 	"time"
@@ -49,6 +50,13 @@ type Config struct {
 	// Delay is an injected one-way delay per pair, to emulate WAN latency
 	// in tests and benchmarks. Keys are "src>dst"; "*" applies to all.
 	Delay map[string]time.Duration
+	// Loss is an injected probability (0 to 1) per pair that a forward
+	// attempt fails as if the network had dropped it; the message is then
+	// retried like any failed forward. Keys as for Delay. Tests only.
+	Loss map[string]float64
+	// ClockSkew is the allowance for clocks between regions when checking
+	// sent_at and expires_at (0: messages.DefaultSkew).
+	ClockSkew time.Duration
 	// Concurrency bounds messages in flight per pair. Default 64.
 	Concurrency int
 	// Now returns the current time (tests). Default time.Now.
@@ -170,6 +178,13 @@ func (p *Proxy) stopLocked() {
 	p.consumes = nil
 }
 
+func (p *Proxy) loss(src, dst string) float64 {
+	if l, ok := p.cfg.Loss[src+">"+dst]; ok {
+		return l
+	}
+	return p.cfg.Loss["*"]
+}
+
 func (p *Proxy) delay(src, dst string) time.Duration {
 	if d, ok := p.cfg.Delay[src+">"+dst]; ok {
 		return d
@@ -204,6 +219,7 @@ func (pr *pair) forward(ctx context.Context, msg jetstream.Msg) {
 		Bundle:  p.cfg.Bundle,
 		Now:     p.cfg.Now(),
 		Subject: msg.Subject(),
+		Skew:    p.cfg.ClockSkew,
 	})
 	if err == nil && (env.Message.Src != pr.src || env.Message.Dst != pr.dst) {
 		err = &messages.VerifyError{Reason: messages.ReasonSubject, Detail: "message is not for this pair"}
@@ -223,13 +239,23 @@ func (pr *pair) forward(ctx context.Context, msg jetstream.Msg) {
 	}
 	out := nats.NewMsg(messages.InboxSubject(pr.dst, pr.src, env.Message.Type))
 	out.Data = msg.Data()
-	_, err = p.js[pr.dst].PublishMsg(ctx, out, jetstream.WithMsgID(env.Message.MsgID))
+	var ack *jetstream.PubAck
+	if l := p.loss(pr.src, pr.dst); l > 0 && rand.Float64() < l {
+		err = errInjectedLoss
+	} else {
+		ack, err = p.js[pr.dst].PublishMsg(ctx, out, jetstream.WithMsgID(env.Message.MsgID))
+	}
 	if err != nil {
 		p.met.retried.WithLabelValues(pr.src, pr.dst).Inc()
 		delay := retryDelay(msg)
 		p.log.Warn("forward failed; will retry", "src", pr.src, "dst", pr.dst, "type", typ, "msg_id", env.Message.MsgID, "retry_in", delay, "err", err)
 		_ = msg.NakWithDelay(delay)
 		return
+	}
+	if ack.Duplicate {
+		// Already delivered (another proxy, or a redelivery): the inbox
+		// dropped it, which is what makes several proxies safe.
+		p.log.Debug("duplicate dropped by destination inbox", "src", pr.src, "dst", pr.dst, "msg_id", env.Message.MsgID)
 	}
 	if err := msg.DoubleAck(ctx); err != nil {
 		// The destination has it; a redelivery is de-duplicated there.
@@ -263,6 +289,8 @@ func (pr *pair) refuse(ctx context.Context, msg jetstream.Msg, err error) {
 	p.log.Warn("message refused", "src", pr.src, "dst", pr.dst, "subject", msg.Subject(), "reason", reason, "detail", detail)
 	_ = msg.TermWithReason(reason)
 }
+
+var errInjectedLoss = errors.New("injected loss")
 
 // retryDelay grows with deliveries: 250ms, 500ms, … capped at 30s, with
 // ±20% jitter so that proxies do not retry in lockstep.

@@ -80,6 +80,7 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 		Now:      w.cfg.Now(),
 		Receiver: w.cfg.Region,
 		Subject:  msg.Subject(),
+		Skew:     w.cfg.ClockSkew,
 	})
 	if err != nil {
 		var ve *messages.VerifyError

@@ -554,8 +554,10 @@ func (w *Worker) lostRace(ctx context.Context, m *messages.Message, digest []byt
 
 // finish counts, times and announces a run's end in this region.
 func (w *Worker) finish(ctx context.Context, rec *replication) {
-	if err := w.res.Pending.Delete(ctx, rec.ID); err != nil {
-		w.log.Warn("pending index not cleared; the sweeper will", "replication_id", rec.ID, "err", err)
+	if !rec.TimedOut { // the sweeper clears a timed-out run's entry after its follow-up
+		if err := w.res.Pending.Delete(ctx, rec.ID); err != nil {
+			w.log.Warn("pending index not cleared; the sweeper will", "replication_id", rec.ID, "err", err)
+		}
 	}
 	elapsed := w.cfg.Now().Sub(rec.CreatedAt).Seconds()
 	ev := api.Event{KeyID: rec.KeyID, ReplicationID: rec.ID, Peer: rec.Peer, Reason: rec.Reason}

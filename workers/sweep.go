@@ -90,6 +90,13 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 		return err
 	}
 	if rec.ended() {
+		if rec.Role == roleSource && rec.TimedOut {
+			// The follow-up of a timed-out run (retry or give up) is
+			// done before its entry goes: a crash in between repeats it.
+			if err := w.retryOrGiveUp(ctx, rec); err != nil {
+				return err
+			}
+		}
 		return w.res.Pending.Delete(ctx, id)
 	}
 	deadline := rec.ExpiresAt
@@ -118,14 +125,25 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 	}
 	w.finish(ctx, &next)
 	if rec.Role == roleSource {
-		return w.retryOrGiveUp(ctx, &next)
+		if err := w.retryOrGiveUp(ctx, &next); err != nil {
+			return err // the entry stays: the next sweep tries again
+		}
 	}
-	return nil
+	return w.res.Pending.Delete(ctx, id)
 }
 
 // retryOrGiveUp starts the next attempt for a replica whose run timed out,
-// or marks the replica FAILED after the last one.
+// or marks the replica FAILED after the last one. It does nothing if the
+// replica has moved on (a newer run, or a late receipt enabled it), so it
+// may be repeated.
 func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {
+	key, _, err := getJSON[api.Key](ctx, w.res.Keys, failed.KeyID)
+	if err != nil {
+		return err
+	}
+	if r, ok := findReplica(key, failed.Peer); !ok || r.ReplicationID != failed.ID || r.State != api.ReplicaCreating {
+		return nil
+	}
 	if failed.Attempt < w.cfg.MaxAttempts {
 		next, err := w.startRun(ctx, failed.KeyID, failed.Peer, failed.Attempt+1)
 		if err != nil {
@@ -136,7 +154,7 @@ func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {
 		return nil
 	}
 	reason := fmt.Sprintf("gave up after %d attempts: %s", failed.Attempt, failed.Reason)
-	_, err := updateJSON(ctx, w.res.Keys, failed.KeyID, func(k *api.Key) error {
+	_, err = updateJSON(ctx, w.res.Keys, failed.KeyID, func(k *api.Key) error {
 		r, ok := findReplica(k, failed.Peer)
 		if ok && (r.ReplicationID != failed.ID || r.State == api.ReplicaEnabled) {
 			return errNoChange // a newer run or a late receipt decided

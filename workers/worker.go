@@ -46,6 +46,9 @@ type Config struct {
 	// SweepInterval is how often the worker looks for runs past their
 	// deadline. Default 5 seconds.
 	SweepInterval time.Duration
+	// ClockSkew is the allowance for clocks between regions when checking
+	// sent_at and expires_at (0: messages.DefaultSkew).
+	ClockSkew time.Duration
 	// Concurrency is how many messages the worker handles at once per
 	// consumer. Default 16.
 	Concurrency int
