@@ -38,16 +38,27 @@ func (w *Worker) markPending(ctx context.Context, id string) error {
 	return nil
 }
 
+// rakbSweepEvery is how often (in sweeps) the HSM is asked to destroy
+// expired RAKBs, where it keeps them (hsmsvc.AgreementKeySweeper).
+const rakbSweepEvery = 12
+
 func (w *Worker) sweepLoop(ctx context.Context) {
 	t := time.NewTicker(w.cfg.SweepInterval)
 	defer t.Stop()
-	for {
+	for n := 1; ; n++ {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
 			if err := w.sweep(ctx); err != nil && ctx.Err() == nil {
 				w.log.Warn("sweep failed", "err", err)
+			}
+			if s, ok := w.cfg.HSM.(hsmsvc.AgreementKeySweeper); ok && n%rakbSweepEvery == 0 {
+				if k, err := s.SweepExpired(ctx); err != nil && ctx.Err() == nil {
+					w.log.Warn("expired agreement keys not swept", "err", err)
+				} else if k > 0 {
+					w.log.Info("expired agreement keys destroyed", "count", k)
+				}
 			}
 		}
 	}
