@@ -61,6 +61,8 @@ type Config struct {
 	Concurrency int
 	// Now returns the current time (tests). Default time.Now.
 	Now func() time.Time
+	// Heartbeat configures the end-to-end probes of every pair (heartbeat.go).
+	Heartbeat HeartbeatConfig
 }
 
 // Proxy forwards verified messages between regions.
@@ -159,6 +161,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 			p.consumes = append(p.consumes, cc)
 		}
 	}
+	p.startObservers(ctx) // metrics hook (observe.go)
 	p.log.Info("proxy started", "partition", p.cfg.Bundle.Partition(), "regions", regions)
 	return nil
 }
@@ -172,6 +175,7 @@ func (p *Proxy) Stop() {
 }
 
 func (p *Proxy) stopLocked() {
+	p.stopObservers() // metrics hook (observe.go)
 	for _, c := range p.consumes {
 		c.Stop()
 	}

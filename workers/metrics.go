@@ -2,25 +2,86 @@ package workers
 
 import (
 	"fmt"
+	"slices"
+	"sync"
 
+	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
-// metrics are the worker's Prometheus series (docs/METRICS.md). Labels are
-// low-cardinality: region, peer, message type, result, reason — never key ids.
+// metrics are the worker's Prometheus series (docs/METRICS.md). Every
+// series carries the constant label region; the other labels are
+// low-cardinality: message type, result, reason, operation, role, stage,
+// backend — never key ids. Series whose label values are known in advance
+// are created at zero so that rates and alerts work from the first scrape.
+//
+// Besides these instruments, a collector (observe.go) reads state on scrape:
+// runs in flight, consumer lag, stream sizes, the connection and the RSK's
+// expiry; obs.BundleCollector reports the trust bundle's RSK expiry.
 type metrics struct {
 	received      *prometheus.CounterVec   // type, result
 	refused       *prometheus.CounterVec   // reason
-	requests      *prometheus.CounterVec   // op, result
+	requests      opCounter                // op, result
 	replications  *prometheus.CounterVec   // role, result
 	duration      *prometheus.HistogramVec // role, stage
 	hsmOps        *prometheus.HistogramVec // op, backend
 	hsmErrors     *prometheus.CounterVec   // op, backend
 	lastCompleted prometheus.Gauge
+
+	view     *workerCollector     // scrape-time state, attached at Start
+	bundle   *obs.BundleCollector // the trust bundle's RSK expiry, set at Start
+	selfTest sync.Mutex           // one HSM self-test at a time (health.go)
 }
 
 var protocolTypes = []messages.Type{messages.TypeInit, messages.TypeOffer, messages.TypeMaterial, messages.TypeReceipt}
+
+// apiOps are the request API's operations, the values of the op label
+// (request events are "event:<op>").
+var apiOps = []string{
+	api.OpCreateKey, api.OpDescribeKey, api.OpListKeys, api.OpReplicateKey,
+	api.OpDescribeReplication, api.OpEncrypt, api.OpDecrypt,
+}
+
+// eventOps are the request events the worker consumes.
+var eventOps = []string{"event:" + api.OpReplicateKey}
+
+// otherOp replaces an op label value outside apiOps and eventOps: the
+// request subject's last token is chosen by whoever publishes, and a label
+// must not take unbounded values.
+const otherOp, otherEventOp = "other", "event:other"
+
+// hsmOpNames are the values of the op label of the HSM metrics.
+var hsmOpNames = []string{
+	"sign", "generate_key", "encrypt", "decrypt", "create_agreement_key",
+	"wrap_for_peer", "unwrap_from_peer", "key_confirmation", opSelfTest,
+}
+
+// opSelfTest is the readiness check's sign-and-verify (health.go).
+const opSelfTest = "self_test"
+
+// workerReasons are the worker's own refusal reasons, beyond messages.Reason.
+var workerReasons = []string{
+	reasonReplayedMsgID, reasonUnknownRun, reasonStateMismatch, reasonWrongPeer,
+	reasonNotPrimary, reasonKeyExists, reasonRunExpired,
+}
+
+// opCounter is requests_total with its op label bounded to known values.
+type opCounter struct{ vec *prometheus.CounterVec }
+
+// WithLabelValues returns the counter for op and result; an unknown op is
+// counted as "other" (or "event:other").
+func (c opCounter) WithLabelValues(op, result string) prometheus.Counter {
+	if !slices.Contains(apiOps, op) && !slices.Contains(eventOps, op) {
+		if len(op) >= len("event:") && op[:len("event:")] == "event:" {
+			op = otherEventOp
+		} else {
+			op = otherOp
+		}
+	}
+	return c.vec.WithLabelValues(op, result)
+}
 
 func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 	const ns, sub = "mrkrepl", "worker"
@@ -34,10 +95,10 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "messages_refused_total", ConstLabels: cl,
 			Help: "Inbox messages refused and dead-lettered, by reason.",
 		}, []string{"reason"}),
-		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+		requests: opCounter{prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "requests_total", ConstLabels: cl,
 			Help: "API requests and request events, by operation and result (ok, error).",
-		}, []string{"op", "result"}),
+		}, []string{"op", "result"})},
 		replications: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: ns, Subsystem: sub, Name: "replications_total", ConstLabels: cl,
 			Help: "Replication runs ended in this region, by role and result (completed, failed).",
@@ -49,7 +110,7 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 		}, []string{"role", "stage"}),
 		hsmOps: prometheus.NewHistogramVec(prometheus.HistogramOpts{
 			Namespace: ns, Subsystem: sub, Name: "hsm_operation_duration_seconds", ConstLabels: cl,
-			Help:    "HSM operation latency, by operation and backend.",
+			Help:    "HSM operation latency, by operation and backend (the count is the number of attempts).",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
 		}, []string{"op", "backend"}),
 		hsmErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -58,12 +119,26 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 		}, []string{"op", "backend"}),
 		lastCompleted: prometheus.NewGauge(prometheus.GaugeOpts{
 			Namespace: ns, Subsystem: sub, Name: "last_replication_completed_timestamp_seconds", ConstLabels: cl,
-			Help: "Unix time of the last replication this region completed (either role).",
+			Help: "Unix time of the last replication this process completed (either role); 0 if none since it started.",
 		}),
+		view: newWorkerCollector(region),
 	}
 	for _, t := range protocolTypes {
 		for _, r := range []string{"accepted", "duplicate", "refused", "retry"} {
 			m.received.WithLabelValues(string(t), r)
+		}
+	}
+	m.received.WithLabelValues("unknown", "refused")
+	m.received.WithLabelValues("unknown", "retry")
+	for _, r := range messages.Reasons() {
+		m.refused.WithLabelValues(string(r))
+	}
+	for _, r := range workerReasons {
+		m.refused.WithLabelValues(r)
+	}
+	for _, op := range append(slices.Concat(apiOps, eventOps), otherOp, otherEventOp) {
+		for _, r := range []string{"ok", "error"} {
+			m.requests.vec.WithLabelValues(op, r)
 		}
 	}
 	for _, role := range []string{roleSource, roleDestination} {
@@ -71,12 +146,26 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 			m.replications.WithLabelValues(role, r)
 		}
 	}
+	m.duration.WithLabelValues(roleSource, "confirmed")
+	m.duration.WithLabelValues(roleDestination, "usable")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted} {
+		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests.vec, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted, m.view} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}
 		}
 	}
+	var err error
+	if m.bundle, err = obs.RegisterBundleCollector(reg); err != nil {
+		return nil, fmt.Errorf("register worker metrics: %w", err)
+	}
 	return m, nil
+}
+
+// initBackend creates the HSM series of the worker's backend at zero.
+func (m *metrics) initBackend(backend string) {
+	for _, op := range hsmOpNames {
+		m.hsmOps.WithLabelValues(op, backend)
+		m.hsmErrors.WithLabelValues(op, backend)
+	}
 }

@@ -195,6 +195,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		defer w.inflight.Done()
 		w.sweepLoop(sctx)
 	}()
+	w.startObservers() // metrics hook (observe.go)
 	w.log.Info("worker started", "hsm", w.backend, "kid", fmt.Sprintf("%x", w.kid[:8]), "partition", w.cfg.Bundle.Partition())
 	return nil
 }
@@ -223,6 +224,7 @@ func (w *Worker) Stop() {
 }
 
 func (w *Worker) stopLocked() {
+	w.stopObservers() // metrics hook (observe.go)
 	if w.stopSweep != nil {
 		w.stopSweep()
 		w.stopSweep = nil

@@ -6,162 +6,346 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/config"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/proxy"
 	"github.com/mrkrepl/mrkrepl/workers"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
-// natsFlags are the connection flags shared by worker and proxy.
-type natsFlags struct {
-	creds string
-	ca    string
+// The daemons (worker, proxy) take their settings from a YAML file
+// (--config), then MRKREPL_* environment variables, then flags; see package
+// internal/config and docs/OPERATIONS.md. Both serve /metrics, /healthz and
+// /readyz on --metrics-addr from the moment they start, and retry their
+// start (NATS unreachable, JetStream not ready) until interrupted.
+
+// addNATSFlags binds the connection flags shared by worker and proxy.
+func addNATSFlags(fs *flag.FlagSet, n *config.NATS) {
+	fs.StringVar(&n.CredsFile, "nats-creds", n.CredsFile, "NATS credentials `FILE` (user JWT and nkey seed)")
+	fs.StringVar(&n.User, "nats-user", n.User, "NATS `user` name (with --nats-password-file)")
+	fs.StringVar(&n.PasswordFile, "nats-password-file", n.PasswordFile, "read the NATS user's password from `FILE`")
+	fs.StringVar(&n.CAFile, "nats-ca", n.CAFile, "CA certificates `FILE` (PEM) for TLS to NATS")
+	fs.StringVar(&n.CertFile, "nats-cert", n.CertFile, "client certificate `FILE` (PEM) for TLS to NATS")
+	fs.StringVar(&n.KeyFile, "nats-key", n.KeyFile, "client key `FILE` (PEM) for TLS to NATS")
 }
 
-func (n *natsFlags) add(fs *flag.FlagSet) {
-	fs.StringVar(&n.creds, "nats-creds", "", "NATS credentials `FILE` (user JWT and seed)")
-	fs.StringVar(&n.ca, "nats-ca", "", "CA certificate `FILE` for TLS to NATS")
+// addCommonFlags binds the flags every daemon has.
+func addCommonFlags(fs *flag.FlagSet, replicas, concurrency *int, m *config.Metrics, l *config.Log) {
+	fs.IntVar(replicas, "replicas", *replicas, "JetStream replicas of the streams and buckets this process creates (1, 3 or 5)")
+	fs.IntVar(concurrency, "concurrency", *concurrency, "messages handled at once per consumer")
+	fs.StringVar(&m.Addr, "metrics-addr", m.Addr, "serve /metrics, /healthz and /readyz on `ADDR` (e.g. :9101 or 127.0.0.1:9101)")
+	fs.StringVar(&l.Level, "log-level", l.Level, "log level: debug, info, warn or error")
+	fs.StringVar(&l.Format, "log-format", l.Format, "log format: text or json")
 }
 
-func (n *natsFlags) connect(url, name string) (*nats.Conn, error) {
-	opts := []nats.Option{nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second)}
-	if n.creds != "" {
-		opts = append(opts, nats.UserCredentials(n.creds))
+// daemonFlags builds a daemon's flag set in the order that gives the right
+// precedence: file values become the defaults, then the environment is
+// applied, then the command line is parsed.
+func daemonFlags(name, synopsis string, args []string, stderr io.Writer, load func(path string) error, bind func(fs *flag.FlagSet), multi ...string) (configPath string, err error) {
+	configPath = config.ConfigPath(args, os.LookupEnv)
+	if configPath != "" {
+		if err := load(configPath); err != nil {
+			return "", err
+		}
 	}
-	if n.ca != "" {
-		opts = append(opts, nats.RootCAs(n.ca))
+	fs := newFlagSet(name, synopsis, stderr)
+	fs.String("config", configPath, "YAML configuration `FILE`; MRKREPL_<FLAG> variables and flags override it (docs/OPERATIONS.md)")
+	bind(fs)
+	base := fs.Usage
+	fs.Usage = func() {
+		base()
+		fmt.Fprintf(stderr, "\nEvery flag can also be set by an environment variable: --nats-url by %s, and so on.\n", config.EnvName("nats-url"))
 	}
-	nc, err := nats.Connect(url, opts...)
+	if err := config.ApplyEnv(fs, os.LookupEnv, multi...); err != nil {
+		return "", err
+	}
+	return configPath, parseFlags(fs, args, false)
+}
+
+// invalid reports a configuration that failed validation, one problem per
+// line, as a usage error.
+func invalid(stderr io.Writer, cmd string, err error) error {
+	fmt.Fprintf(stderr, "mrkrepl %s: invalid configuration:\n", cmd)
+	for line := range strings.SplitSeq(err.Error(), "\n") {
+		fmt.Fprintf(stderr, "  %s\n", line)
+	}
+	return errUsage
+}
+
+// connect opens a connection that keeps retrying: a daemon started before
+// its NATS cluster waits for it, and logs every change of state. Secrets
+// are read from their files here and handed to the client only.
+func connect(n config.NATS, name string, log *slog.Logger) (*nats.Conn, error) {
+	log = log.With("nats", name)
+	opts := []nats.Option{
+		nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
+		nats.RetryOnFailedConnect(true),
+		nats.ConnectHandler(func(nc *nats.Conn) { log.Info("nats connected", "server", nc.ConnectedUrlRedacted()) }),
+		nats.ReconnectHandler(func(nc *nats.Conn) { log.Info("nats reconnected", "server", nc.ConnectedUrlRedacted()) }),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected", "err", err)
+			}
+		}),
+	}
+	if n.CredsFile != "" {
+		opts = append(opts, nats.UserCredentials(n.CredsFile))
+	}
+	if n.User != "" {
+		pw, err := readSecretFile(n.PasswordFile)
+		if err != nil {
+			return nil, fmt.Errorf("nats password_file: %w", err)
+		}
+		opts = append(opts, nats.UserInfo(n.User, pw))
+	}
+	if n.CAFile != "" {
+		opts = append(opts, nats.RootCAs(n.CAFile))
+	}
+	if n.CertFile != "" {
+		opts = append(opts, nats.ClientCert(n.CertFile, n.KeyFile))
+	}
+	nc, err := nats.Connect(n.URL, opts...)
 	if err != nil {
-		return nil, fmt.Errorf("connect to %s: %w", url, err)
+		return nil, fmt.Errorf("connect to %s: %w", n.URL, err)
 	}
 	return nc, nil
 }
 
+// serveObs starts the metrics and health endpoint if addr is set. Until
+// ready is stored, /readyz answers "starting".
+func serveObs(ctx context.Context, addr string, reg *prometheus.Registry, ready *atomic.Pointer[obs.ReadyFunc], log *slog.Logger) error {
+	if addr == "" {
+		return nil
+	}
+	bound, err := obs.Serve(ctx, addr, reg, func(ctx context.Context) error {
+		f := ready.Load()
+		if f == nil {
+			return errors.New("starting")
+		}
+		return (*f)(ctx)
+	}, log)
+	if err != nil {
+		return err
+	}
+	log.Info("serving metrics and health", "metrics", "http://"+bound+"/metrics", "readyz", "http://"+bound+"/readyz")
+	return nil
+}
+
+// startWithRetry calls start until it succeeds or ctx ends, waiting 1 s,
+// 2 s, … 30 s between attempts, as long as the failure is transient (NATS
+// or JetStream not reachable or not ready yet); any other error is
+// returned at once.
+func startWithRetry(ctx context.Context, what string, log *slog.Logger, connected func() bool, start func(context.Context) error) error {
+	delay := time.Second
+	for {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		err := start(sctx)
+		cancel()
+		if err == nil {
+			return nil
+		}
+		if ctx.Err() == nil && !transient(err, connected) {
+			return err
+		}
+		log.Warn(what+" did not start; retrying", "err", err, "retry_in", delay)
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 30*time.Second)
+	}
+}
+
+// transient reports whether a start failure may go away by itself: the
+// connection is down, a request timed out or found no responder, or
+// JetStream answered that it is not (yet) available, e.g. while a cluster
+// elects its leaders.
+func transient(err error, connected func() bool) bool {
+	if !connected() {
+		return true
+	}
+	var apiErr *jetstream.APIError
+	if errors.As(err, &apiErr) && apiErr.Code >= 500 {
+		return true
+	}
+	for _, t := range []error{
+		context.DeadlineExceeded, nats.ErrTimeout, nats.ErrNoResponders, nats.ErrDisconnected,
+		nats.ErrConnectionClosed, nats.ErrConnectionReconnecting, jetstream.ErrJetStreamNotEnabled,
+		jetstream.ErrJetStreamNotEnabledForAccount,
+	} {
+		if errors.Is(err, t) {
+			return true
+		}
+	}
+	return false
+}
+
 func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("worker", "--region NAME --bundle FILE --hsm URI [flags]", stderr)
-	region := fs.String("region", "", "this worker's `region` (required)")
-	url := fs.String("nats-url", "nats://127.0.0.1:4222", "the region's NATS cluster `URL`s (comma-separated)")
-	bundlePath := fs.String("bundle", "", "the partition's trust bundle `FILE` (JSON, required)")
-	hsmURI := fs.String("hsm", "", "HSM `URI`: soft:/dir or pkcs11:token=…?module-path=…&pin-source=FILE (required)")
-	pinFile := fs.String("pin-file", "", "read the PKCS#11 PIN from `FILE` (never pass a PIN on the command line)")
-	allowHostKDF := fs.Bool("allow-host-kdf", false, "allow a PKCS#11 token that cannot run the KDF inside (SoftHSM2) to release Z to the host (docs/PKCS11.md)")
-	replicas := fs.Int("replicas", 1, "JetStream replicas for the region's streams and buckets (1 or 3)")
-	concurrency := fs.Int("concurrency", 16, "messages handled at once per consumer")
-	metricsAddr := fs.String("metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR` (e.g. 127.0.0.1:9101)")
-	var nf natsFlags
-	nf.add(fs)
-	newLogger := logFlags(fs, "info")
-	if err := parseFlags(fs, args, false); err != nil {
-		return err
-	}
-	if err := required(fs, "region", *region, "bundle", *bundlePath, "hsm", *hsmURI); err != nil {
-		return err
-	}
-	if *replicas != 1 && *replicas != 3 {
-		return errors.New("--replicas: want 1 or 3")
-	}
-	logger, err := newLogger(stderr)
+	cfg := config.DefaultWorker()
+	path, err := daemonFlags("worker", "[--config FILE] --region NAME --bundle FILE --hsm URI [flags]", args, stderr,
+		func(path string) error { return config.Load(path, &cfg) },
+		func(fs *flag.FlagSet) {
+			fs.StringVar(&cfg.Region, "region", cfg.Region, "this worker's `region` (required)")
+			fs.StringVar(&cfg.Bundle, "bundle", cfg.Bundle, "the partition's trust bundle `FILE` (JSON, required)")
+			fs.StringVar(&cfg.NATS.URL, "nats-url", cfg.NATS.URL, "the region's NATS cluster `URL`s (comma-separated)")
+			addNATSFlags(fs, &cfg.NATS)
+			fs.StringVar(&cfg.HSM.URI, "hsm", cfg.HSM.URI, "HSM `URI`: soft:/dir or pkcs11:token=…?module-path=…&pin-source=FILE (required)")
+			fs.StringVar(&cfg.HSM.PINFile, "pin-file", cfg.HSM.PINFile, "read the PKCS#11 PIN from `FILE` (never pass a PIN on the command line)")
+			fs.BoolVar(&cfg.HSM.AllowHostKDF, "allow-host-kdf", cfg.HSM.AllowHostKDF, "allow a PKCS#11 token that cannot run the KDF inside (SoftHSM2) to release Z to the host (docs/PKCS11.md)")
+			fs.DurationVar(&cfg.ClockSkew, "clock-skew", cfg.ClockSkew, "allowance for clocks between regions (0: the protocol's default)")
+			fs.DurationVar(&cfg.RunTimeout, "run-timeout", cfg.RunTimeout, "a source run not completed by then fails and is retried with a fresh run (0: default)")
+			fs.IntVar(&cfg.MaxAttempts, "max-attempts", cfg.MaxAttempts, "runs tried for one replica before it is marked FAILED (0: default)")
+			addCommonFlags(fs, &cfg.JetStream.Replicas, &cfg.Concurrency, &cfg.Metrics, &cfg.Log)
+		})
 	if err != nil {
 		return err
 	}
-	bundle, err := messages.LoadBundle(*bundlePath)
+	if err := cfg.Validate(); err != nil {
+		return invalid(stderr, "worker", err)
+	}
+	logger, err := obs.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return err
 	}
-	hopts := hsmsvc.Options{AllowHostKDF: *allowHostKDF, Logger: logger}
-	if *pinFile != "" {
-		pin, err := readSecretFile(*pinFile)
+	logger.Info("configuration", "file", path, "worker", cfg)
+	bundle, err := messages.LoadBundle(cfg.Bundle)
+	if err != nil {
+		return err
+	}
+	hopts := hsmsvc.Options{AllowHostKDF: cfg.HSM.AllowHostKDF, Logger: logger}
+	if cfg.HSM.PINFile != "" {
+		pin, err := readSecretFile(cfg.HSM.PINFile)
 		if err != nil {
-			return fmt.Errorf("--pin-file: %w", err)
+			return fmt.Errorf("hsm.pin_file: %w", err)
 		}
 		hopts.PIN = pin
 	}
-	hsm, err := hsmsvc.Open(ctx, *hsmURI, hopts)
+	hsm, err := hsmsvc.Open(ctx, cfg.HSM.URI, hopts)
 	if err != nil {
 		return err
 	}
 	defer hsm.Close()
-	nc, err := nf.connect(*url, "mrkrepl-worker-"+*region)
+
+	reg := obs.NewRegistry()
+	var ready atomic.Pointer[obs.ReadyFunc]
+	if err := serveObs(ctx, cfg.Metrics.Addr, reg, &ready, logger); err != nil {
+		return err
+	}
+	nc, err := connect(cfg.NATS, "mrkrepl-worker-"+cfg.Region, logger)
 	if err != nil {
 		return err
 	}
 	defer nc.Close()
-	reg := obs.NewRegistry()
 	w, err := workers.New(workers.Config{
-		Region: *region, Bundle: bundle, HSM: hsm, Conn: nc, Logger: logger, Registerer: reg,
-		Layout: layout.Options{Replicas: *replicas}, Concurrency: *concurrency,
+		Region: cfg.Region, Bundle: bundle, HSM: hsm, Conn: nc, Logger: logger, Registerer: reg,
+		Layout: layout.Options{Replicas: cfg.JetStream.Replicas}, Concurrency: cfg.Concurrency,
+		ClockSkew: cfg.ClockSkew, RunTimeout: cfg.RunTimeout, MaxAttempts: cfg.MaxAttempts,
 	})
 	if err != nil {
 		return err
 	}
-	if err := w.Start(ctx); err != nil {
+	if err := startWithRetry(ctx, "worker", logger, nc.IsConnected, w.Start); err != nil {
+		if ctx.Err() != nil {
+			return nil // interrupted while waiting: a clean stop
+		}
 		return err
 	}
 	defer w.Stop()
-	if *metricsAddr != "" {
-		addr, err := obs.Serve(ctx, *metricsAddr, reg, func() error {
-			if !nc.IsConnected() {
-				return errors.New("not connected to nats")
-			}
-			return nil
-		}, logger)
-		if err != nil {
-			return err
-		}
-		logger.Info("metrics", "url", "http://"+addr+"/metrics")
-	}
+	rf := obs.ReadyFunc(w.Ready)
+	ready.Store(&rf)
 	<-ctx.Done()
 	logger.Info("worker stopping")
 	return nil
 }
 
-// regionURLs collects repeated --region NAME=URL flags.
-type regionURLs map[string]string
+// regionURLs is the repeatable --region NAME=URL flag of the proxy. A
+// region given on the command line (or in MRKREPL_REGION) replaces the
+// file's URL for it; giving it twice there is an error.
+type regionURLs struct {
+	m    map[string]config.NATS
+	seen map[string]bool
+}
 
-func (r regionURLs) String() string { return fmt.Sprint(map[string]string(r)) }
-func (r regionURLs) Set(v string) error {
+func (r *regionURLs) String() string {
+	if r == nil || r.m == nil {
+		return ""
+	}
+	var s []string
+	for name, n := range r.m {
+		s = append(s, name+"="+n.URL)
+	}
+	return strings.Join(s, " ")
+}
+
+func (r *regionURLs) Set(v string) error {
 	name, url, ok := strings.Cut(v, "=")
 	if !ok || name == "" || url == "" {
 		return fmt.Errorf("want NAME=URL, got %q", v)
 	}
-	if _, dup := r[name]; dup {
+	if r.seen[name] {
 		return fmt.Errorf("region %s given twice", name)
 	}
-	r[name] = url
+	r.seen[name] = true
+	n := r.m[name]
+	n.URL = url
+	r.m[name] = n
 	return nil
 }
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	fs := newFlagSet("proxy", "--bundle FILE --region NAME=URL ... [flags]", stderr)
-	bundlePath := fs.String("bundle", "", "the partition's trust bundle `FILE` (JSON, required)")
-	urls := regionURLs{}
-	fs.Var(urls, "region", "a region's NATS `NAME=URL`; repeat for every region of the partition")
-	durable := fs.String("durable", "proxy", "consumer name prefix; proxies with the same prefix share the work")
-	delay := fs.Duration("delay", 0, "injected one-way delay for every pair (WAN emulation; tests and benchmarks only)")
-	metricsAddr := fs.String("metrics-addr", "", "serve /metrics, /healthz and /readyz on `ADDR`")
-	var nf natsFlags
-	nf.add(fs)
-	newLogger := logFlags(fs, "info")
-	if err := parseFlags(fs, args, false); err != nil {
-		return err
-	}
-	if err := required(fs, "bundle", *bundlePath); err != nil {
-		return err
-	}
-	logger, err := newLogger(stderr)
+	cfg := config.DefaultProxy()
+	path, err := daemonFlags("proxy", "[--config FILE] --bundle FILE --region NAME=URL ... [flags]", args, stderr,
+		func(path string) error { return config.Load(path, &cfg) },
+		func(fs *flag.FlagSet) {
+			if cfg.Regions == nil {
+				cfg.Regions = map[string]config.NATS{}
+			}
+			fs.StringVar(&cfg.Bundle, "bundle", cfg.Bundle, "the partition's trust bundle `FILE` (JSON, required)")
+			fs.Var(&regionURLs{m: cfg.Regions, seen: map[string]bool{}}, "region", "a region's NATS `NAME=URL`; repeat for every region of the partition")
+			addNATSFlags(fs, &cfg.NATS)
+			fs.StringVar(&cfg.Durable, "durable", cfg.Durable, "consumer name prefix; proxies with the same prefix share the work")
+			fs.DurationVar(&cfg.Delay, "delay", cfg.Delay, "injected one-way delay for every pair (WAN emulation; tests and benchmarks only)")
+			fs.Float64Var(&cfg.Loss, "loss", cfg.Loss, "injected probability that a forward attempt fails, for every pair (tests only)")
+			fs.DurationVar(&cfg.ClockSkew, "clock-skew", cfg.ClockSkew, "allowance for clocks between regions (0: the protocol's default)")
+			fs.DurationVar(&cfg.Heartbeat.Interval, "heartbeat-interval", cfg.Heartbeat.Interval, "time between heartbeat probes of every region pair")
+			fs.DurationVar(&cfg.Heartbeat.Timeout, "heartbeat-timeout", cfg.Heartbeat.Timeout, "bound on one heartbeat probe")
+			fs.BoolVar(&cfg.Heartbeat.Disabled, "heartbeat-disabled", cfg.Heartbeat.Disabled, "send no heartbeat probes")
+			addCommonFlags(fs, &cfg.JetStream.Replicas, &cfg.Concurrency, &cfg.Metrics, &cfg.Log)
+		}, "region")
 	if err != nil {
 		return err
 	}
-	bundle, err := messages.LoadBundle(*bundlePath)
+	if err := cfg.Validate(); err != nil {
+		return invalid(stderr, "proxy", err)
+	}
+	logger, err := obs.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
+		return err
+	}
+	logger.Info("configuration", "file", path, "proxy", cfg)
+	bundle, err := messages.LoadBundle(cfg.Bundle)
+	if err != nil {
+		return err
+	}
+	if err := cfg.CheckRegions(bundle.Partition(), bundle.Regions()); err != nil {
+		return invalid(stderr, "proxy", err)
+	}
+
+	reg := obs.NewRegistry()
+	var ready atomic.Pointer[obs.ReadyFunc]
+	if err := serveObs(ctx, cfg.Metrics.Addr, reg, &ready, logger); err != nil {
 		return err
 	}
 	conns := map[string]*nats.Conn{}
@@ -171,40 +355,40 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}()
 	for _, r := range bundle.Regions() {
-		url, ok := urls[r]
-		if !ok {
-			return fmt.Errorf("no --region %s=URL: the bundle's partition has regions %s", r, strings.Join(bundle.Regions(), ", "))
-		}
-		if conns[r], err = nf.connect(url, "mrkrepl-proxy-"+r); err != nil {
+		if conns[r], err = connect(cfg.Region(r), "mrkrepl-proxy-"+r, logger); err != nil {
 			return err
 		}
 	}
-	reg := obs.NewRegistry()
+	hb := proxy.HeartbeatConfig{Interval: cfg.Heartbeat.Interval, Timeout: cfg.Heartbeat.Timeout}
+	if cfg.Heartbeat.Disabled {
+		hb.Interval = -1
+	}
 	p, err := proxy.New(proxy.Config{
-		Bundle: bundle, Conns: conns, Logger: logger, Registerer: reg, Durable: *durable,
-		Delay: map[string]time.Duration{"*": *delay},
+		Bundle: bundle, Conns: conns, Logger: logger, Registerer: reg, Durable: cfg.Durable,
+		Layout: layout.Options{Replicas: cfg.JetStream.Replicas}, Concurrency: cfg.Concurrency,
+		Delay: map[string]time.Duration{"*": cfg.Delay}, Heartbeat: hb, ClockSkew: cfg.ClockSkew,
+		Loss: map[string]float64{"*": cfg.Loss},
 	})
 	if err != nil {
 		return err
 	}
-	if err := p.Start(ctx); err != nil {
+	allConnected := func() bool {
+		for _, nc := range conns {
+			if !nc.IsConnected() {
+				return false
+			}
+		}
+		return true
+	}
+	if err := startWithRetry(ctx, "proxy", logger, allConnected, p.Start); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
 		return err
 	}
 	defer p.Stop()
-	if *metricsAddr != "" {
-		addr, err := obs.Serve(ctx, *metricsAddr, reg, func() error {
-			for r, nc := range conns {
-				if !nc.IsConnected() {
-					return fmt.Errorf("not connected to %s", r)
-				}
-			}
-			return nil
-		}, logger)
-		if err != nil {
-			return err
-		}
-		logger.Info("metrics", "url", "http://"+addr+"/metrics")
-	}
+	rf := obs.ReadyFunc(p.Ready)
+	ready.Store(&rf)
 	<-ctx.Done()
 	logger.Info("proxy stopping")
 	return nil
@@ -222,7 +406,8 @@ func required(fs *flag.FlagSet, pairs ...string) error {
 	return nil
 }
 
-// readSecretFile reads a PIN or password from a file, without the trailing newline.
+// readSecretFile reads a PIN or password from a file, without the trailing
+// newline. Errors name the file, never its content.
 func readSecretFile(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {

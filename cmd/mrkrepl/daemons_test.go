@@ -3,30 +3,76 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"net/http"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/client"
+	"github.com/mrkrepl/mrkrepl/internal/natsauth"
+	"github.com/mrkrepl/mrkrepl/internal/softhsm"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
+	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
 
-// TestWorkerAndProxyCommands runs the partition as an operator would: one
-// nats-server per region, "mrkrepl rsk" per region, "mrkrepl bundle", then
-// "mrkrepl worker" per region and "mrkrepl proxy" (in-process, as commands
-// with their flags), and replicates a key through them.
-func TestWorkerAndProxyCommands(t *testing.T) {
-	dir := t.TempDir()
-	regions := []string{"us-east-1", "eu-west-1", "ap-southeast-2"}
-	urls := map[string]string{}
+// syncBuffer is a bytes.Buffer safe to read while a daemon writes to it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
+}
+
+// cluster is one nats-server per region, with the per-role users of
+// internal/natsauth, and the commands run against them.
+type cluster struct {
+	t       *testing.T
+	dir     string
+	regions []string
+	urls    map[string]string
+	pwFiles map[string]string // role → file holding its password
+	ctx     context.Context   // the test's
+	dctx    context.Context   // the daemons'
+	stop    context.CancelFunc
+	wg      sync.WaitGroup
+	codes   chan int
+}
+
+func newCluster(t *testing.T, regions ...string) *cluster {
+	t.Helper()
+	c := &cluster{t: t, dir: t.TempDir(), regions: regions, urls: map[string]string{}, pwFiles: map[string]string{}, codes: make(chan int, 16)}
+	passwords := map[string]string{}
+	for _, role := range []string{natsauth.RoleWorker, natsauth.RoleProxy, natsauth.RoleClient} {
+		passwords[role] = "pw-" + role + "-" + fmt.Sprint(time.Now().UnixNano())
+		c.pwFiles[role] = filepath.Join(c.dir, role+".password")
+		if err := os.WriteFile(c.pwFiles[role], []byte(passwords[role]+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	for _, r := range regions {
 		s, err := server.NewServer(&server.Options{
 			ServerName: r, Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
-			StoreDir: filepath.Join(dir, r, "js"), NoLog: true, NoSigs: true,
+			StoreDir: filepath.Join(c.dir, r, "js"), NoLog: true, NoSigs: true,
+			Users: natsauth.Users(r, passwords),
 		})
 		if err != nil {
 			t.Fatal(err)
@@ -36,104 +82,327 @@ func TestWorkerAndProxyCommands(t *testing.T) {
 			t.Fatalf("%s not ready", r)
 		}
 		t.Cleanup(s.Shutdown)
-		urls[r] = s.ClientURL()
+		c.urls[r] = s.ClientURL()
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
-	defer cancel()
-	mustRun := func(args ...string) []byte {
-		t.Helper()
-		var out, errb bytes.Buffer
-		if code := run(ctx, args, &out, &errb); code != 0 {
-			t.Fatalf("mrkrepl %v: exit %d: %s", args, code, errb.String())
-		}
-		return out.Bytes()
+	var cancel context.CancelFunc
+	c.ctx, cancel = context.WithTimeout(t.Context(), time.Minute)
+	t.Cleanup(cancel)
+	c.dctx, c.stop = context.WithCancel(c.ctx)
+	return c
+}
+
+// client connects to a region as the client role.
+func (c *cluster) client(region string) *client.Client {
+	c.t.Helper()
+	pw, err := readSecretFile(c.pwFiles[natsauth.RoleClient])
+	if err != nil {
+		c.t.Fatal(err)
 	}
+	nc, err := nats.Connect(c.urls[region], nats.UserInfo(natsauth.RoleClient, pw))
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	c.t.Cleanup(nc.Close)
+	return client.New(nc, region)
+}
+
+// mustRun runs a command to completion and returns its stdout.
+func (c *cluster) mustRun(args ...string) []byte {
+	c.t.Helper()
+	var out, errb bytes.Buffer
+	if code := run(c.ctx, args, &out, &errb); code != 0 {
+		c.t.Fatalf("mrkrepl %v: exit %d: %s", args, code, errb.String())
+	}
+	return out.Bytes()
+}
+
+// bundle makes each region's RSK fragment with hsmArgs(region) and merges
+// them into a trust bundle.
+func (c *cluster) bundle(hsmArgs func(region string) []string) string {
+	c.t.Helper()
 	var fragments []string
-	for _, r := range regions {
-		f := filepath.Join(dir, r+".json")
-		if err := os.WriteFile(f, mustRun("rsk", "--hsm", "soft:"+filepath.Join(dir, r, "hsm"), "--region", r, "--partition", "cmdtest"), 0o644); err != nil {
-			t.Fatal(err)
+	for _, r := range c.regions {
+		f := filepath.Join(c.dir, r+".json")
+		args := append([]string{"rsk", "--region", r, "--partition", "cmdtest"}, hsmArgs(r)...)
+		if err := os.WriteFile(f, c.mustRun(args...), 0o644); err != nil {
+			c.t.Fatal(err)
 		}
 		fragments = append(fragments, f)
 	}
-	bundle := filepath.Join(dir, "bundle.json")
-	if err := os.WriteFile(bundle, mustRun(append([]string{"bundle"}, fragments...)...), 0o644); err != nil {
-		t.Fatal(err)
+	path := filepath.Join(c.dir, "bundle.json")
+	if err := os.WriteFile(path, c.mustRun(append([]string{"bundle"}, fragments...)...), 0o644); err != nil {
+		c.t.Fatal(err)
 	}
+	return path
+}
 
-	dctx, stop := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	codes := make(chan int, len(regions)+1)
-	daemon := func(args ...string) {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			var out, errb bytes.Buffer
-			code := run(dctx, args, &out, &errb)
-			if code != 0 {
-				t.Errorf("mrkrepl %s: exit %d: %s", args[0], code, errb.String())
+// daemon runs a command until the cluster stops; it must then exit 0.
+func (c *cluster) daemon(args ...string) *syncBuffer {
+	errb := &syncBuffer{}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		var out bytes.Buffer
+		code := run(c.dctx, args, &out, errb)
+		if code != 0 {
+			c.t.Errorf("mrkrepl %s: exit %d: %s", args[0], code, errb.String())
+		}
+		c.codes <- code
+	}()
+	return errb
+}
+
+// shutdown interrupts the daemons and waits for them.
+func (c *cluster) shutdown() {
+	c.stop()
+	c.wg.Wait()
+	close(c.codes)
+	for code := range c.codes {
+		if code != 0 {
+			c.t.Errorf("a daemon exited %d after interrupt", code)
+		}
+	}
+}
+
+// writeConfig writes a YAML file into the test directory.
+func (c *cluster) writeConfig(name, yaml string) string {
+	c.t.Helper()
+	p := filepath.Join(c.dir, name)
+	if err := os.WriteFile(p, []byte(yaml), 0o600); err != nil {
+		c.t.Fatal(err)
+	}
+	return p
+}
+
+// endpoint waits until a daemon's log (JSON) names its metrics URL and
+// returns the base URL (http://host:port).
+func endpoint(t *testing.T, log *syncBuffer) string {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for time.Now().Before(deadline) {
+		for line := range strings.SplitSeq(log.String(), "\n") {
+			var rec struct {
+				Msg     string `json:"msg"`
+				Metrics string `json:"metrics"`
 			}
-			codes <- code
-		}()
+			if json.Unmarshal([]byte(line), &rec) == nil && rec.Metrics != "" {
+				return strings.TrimSuffix(rec.Metrics, "/metrics")
+			}
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
-	for _, r := range regions {
-		daemon("worker", "--region", r, "--nats-url", urls[r], "--bundle", bundle,
-			"--hsm", "soft:"+filepath.Join(dir, r, "hsm"), "--log-level", "error", "--metrics-addr", "127.0.0.1:0")
-	}
-	proxyArgs := []string{"proxy", "--bundle", bundle, "--log-level", "error"}
-	for _, r := range regions {
-		proxyArgs = append(proxyArgs, "--region", r+"="+urls[r])
-	}
-	daemon(proxyArgs...)
+	t.Fatalf("no metrics URL in the log:\n%s", log.String())
+	return ""
+}
 
-	nc, err := nats.Connect(urls["us-east-1"])
+func httpGet(t *testing.T, u string) (int, string) {
+	t.Helper()
+	resp, err := http.Get(u)
 	if err != nil {
-		t.Fatal(err)
+		t.Fatalf("GET %s: %v", u, err)
 	}
-	defer nc.Close()
-	us := client.New(nc, "us-east-1")
-	// Poll until the worker serves its API.
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+// waitReady polls /readyz until it answers 200.
+func waitReady(t *testing.T, base string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body := httpGet(t, base+"/readyz")
+		if code == 200 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s/readyz: %d %s", base, code, body)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// TestWorkerAndProxyCommands runs the partition as an operator would: one
+// nats-server per region, "mrkrepl rsk" per region, "mrkrepl bundle", then
+// "mrkrepl worker" per region and "mrkrepl proxy" (in-process, as commands),
+// one worker and the proxy from YAML files with MRKREPL_* variables on top,
+// and replicates a key through them while checking /healthz, /readyz and
+// that /metrics passes the Prometheus linter.
+func TestWorkerAndProxyCommands(t *testing.T) {
+	regions := []string{"us-east-1", "eu-west-1", "ap-southeast-2"}
+	c := newCluster(t, regions...)
+	hsmDir := func(r string) string { return filepath.Join(c.dir, r, "hsm") }
+	bundle := c.bundle(func(r string) []string { return []string{"--hsm", "soft:" + hsmDir(r)} })
+
+	// Read by every daemon of this process: all log JSON.
+	t.Setenv("MRKREPL_LOG_FORMAT", "json")
+	usConfig := c.writeConfig("worker-us.yaml", fmt.Sprintf(`# us-east-1's worker
+region: us-east-1
+bundle: %s
+nats: {url: %q, user: worker, password_file: %s}
+hsm: {uri: "soft:%s"}
+metrics: {addr: "127.0.0.1:0"}
+log: {level: info, format: text}  # MRKREPL_LOG_FORMAT overrides the format
+`, bundle, c.urls["us-east-1"], c.pwFiles[natsauth.RoleWorker], hsmDir("us-east-1")))
+	usLog := c.daemon("worker", "--config", usConfig)
+	for _, r := range regions[1:] {
+		c.daemon("worker", "--region", r, "--nats-url", c.urls[r], "--bundle", bundle,
+			"--nats-user", "worker", "--nats-password-file", c.pwFiles[natsauth.RoleWorker],
+			"--hsm", "soft:"+hsmDir(r), "--log-level", "error")
+	}
+	var proxyYAML strings.Builder
+	fmt.Fprintf(&proxyYAML, "bundle: %s\nmetrics: {addr: \"127.0.0.1:0\"}\nheartbeat: {interval: 200ms, timeout: 200ms}\nnats: {user: proxy, password_file: %s}\nregions:\n", bundle, c.pwFiles[natsauth.RoleProxy])
+	for _, r := range regions[:2] {
+		fmt.Fprintf(&proxyYAML, "  %s: {url: %q}\n", r, c.urls[r])
+	}
+	// The third region comes from a flag, on top of the file.
+	proxyLog := c.daemon("proxy", "--config", c.writeConfig("proxy.yaml", proxyYAML.String()),
+		"--region", "ap-southeast-2="+c.urls["ap-southeast-2"])
+
+	usBase, proxyBase := endpoint(t, usLog), endpoint(t, proxyLog)
+	for _, base := range []string{usBase, proxyBase} {
+		if code, body := httpGet(t, base+"/healthz"); code != 200 || body != "ok\n" {
+			t.Errorf("%s/healthz: %d %q", base, code, body)
+		}
+		waitReady(t, base)
+	}
+
+	us := c.client("us-east-1")
+	// Poll until every worker serves its API.
 	var key *api.Key
 	for key == nil {
-		k, err := us.CreateKey(ctx, api.CreateKeyRequest{})
+		k, err := us.CreateKey(c.ctx, api.CreateKeyRequest{})
 		if err == nil {
 			key = k
 			break
 		}
 		select {
-		case <-ctx.Done():
+		case <-c.ctx.Done():
 			t.Fatalf("worker never served create-key: %v", err)
 		case <-time.After(20 * time.Millisecond):
 		}
 	}
 	for _, dst := range regions[1:] {
-		rep, err := us.ReplicateKey(ctx, key.KeyID, dst)
+		rep, err := us.ReplicateKey(c.ctx, key.KeyID, dst)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if rep, err = us.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
+		if rep, err = us.WaitReplication(c.ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
 			t.Fatalf("replicate to %s: %v %+v", dst, err, rep)
 		}
 	}
-	ct, err := us.Encrypt(ctx, key.KeyID, []byte("across processes"), nil)
+	ct, err := us.Encrypt(c.ctx, key.KeyID, []byte("across processes"), nil)
 	if err != nil {
 		t.Fatal(err)
 	}
-	enc, err := nats.Connect(urls["ap-southeast-2"])
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer enc.Close()
-	pt, err := client.New(enc, "ap-southeast-2").Decrypt(ctx, ct.CiphertextBlob, nil)
+	pt, err := c.client("ap-southeast-2").Decrypt(c.ctx, ct.CiphertextBlob, nil)
 	if err != nil || string(pt.Plaintext) != "across processes" {
 		t.Fatalf("decrypt in ap-southeast-2: %v %+v", err, pt)
 	}
-	stop()
-	wg.Wait()
-	close(codes)
-	for c := range codes {
-		if c != 0 {
-			t.Errorf("a daemon exited %d after interrupt", c)
+
+	// What Prometheus would scrape is lint-clean and has the pipeline in it.
+	for base, wants := range map[string][]string{
+		usBase: {
+			`mrkrepl_worker_replications_total{region="us-east-1",result="completed",role="source"} 2`,
+			`mrkrepl_worker_replications_in_flight{region="us-east-1"} 0`,
+			`mrkrepl_build_info{`,
+		},
+		proxyBase: {
+			`mrkrepl_proxy_forwarded_total{dst="eu-west-1",src="us-east-1",type="replication.init"} 1`,
+			`mrkrepl_proxy_heartbeat_failures_total{dst="us-east-1",side="source",src="eu-west-1"} 0`,
+			`mrkrepl_proxy_nats_connected{region="ap-southeast-2"} 1`,
+		},
+	} {
+		code, body := httpGet(t, base+"/metrics")
+		if code != 200 {
+			t.Fatalf("%s/metrics: %d", base, code)
 		}
+		problems, err := promlint.New(strings.NewReader(body)).Lint()
+		if err != nil || len(problems) > 0 {
+			t.Errorf("%s/metrics lint: %v %v", base, err, problems)
+		}
+		for _, w := range wants {
+			if !strings.Contains(body, w) {
+				t.Errorf("%s/metrics lacks %s", base, w)
+			}
+		}
+	}
+	c.shutdown()
+
+	// The environment switched the logs to JSON; the configuration is logged.
+	logs := usLog.String()
+	if !strings.Contains(logs, `"msg":"configuration"`) || !strings.Contains(logs, `"file":"`+usConfig+`"`) || !strings.Contains(logs, `"component":"worker"`) {
+		t.Errorf("worker log lacks the configuration or is not JSON:\n%.2000s", logs)
+	}
+}
+
+// TestWorkerSecretsNotLogged runs a worker on a SoftHSM2 token with its PIN
+// in hsm.pin_file and debug logs, and checks that the PIN appears nowhere
+// in what it writes.
+func TestWorkerSecretsNotLogged(t *testing.T) {
+	uri := softhsm.NewToken(t, "cmdsecret")
+	u, err := url.Parse(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	pinFile := q.Get("pin-source")
+	pin, err := readSecretFile(pinFile)
+	if err != nil || len(pin) < 4 {
+		t.Fatalf("token PIN: %v", err)
+	}
+	// The URI without pin-source: the PIN comes from hsm.pin_file.
+	q.Del("pin-source")
+	q.Set("allow-host-kdf", "true") // SoftHSM2 cannot run the KDF inside
+	u.RawQuery = q.Encode()
+	tokenURI := u.String()
+	c := newCluster(t, "us-east-1", "eu-west-1")
+	// "hsm init" makes the RSK inside the token, and is idempotent.
+	first := string(c.mustRun("hsm", "init", "--hsm", tokenURI, "--pin-file", pinFile))
+	again := string(c.mustRun("hsm", "init", "--hsm", tokenURI, "--pin-file", pinFile))
+	if !strings.HasSuffix(first, " created\n") || !strings.HasSuffix(again, " already present\n") || first[:68] != again[:68] {
+		t.Errorf("hsm init: %q then %q", first, again)
+	}
+	bundle := c.bundle(func(r string) []string {
+		if r == "us-east-1" {
+			return []string{"--hsm", tokenURI, "--pin-file", pinFile}
+		}
+		return []string{"--hsm", "soft:" + filepath.Join(c.dir, r)}
+	})
+	cfg := c.writeConfig("worker.yaml", fmt.Sprintf(`region: us-east-1
+bundle: %s
+nats: {url: %q, user: worker, password_file: %s}
+hsm:
+  uri: %q
+  pin_file: %s
+metrics: {addr: "127.0.0.1:0"}
+log: {level: debug, format: json}
+`, bundle, c.urls["us-east-1"], c.pwFiles[natsauth.RoleWorker], tokenURI, pinFile))
+	natsPW, err := readSecretFile(c.pwFiles[natsauth.RoleWorker])
+	if err != nil {
+		t.Fatal(err)
+	}
+	log := c.daemon("worker", "--config", cfg)
+	base := endpoint(t, log)
+	defer func() {
+		if t.Failed() {
+			t.Logf("worker log:\n%s", log.String())
+		}
+	}()
+	waitReady(t, base)
+	_, metrics := httpGet(t, base+"/metrics")
+	c.shutdown()
+	out := log.String()
+	if !strings.Contains(out, pinFile) {
+		t.Errorf("the log does not name the PIN file:\n%.2000s", out)
+	}
+	if strings.Contains(out, pin) || strings.Contains(metrics, pin) {
+		t.Errorf("the PIN appears in the log or the metrics")
+	}
+	if strings.Contains(out, natsPW) || strings.Contains(metrics, natsPW) {
+		t.Errorf("the NATS password appears in the log or the metrics")
+	}
+	if !strings.Contains(metrics, `backend="pkcs11",op="self_test"`) {
+		t.Errorf("no HSM self-test in the metrics after /readyz")
 	}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
 )
 
@@ -44,9 +45,12 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	hsmOpts.Logger = logger
 
 	start := time.Now()
+	// One registry for the whole demo, each component's series labelled
+	// instance="worker-<region>" or "proxy"; served with --serve.
+	reg := obs.NewRegistry()
 	p, err := mrkrepltest.Start(ctx, mrkrepltest.Options{
 		Partition: "demo", Dir: dir, HSM: hsmFor, HSMOptions: hsmOpts,
-		Logger: logger, ProxyDelay: *delay,
+		Logger: logger, ProxyDelay: *delay, Registerer: reg,
 	})
 	if err != nil {
 		return fmt.Errorf("start partition: %w", err)
@@ -76,12 +80,43 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		fmt.Fprintf(stdout, "  %-15s   requests: %s (publish a replicate-key event)\n", "", layout.RequestSubject(r.Name, api.OpReplicateKey))
 		fmt.Fprintf(stdout, "  %-15s   events:   %s\n", "", layout.EventsWildcard(r.Name))
 	}
+	addr, err := obs.Serve(ctx, "127.0.0.1:0", reg, demoReady(p), logger)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(stdout, "\nmetrics of every process of the demo (one endpoint; series labelled instance=worker-<region> or proxy):\n")
+	for _, r := range regions {
+		fmt.Fprintf(stdout, "  %-22s http://%s/metrics  instance=worker-%s\n", "worker "+r.Name, addr, r.Name)
+	}
+	fmt.Fprintf(stdout, "  %-22s http://%s/metrics  instance=proxy\n", "proxy", addr)
+	fmt.Fprintf(stdout, "  %-22s http://%s/healthz  http://%s/readyz\n", "health", addr, addr)
 	us := regions[0]
 	fmt.Fprintf(stdout, "\ntry:\n  nats --server %s req %s '{}'\n", us.URL, layout.APISubject(us.Name, api.OpCreateKey))
 	fmt.Fprintf(stdout, "  nats --server %s pub %s '{\"key_id\":\"<key id>\",\"replica_region\":\"%s\"}'\n", us.URL, layout.RequestSubject(us.Name, api.OpReplicateKey), regions[1].Name)
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
 	return nil
+}
+
+// demoReady is ready when every worker and the proxy are.
+func demoReady(p *mrkrepltest.Partition) obs.ReadyFunc {
+	return func(ctx context.Context) error {
+		for _, r := range p.Regions() {
+			if r.Worker == nil {
+				return fmt.Errorf("worker %s: not running", r.Name)
+			}
+			if err := r.Worker.Ready(ctx); err != nil {
+				return fmt.Errorf("worker %s: %w", r.Name, err)
+			}
+		}
+		if p.Proxy == nil {
+			return errors.New("proxy: not running")
+		}
+		if err := p.Proxy.Ready(ctx); err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
+		return nil
+	}
 }
 
 // demoScenario creates a key in the first region, replicates it to the

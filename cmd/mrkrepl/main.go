@@ -7,6 +7,7 @@
 //	mrkrepl inspect    decode (and optionally verify) a protocol message
 //	mrkrepl rsk        print a region's RSK as a trust-bundle fragment
 //	mrkrepl bundle     merge fragments into the partition's trust bundle
+//	mrkrepl hsm init   create the region's RSK inside a PKCS#11 token
 //
 // Run "mrkrepl <command> -h" for a command's flags.
 package main
@@ -36,6 +37,8 @@ var commands = []command{
 	{"inspect", "decode and optionally verify a protocol message", runInspect},
 	{"rsk", "print a region's RSK as a trust-bundle fragment", runRSK},
 	{"bundle", "merge trust-bundle fragments into a partition's bundle", runBundle},
+	{"hsm", "hsm init: create the region's RSK inside a PKCS#11 token", runHSM},
+	{"bench", "measure replication throughput, latency and cost against the crypto bound", runBench},
 }
 
 func usage(w io.Writer) {
