@@ -29,6 +29,9 @@ type metrics struct {
 	hsmOps        *prometheus.HistogramVec // op, backend
 	hsmErrors     *prometheus.CounterVec   // op, backend
 	lastCompleted prometheus.Gauge
+	timedOut      *prometheus.CounterVec // role
+	retried       prometheus.Counter
+	gaveUp        prometheus.Counter
 
 	view     *workerCollector     // scrape-time state, attached at Start
 	bundle   *obs.BundleCollector // the trust bundle's RSK expiry, set at Start
@@ -121,8 +124,22 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "last_replication_completed_timestamp_seconds", ConstLabels: cl,
 			Help: "Unix time of the last replication this process completed (either role); 0 if none since it started.",
 		}),
+		timedOut: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "runs_timed_out_total", ConstLabels: cl,
+			Help: "Replication runs ended FAILED by the sweeper because they passed their deadline, by role.",
+		}, []string{"role"}),
+		retried: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "replication_retries_total", ConstLabels: cl,
+			Help: "Fresh runs started for a replica after a run timed out.",
+		}),
+		gaveUp: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "replicas_given_up_total", ConstLabels: cl,
+			Help: "Replicas marked FAILED after their last attempt timed out.",
+		}),
 		view: newWorkerCollector(region),
 	}
+	m.timedOut.WithLabelValues(roleSource)
+	m.timedOut.WithLabelValues(roleDestination)
 	for _, t := range protocolTypes {
 		for _, r := range []string{"accepted", "duplicate", "refused", "retry"} {
 			m.received.WithLabelValues(string(t), r)
@@ -149,7 +166,7 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 	m.duration.WithLabelValues(roleSource, "confirmed")
 	m.duration.WithLabelValues(roleDestination, "usable")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests.vec, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted, m.view} {
+		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests.vec, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted, m.timedOut, m.retried, m.gaveUp, m.view} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

@@ -134,6 +134,7 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 			w.log.Warn("rakb not destroyed; it expires by itself", "replication_id", rec.ID, "err", err)
 		}
 	}
+	w.met.timedOut.WithLabelValues(rec.Role).Inc()
 	w.finish(ctx, &next)
 	if rec.Role == roleSource {
 		if err := w.retryOrGiveUp(ctx, &next); err != nil {
@@ -160,6 +161,7 @@ func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {
 		if err != nil {
 			return fmt.Errorf("retry replication of %s to %s: %w", failed.KeyID, failed.Peer, err)
 		}
+		w.met.retried.Inc()
 		w.log.Info("replication retried with a fresh run", "key_id", failed.KeyID, "dst", failed.Peer,
 			"failed_run", failed.ID, "new_run", next.ID, "attempt", next.Attempt)
 		return nil
@@ -175,6 +177,7 @@ func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {
 		return nil
 	})
 	if err == nil {
+		w.met.gaveUp.Inc()
 		w.log.Warn("replica failed", "key_id", failed.KeyID, "dst", failed.Peer, "reason", reason)
 	}
 	return err
