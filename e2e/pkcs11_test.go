@@ -8,6 +8,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/softhsm"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // TestInteropSoftAndPKCS11 replicates between a region on the soft backend
@@ -20,7 +21,9 @@ func TestInteropSoftAndPKCS11(t *testing.T) {
 	if _, err := hsmsvc.InitPKCS11RSK(t.Context(), uri, opts); err != nil {
 		t.Fatal(err)
 	}
+	reg := prometheus.NewRegistry()
 	p := mrkrepltest.New(t, mrkrepltest.Options{
+		Registerer: reg,
 		Regions:    []string{"us-east-1", "eu-west-1"},
 		HSMOptions: opts,
 		HSM: func(r string) string {
@@ -48,5 +51,17 @@ func TestInteropSoftAndPKCS11(t *testing.T) {
 			t.Fatalf("%s → %s: %v %+v", dir.src, dir.dst, err, rep)
 		}
 		crossDecrypt(t, ctx, key.KeyID, p.Regions())
+	}
+	// The host KDF is visible: on for the SoftHSM2 region, used once per
+	// replication there (one unwrap, one wrap); off for the soft region.
+	eu := prometheus.Labels{"instance": "worker-eu-west-1", "backend": "pkcs11"}
+	if got := gathered(t, reg, "mrkrepl_worker_hsm_host_kdf", eu); got != 1 {
+		t.Errorf("eu-west-1 host kdf gauge = %v, want 1", got)
+	}
+	if got := gathered(t, reg, "mrkrepl_worker_hsm_host_kdf_operations_total", eu); got != 2 {
+		t.Errorf("eu-west-1 host kdf operations = %v, want 2", got)
+	}
+	if got := gathered(t, reg, "mrkrepl_worker_hsm_host_kdf", prometheus.Labels{"instance": "worker-us-east-1"}); got != 0 {
+		t.Errorf("us-east-1 (soft) host kdf gauge = %v, want 0", got)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 
 	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/prometheus/client_golang/prometheus"
@@ -185,4 +186,40 @@ func (m *metrics) initBackend(backend string) {
 		m.hsmOps.WithLabelValues(op, backend)
 		m.hsmErrors.WithLabelValues(op, backend)
 	}
+}
+
+// registerHostKDF exports whether the HSM releases the ECDH shared secret Z
+// to the host for the KDF (a PKCS#11 token without an in-token SP 800-56C
+// KDF, such as SoftHSM2), and how many times it did. Read on scrape.
+func registerHostKDF(reg prometheus.Registerer, region string, hsm hsmsvc.HSM) error {
+	if reg == nil {
+		return nil
+	}
+	r, _ := hsm.(hsmsvc.HostKDFReporter)
+	cl := prometheus.Labels{"region": region, "backend": hsm.Backend()}
+	for _, c := range []prometheus.Collector{
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Namespace: "mrkrepl", Subsystem: "worker", Name: "hsm_host_kdf", ConstLabels: cl,
+			Help: "1 if the HSM is a PKCS#11 token that releases Z to the host for the KDF (allow-host-kdf), else 0.",
+		}, func() float64 {
+			if r != nil && r.HostKDF() {
+				return 1
+			}
+			return 0
+		}),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{
+			Namespace: "mrkrepl", Subsystem: "worker", Name: "hsm_host_kdf_operations_total", ConstLabels: cl,
+			Help: "KDF runs done on the host with a Z read out of a PKCS#11 token, since the HSM was opened.",
+		}, func() float64 {
+			if r == nil {
+				return 0
+			}
+			return float64(r.HostKDFOps())
+		}),
+	} {
+		if err := reg.Register(c); err != nil {
+			return fmt.Errorf("register worker metrics: %w", err)
+		}
+	}
+	return nil
 }

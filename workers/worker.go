@@ -134,6 +134,9 @@ func New(cfg Config) (*Worker, error) {
 	if err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
+	if err := registerHostKDF(cfg.Registerer, cfg.Region, cfg.HSM); err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
 	return &Worker{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "worker", "region", cfg.Region),
