@@ -23,6 +23,7 @@ const (
 	OpDescribeReplication = "describe-replication"
 	OpEncrypt             = "encrypt"
 	OpDecrypt             = "decrypt"
+	OpGenerateDataKey     = "generate-data-key"
 )
 
 // Error codes, sent in the Nats-Service-Error-Code header of a failed reply.
@@ -106,10 +107,14 @@ type ListKeysResponse struct {
 }
 
 // ReplicateKeyRequest asks the key's primary region to copy it to
-// ReplicaRegion.
+// ReplicaRegion. ClientToken (optional, 1 to 64 printable ASCII characters)
+// makes the request idempotent for 24 hours: repeating it returns the same
+// replication run, whatever became of it, and never starts a second one;
+// the same token with another key or region is refused (409).
 type ReplicateKeyRequest struct {
 	KeyID         string `json:"key_id"`
 	ReplicaRegion string `json:"replica_region"`
+	ClientToken   string `json:"client_token,omitempty"`
 }
 
 // Replication is one replication run as a region sees it.
@@ -162,6 +167,25 @@ type DecryptResponse struct {
 
 // MaxPlaintext bounds encrypt input (as AWS KMS does).
 const MaxPlaintext = 4096
+
+// GenerateDataKeyRequest asks for a fresh data key of NumberOfBytes (16,
+// 24 or 32; default 32) returned in plaintext and encrypted under the key's
+// current version, with AAD as the encryption context.
+type GenerateDataKeyRequest struct {
+	KeyID         string `json:"key_id"`
+	NumberOfBytes int    `json:"number_of_bytes,omitempty"`
+	AAD           []byte `json:"aad,omitempty"`
+}
+
+// GenerateDataKeyResponse holds the data key twice: in plaintext, for the
+// caller to use and forget, and as a ciphertext blob to store beside the
+// data (decrypt it in any region holding the key).
+type GenerateDataKeyResponse struct {
+	KeyID          string `json:"key_id"`
+	Version        uint32 `json:"version"`
+	Plaintext      []byte `json:"plaintext"`
+	CiphertextBlob []byte `json:"ciphertext_blob"`
+}
 
 // Event is an audit event published on mrk.<region>.events.<type>.
 type Event struct {

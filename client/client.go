@@ -144,3 +144,17 @@ func (c *Client) Decrypt(ctx context.Context, blob, aad []byte) (*api.DecryptRes
 	var r api.DecryptResponse
 	return &r, c.Call(ctx, api.OpDecrypt, api.DecryptRequest{CiphertextBlob: blob, AAD: aad}, &r)
 }
+
+// ReplicateKeyWithToken is ReplicateKey made idempotent by clientToken:
+// repeating the call with the same token returns the same run.
+func (c *Client) ReplicateKeyWithToken(ctx context.Context, keyID, replicaRegion, clientToken string) (*api.Replication, error) {
+	var r api.Replication
+	return &r, c.Call(ctx, api.OpReplicateKey, api.ReplicateKeyRequest{KeyID: keyID, ReplicaRegion: replicaRegion, ClientToken: clientToken}, &r)
+}
+
+// GenerateDataKey returns a fresh data key in plaintext and encrypted under
+// the key (numberOfBytes 16, 24 or 32; 0 means 32).
+func (c *Client) GenerateDataKey(ctx context.Context, keyID string, numberOfBytes int, aad []byte) (*api.GenerateDataKeyResponse, error) {
+	var r api.GenerateDataKeyResponse
+	return &r, c.Call(ctx, api.OpGenerateDataKey, api.GenerateDataKeyRequest{KeyID: keyID, NumberOfBytes: numberOfBytes, AAD: aad}, &r)
+}

@@ -2,6 +2,9 @@ package workers
 
 import (
 	"context"
+	"crypto/rand"
+	"crypto/sha256"
+	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -41,6 +44,7 @@ func (w *Worker) startAPI() (micro.Service, error) {
 		api.OpDescribeReplication: w.apiDescribeReplication,
 		api.OpEncrypt:             w.apiEncrypt,
 		api.OpDecrypt:             w.apiDecrypt,
+		api.OpGenerateDataKey:     w.apiGenerateDataKey,
 	}
 	for op, fn := range handlers {
 		err := svc.AddEndpoint(op, w.endpoint(op, fn), micro.WithEndpointSubject(layout.APISubject(w.cfg.Region, op)))
@@ -166,11 +170,104 @@ func (w *Worker) apiReplicateKey(ctx context.Context, data []byte) (any, error) 
 	if err := decodeRequest(data, &req); err != nil {
 		return nil, err
 	}
+	if req.ClientToken == "" {
+		rec, err := w.startReplication(ctx, req.KeyID, req.ReplicaRegion)
+		if err != nil {
+			return nil, err
+		}
+		return rec.public(), nil
+	}
+	return w.replicateWithToken(ctx, req)
+}
+
+// tokenRecord is what a client token stands for (TOKENS bucket).
+type tokenRecord struct {
+	KeyID         string `json:"key_id"`
+	ReplicaRegion string `json:"replica_region"`
+	ReplicationID string `json:"replication_id"`
+}
+
+// replicateWithToken makes replicate-key idempotent per client token: the
+// first request with a token records the run it started (or found); every
+// repeat returns that run as it is now.
+func (w *Worker) replicateWithToken(ctx context.Context, req api.ReplicateKeyRequest) (any, error) {
+	if !validToken(req.ClientToken) {
+		return nil, badRequest("client token must be 1 to 64 printable ASCII characters")
+	}
+	key := tokenKey(req.ClientToken)
+	if tok, _, err := getJSON[tokenRecord](ctx, w.res.Tokens, key); err == nil {
+		if tok.KeyID != req.KeyID || tok.ReplicaRegion != req.ReplicaRegion {
+			return nil, conflict("client token already used for key %s to %s", tok.KeyID, tok.ReplicaRegion)
+		}
+		rec, _, err := getJSON[replication](ctx, w.res.Repl, tok.ReplicationID)
+		if err != nil {
+			return nil, err
+		}
+		return rec.public(), nil
+	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, err
+	}
 	rec, err := w.startReplication(ctx, req.KeyID, req.ReplicaRegion)
 	if err != nil {
 		return nil, err
 	}
+	tok := &tokenRecord{KeyID: req.KeyID, ReplicaRegion: req.ReplicaRegion, ReplicationID: rec.ID}
+	if _, err := createJSON(ctx, w.res.Tokens, key, tok); err != nil {
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			// A concurrent request with the same token won: answer with its run.
+			return w.replicateWithToken(ctx, req)
+		}
+		return nil, err
+	}
 	return rec.public(), nil
+}
+
+func validToken(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if s[i] < 0x21 || s[i] > 0x7e {
+			return false
+		}
+	}
+	return true
+}
+
+// tokenKey maps a client token to a valid KV key.
+func tokenKey(token string) string {
+	sum := sha256.Sum256([]byte(token))
+	return hex.EncodeToString(sum[:])
+}
+
+func (w *Worker) apiGenerateDataKey(ctx context.Context, data []byte) (any, error) {
+	var req api.GenerateDataKeyRequest
+	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	n := req.NumberOfBytes
+	if n == 0 {
+		n = 32
+	}
+	if n != 16 && n != 24 && n != 32 {
+		return nil, badRequest("number_of_bytes must be 16, 24 or 32")
+	}
+	dk := make([]byte, n)
+	if _, err := rand.Read(dk); err != nil {
+		return nil, err
+	}
+	resp, err := w.apiEncrypt(ctx, mustJSON(api.EncryptRequest{KeyID: req.KeyID, Plaintext: dk, AAD: req.AAD}))
+	if err != nil {
+		clear(dk)
+		return nil, err
+	}
+	ct := resp.(api.EncryptResponse)
+	return api.GenerateDataKeyResponse{KeyID: ct.KeyID, Version: ct.Version, Plaintext: dk, CiphertextBlob: ct.CiphertextBlob}, nil
+}
+
+func mustJSON(v any) []byte {
+	b, _ := json.Marshal(v)
+	return b
 }
 
 func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, error) {

@@ -45,7 +45,7 @@ var protocolTypes = []messages.Type{messages.TypeInit, messages.TypeOffer, messa
 // (request events are "event:<op>").
 var apiOps = []string{
 	api.OpCreateKey, api.OpDescribeKey, api.OpListKeys, api.OpReplicateKey,
-	api.OpDescribeReplication, api.OpEncrypt, api.OpDecrypt,
+	api.OpDescribeReplication, api.OpEncrypt, api.OpDecrypt, api.OpGenerateDataKey,
 }
 
 // eventOps are the request events the worker consumes.

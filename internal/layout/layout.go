@@ -14,6 +14,7 @@
 //	kv     MRK_<R>_REPL      replication state
 //	kv     MRK_<R>_REPLAY    msg_ids seen (TTL = replay window)
 //	kv     MRK_<R>_PENDING   ids of runs in flight, for the sweeper
+//	kv     MRK_<R>_TOKENS    replicate-key client tokens (TTL 24 h)
 //
 // <R> is the region upper-cased with '-' replaced by '_'.
 package layout
@@ -32,6 +33,9 @@ import (
 // longest message validity plus the clock skew allowance.
 const ReplayWindow = 30 * time.Minute
 
+// ClientTokenTTL is how long a replicate-key client token is remembered.
+const ClientTokenTTL = 24 * time.Hour
+
 // DedupWindow is the inbox and outbox Nats-Msg-Id de-duplication window.
 const DedupWindow = 20 * time.Minute
 
@@ -49,6 +53,7 @@ func KeysBucket(region string) string     { return "MRK_" + upper(region) + "_KE
 func ReplBucket(region string) string     { return "MRK_" + upper(region) + "_REPL" }
 func ReplayBucket(region string) string   { return "MRK_" + upper(region) + "_REPLAY" }
 func PendingBucket(region string) string  { return "MRK_" + upper(region) + "_PENDING" }
+func TokensBucket(region string) string   { return "MRK_" + upper(region) + "_TOKENS" }
 
 // Subjects.
 func RequestSubject(region, op string) string  { return "mrk." + region + ".requests." + op }
@@ -139,6 +144,7 @@ type Region struct {
 	Repl     jetstream.KeyValue
 	Replay   jetstream.KeyValue
 	Pending  jetstream.KeyValue
+	Tokens   jetstream.KeyValue
 }
 
 // EnsureRegion creates every stream and bucket a region's workers use.
@@ -187,6 +193,7 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 		{&r.Repl, jetstream.KeyValueConfig{Bucket: ReplBucket(region), History: 1}},
 		{&r.Replay, jetstream.KeyValueConfig{Bucket: ReplayBucket(region), History: 1, TTL: ReplayWindow}},
 		{&r.Pending, jetstream.KeyValueConfig{Bucket: PendingBucket(region), History: 1}},
+		{&r.Tokens, jetstream.KeyValueConfig{Bucket: TokensBucket(region), History: 1, TTL: ClientTokenTTL}},
 	}
 	for _, b := range buckets {
 		b.cfg.Storage = o.Storage

@@ -42,6 +42,7 @@ func Permissions(role, region string) *server.Permissions {
 				"$KV." + layout.ReplBucket(region) + ".>",
 				"$KV." + layout.ReplayBucket(region) + ".>",
 				"$KV." + layout.PendingBucket(region) + ".>",
+				"$KV." + layout.TokensBucket(region) + ".>",
 				"mrk." + region + ".out.>",
 				layout.EventsWildcard(region),
 				layout.DLQWildcard(region),
