@@ -64,3 +64,29 @@ func TestPerRolePermissions(t *testing.T) {
 		t.Errorf("client could not publish a request event: %v", err)
 	}
 }
+
+// TestTLSAndPermissions runs every server with TLS and per-role users: the
+// whole protocol works over TLS, and a connection without TLS is refused.
+func TestTLSAndPermissions(t *testing.T) {
+	p := mrkrepltest.New(t, mrkrepltest.Options{TLS: true, Auth: true, Regions: []string{"us-east-1", "eu-west-1"}})
+	ctx := ctxT(t, time.Minute)
+	us := p.Region("us-east-1").Client
+	key, err := us.CreateKey(ctx, api.CreateKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rep, err := us.ReplicateKey(ctx, key.KeyID, "eu-west-1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if rep, err = us.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
+		t.Fatalf("replication over TLS: %v %+v", err, rep)
+	}
+	if _, err := p.Region("us-east-1").Conn.TLSConnectionState(); err != nil {
+		t.Errorf("worker connection is not TLS: %v", err)
+	}
+	if nc, err := nats.Connect(p.Region("us-east-1").URL, nats.NoReconnect()); err == nil {
+		nc.Close()
+		t.Error("a connection without TLS was accepted")
+	}
+}

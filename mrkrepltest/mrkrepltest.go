@@ -69,6 +69,9 @@ type Options struct {
 	// (internal/natsauth): workers, the proxy and clients each connect as
 	// their role; Partition.Connect connects as an unrestricted admin.
 	Auth bool
+	// TLS makes every server require TLS with a throwaway CA; every
+	// connection the partition makes verifies the server against it.
+	TLS bool
 	// ClusterSize 3 runs each region as a three-node JetStream cluster
 	// with R3 streams and buckets; 0 or 1 runs one server per region.
 	ClusterSize int
@@ -106,6 +109,7 @@ type Partition struct {
 	regions    []*Region
 	proxyConns map[string]*nats.Conn
 	passwords  map[string]string // by role, with Auth
+	tls        *testTLS          // with TLS
 	conns      []*nats.Conn
 	dir        string
 	ownDir     bool
@@ -145,6 +149,11 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 			p = nil
 		}
 	}()
+	if opts.TLS {
+		if p.tls, err = newTestTLS(filepath.Join(p.dir, "tls")); err != nil {
+			return p, err
+		}
+	}
 
 	var keys []messages.BundleKey
 	now := time.Now()
@@ -251,6 +260,9 @@ func (p *Partition) ConnectAs(region, role, name string) (*nats.Conn, error) {
 		nats.ReconnectWait(100 * time.Millisecond), nats.RetryOnFailedConnect(true)}
 	if p.passwords != nil {
 		opts = append(opts, nats.UserInfo(role, p.passwords[role]))
+	}
+	if p.tls != nil {
+		opts = append(opts, nats.Secure(p.tls.client.Clone()))
 	}
 	nc, err := nats.Connect(r.URL, opts...)
 	if err != nil {

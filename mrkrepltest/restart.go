@@ -53,6 +53,11 @@ func (p *Partition) startNode(r *Region, i int) error {
 	if p.passwords != nil {
 		opts.Users = natsauth.Users(r.Name, p.passwords)
 	}
+	if p.tls != nil {
+		opts.TLS = true
+		opts.TLSConfig = p.tls.server.Clone()
+		opts.TLSTimeout = 2
+	}
 	if len(r.nodes) > 1 {
 		opts.ServerName = fmt.Sprintf("%s-%d", r.Name, i)
 		opts.StoreDir = filepath.Join(r.storeDir, fmt.Sprint(i))
@@ -95,6 +100,9 @@ func (p *Partition) waitJetStream(r *Region) error {
 	var opts []nats.Option
 	if p.passwords != nil {
 		opts = append(opts, nats.UserInfo("admin", p.passwords["admin"]))
+	}
+	if p.tls != nil {
+		opts = append(opts, nats.Secure(p.tls.client.Clone()))
 	}
 	nc, err := nats.Connect(r.URL, opts...)
 	if err != nil {
