@@ -261,7 +261,9 @@ func (pr *pair) forward(ctx context.Context, msg jetstream.Msg) {
 		// dropped it, which is what makes several proxies safe.
 		p.log.Debug("duplicate dropped by destination inbox", "src", pr.src, "dst", pr.dst, "msg_id", env.Message.MsgID)
 	}
-	if err := msg.DoubleAck(ctx); err != nil {
+	// A plain ack: if it is lost the message is forwarded again and the
+	// destination inbox drops the duplicate (saves a round trip).
+	if err := msg.Ack(); err != nil {
 		// The destination has it; a redelivery is de-duplicated there.
 		p.log.Warn("ack after forward failed", "src", pr.src, "dst", pr.dst, "msg_id", env.Message.MsgID, "err", err)
 	}

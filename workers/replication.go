@@ -198,7 +198,7 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, attempt int) (
 	}
 	if winner != "" {
 		_ = w.res.Repl.Delete(ctx, rec.ID)
-		_ = w.res.Pending.Delete(ctx, rec.ID)
+		_ = w.clearPending(ctx, rec.ID)
 		other, _, err := getJSON[replication](ctx, w.res.Repl, winner)
 		if err != nil {
 			return nil, err
@@ -555,7 +555,7 @@ func (w *Worker) lostRace(ctx context.Context, m *messages.Message, digest []byt
 // finish counts, times and announces a run's end in this region.
 func (w *Worker) finish(ctx context.Context, rec *replication) {
 	if !rec.TimedOut { // the sweeper clears a timed-out run's entry after its follow-up
-		if err := w.res.Pending.Delete(ctx, rec.ID); err != nil {
+		if err := w.clearPending(ctx, rec.ID); err != nil {
 			w.log.Warn("pending index not cleared; the sweeper will", "replication_id", rec.ID, "err", err)
 		}
 	}

@@ -31,6 +31,16 @@ import (
 // the entry alone).
 const orphanAge = time.Minute
 
+// clearPending removes a run's entry from the pending index. The delete
+// marker it leaves is removed by the sweeper after orphanAge (see
+// sweepLoop), so listing the index costs what is in flight, not history.
+func (w *Worker) clearPending(ctx context.Context, id string) error {
+	if err := w.res.Pending.Delete(ctx, id); err != nil {
+		return fmt.Errorf("pending index: %w", err)
+	}
+	return nil
+}
+
 func (w *Worker) markPending(ctx context.Context, id string) error {
 	if _, err := w.res.Pending.Put(ctx, id, []byte(strconv.FormatInt(w.cfg.Now().UnixMilli(), 10))); err != nil {
 		return fmt.Errorf("pending index: %w", err)
@@ -52,6 +62,13 @@ func (w *Worker) sweepLoop(ctx context.Context) {
 		case <-t.C:
 			if err := w.sweep(ctx); err != nil && ctx.Err() == nil {
 				w.log.Warn("sweep failed", "err", err)
+			}
+			if n%rakbSweepEvery == 0 {
+				// Drop the delete markers of runs that ended a while ago.
+				err := w.res.Pending.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(orphanAge))
+				if err != nil && ctx.Err() == nil {
+					w.log.Warn("pending index markers not purged", "err", err)
+				}
 			}
 			if s, ok := w.cfg.HSM.(hsmsvc.AgreementKeySweeper); ok && n%rakbSweepEvery == 0 {
 				if k, err := s.SweepExpired(ctx); err != nil && ctx.Err() == nil {
@@ -93,7 +110,7 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 		}
 		ms, _ := strconv.ParseInt(string(e.Value()), 10, 64)
 		if now.Sub(time.UnixMilli(ms)) > orphanAge {
-			return w.res.Pending.Delete(ctx, id, jetstream.LastRevision(e.Revision()))
+			return w.clearPending(ctx, id)
 		}
 		return nil
 	}
@@ -108,7 +125,7 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 				return err
 			}
 		}
-		return w.res.Pending.Delete(ctx, id)
+		return w.clearPending(ctx, id)
 	}
 	deadline := rec.ExpiresAt
 	if rec.Role == roleSource {
@@ -141,7 +158,7 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 			return err // the entry stays: the next sweep tries again
 		}
 	}
-	return w.res.Pending.Delete(ctx, id)
+	return w.clearPending(ctx, id)
 }
 
 // retryOrGiveUp starts the next attempt for a replica whose run timed out,
