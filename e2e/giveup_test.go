@@ -95,4 +95,3 @@ func gathered(t *testing.T, reg *prometheus.Registry, name string, lbl prometheu
 	t.Fatalf("no series %s%v", name, lbl)
 	return 0
 }
-

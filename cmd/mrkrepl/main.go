@@ -8,6 +8,8 @@
 //	mrkrepl rsk        print a region's RSK as a trust-bundle fragment
 //	mrkrepl bundle     merge fragments into the partition's trust bundle
 //	mrkrepl hsm init   create the region's RSK inside a PKCS#11 token
+//	mrkrepl key        create, describe, replicate keys; encrypt and decrypt (the request API)
+//	mrkrepl events     show a region's audit events, or follow them
 //
 // Run "mrkrepl <command> -h" for a command's flags.
 package main
@@ -39,6 +41,8 @@ var commands = []command{
 	{"bundle", "merge trust-bundle fragments into a partition's bundle", runBundle},
 	{"hsm", "hsm init: create the region's RSK inside a PKCS#11 token", runHSM},
 	{"bench", "measure replication throughput, latency and cost against the crypto bound", runBench},
+	{"key", "create, describe and replicate keys; encrypt, decrypt, generate data keys", runKey},
+	{"events", "show a region's audit events (--follow to keep following)", runEvents},
 }
 
 func usage(w io.Writer) {
