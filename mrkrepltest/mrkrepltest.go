@@ -160,12 +160,18 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 	for _, name := range opts.Regions {
 		r := &Region{Name: name, storeDir: filepath.Join(p.dir, name, "jetstream")}
 		r.nodes = make([]node, max(opts.ClusterSize, 1))
-		for i := range r.nodes {
-			r.nodes[i].port = server.RANDOM_PORT
-			if len(r.nodes) > 1 {
-				if r.nodes[i].clusterPort, err = freePort(); err != nil {
-					return p, err
-				}
+		if len(r.nodes) == 1 {
+			r.nodes[0].port = server.RANDOM_PORT
+		} else {
+			// A cluster's route ports must be known before its servers
+			// start; choose client ports too, so that no server's random
+			// client port lands on a route port not yet bound.
+			ports, err := freePorts(2 * len(r.nodes))
+			if err != nil {
+				return p, err
+			}
+			for i := range r.nodes {
+				r.nodes[i].port, r.nodes[i].clusterPort = ports[2*i], ports[2*i+1]
 			}
 		}
 		p.regions = append(p.regions, r)
@@ -298,13 +304,23 @@ func (p *Partition) Close() {
 	_ = errors.Join(errs...)
 }
 
-// freePort returns a loopback TCP port that was free a moment ago (cluster
-// route ports must be known before the servers start).
-func freePort() (int, error) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		return 0, err
+// freePorts returns n distinct loopback TCP ports that were free a moment
+// ago: all are held open until all are chosen, then released.
+func freePorts(n int) ([]int, error) {
+	var ports []int
+	var lns []net.Listener
+	defer func() {
+		for _, ln := range lns {
+			ln.Close()
+		}
+	}()
+	for range n {
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			return nil, err
+		}
+		lns = append(lns, ln)
+		ports = append(ports, ln.Addr().(*net.TCPAddr).Port)
 	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port, nil
+	return ports, nil
 }

@@ -202,6 +202,36 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 		if err != nil {
 			return nil, fmt.Errorf("create kv %s: %w", b.cfg.Bucket, err)
 		}
+		if o.replicas() > 1 {
+			if *b.dst, err = leaderReads(ctx, js, b.cfg.Bucket); err != nil {
+				return nil, err
+			}
+		}
 	}
 	return &r, nil
+}
+
+// leaderReads turns off direct gets on a replicated bucket and returns a
+// handle that reads through the stream leader. With direct gets, any
+// replica answers a read, and a follower that lags behind returns a value
+// older than the one just written: a worker could then miss a run it had
+// just stored and refuse the run's next message. The workers need
+// read-your-writes, so every read goes to the leader.
+func leaderReads(ctx context.Context, js jetstream.JetStream, bucket string) (jetstream.KeyValue, error) {
+	st, err := js.Stream(ctx, "KV_"+bucket)
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", bucket, err)
+	}
+	cfg := st.CachedInfo().Config
+	if cfg.AllowDirect {
+		cfg.AllowDirect = false
+		if _, err := js.UpdateStream(ctx, cfg); err != nil {
+			return nil, fmt.Errorf("kv %s: turn off direct gets: %w", bucket, err)
+		}
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("kv %s: %w", bucket, err)
+	}
+	return kv, nil
 }
