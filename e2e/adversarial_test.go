@@ -344,3 +344,33 @@ func highS(t *testing.T, raw []byte) []byte {
 	s.FillBytes(sig[48:])
 	return out
 }
+
+// TestAdversarialReflected sends A's genuine message back towards A: via
+// the proxy (written into B's outbox, as if B had sent it) and straight into
+// A's inbox. Both are refused: the subject does not agree with the payload,
+// and A is not the message's destination.
+func TestAdversarialReflected(t *testing.T) {
+	p := mrkrepltest.New(t, mrkrepltest.Options{})
+	ctx := ctxT(t, time.Minute)
+	const a, b = "us-east-1", "eu-west-1"
+	msg := hostileValidInit(t, p, a, b, "")
+	bnc, _ := p.Connect(b, "attacker")
+	bjs, _ := jetstream.New(bnc)
+	if _, err := bjs.Publish(ctx, messages.OutboxSubject(b, a, messages.TypeInit), msg.raw); err != nil {
+		t.Fatal(err)
+	}
+	if got := deadLetters(t, ctx, bnc, layout.DLQStream(b), 1); got[0] != string(messages.ReasonSubject) {
+		t.Errorf("proxy: reflected message refused as %v, want %s", got, messages.ReasonSubject)
+	}
+	anc, _ := p.Connect(a, "attacker")
+	ajs, _ := jetstream.New(anc)
+	if _, err := ajs.Publish(ctx, messages.InboxSubject(a, b, messages.TypeInit), msg.raw); err != nil {
+		t.Fatal(err)
+	}
+	if got := deadLetters(t, ctx, anc, layout.DLQStream(a), 1); got[0] != string(messages.ReasonWrongDst) {
+		t.Errorf("worker: reflected message refused as %v, want %s", got, messages.ReasonWrongDst)
+	}
+	if n := streamMsgs(t, ctx, anc, layout.InboxStream(a)); n != 1 {
+		t.Errorf("%s inbox holds %d messages, want only the one injected directly", a, n)
+	}
+}
