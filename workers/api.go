@@ -56,30 +56,44 @@ func (w *Worker) startAPI() (micro.Service, error) {
 	return svc, nil
 }
 
+// endpoint adapts fn to a micro handler. micro calls a handler from its
+// subscription's goroutine, one request after another; the work runs on its
+// own goroutine instead (at most 2×Concurrency at once, then the
+// subscription waits), so that one slow HSM call or KV round trip does not
+// hold up every other request of the endpoint.
 func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, error)) micro.HandlerFunc {
 	return func(req micro.Request) {
-		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-		defer cancel()
-		var resp any
-		var err error
-		if len(req.Data()) > maxRequest {
-			err = badRequest("request of %d bytes exceeds %d", len(req.Data()), maxRequest)
-		} else {
-			resp, err = fn(ctx, req.Data())
-		}
-		if err != nil {
-			w.met.requests.WithLabelValues(op, "error").Inc()
-			var ae *apiError
-			if !errors.As(err, &ae) {
-				w.log.Error("request failed", "op", op, "err", err)
-				ae = &apiError{Code: api.CodeInternal, Detail: "internal error"}
-			}
-			_ = req.Error(ae.Code, ae.Detail, nil)
-			return
-		}
-		w.met.requests.WithLabelValues(op, "ok").Inc()
-		_ = req.RespondJSON(resp)
+		w.apiSem <- struct{}{}
+		w.inflight.Add(1)
+		go func() {
+			defer func() { <-w.apiSem; w.inflight.Done() }()
+			w.serve(op, fn, req)
+		}()
 	}
+}
+
+func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req micro.Request) {
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	var resp any
+	var err error
+	if len(req.Data()) > maxRequest {
+		err = badRequest("request of %d bytes exceeds %d", len(req.Data()), maxRequest)
+	} else {
+		resp, err = fn(ctx, req.Data())
+	}
+	if err != nil {
+		w.met.requests.WithLabelValues(op, "error").Inc()
+		var ae *apiError
+		if !errors.As(err, &ae) {
+			w.log.Error("request failed", "op", op, "err", err)
+			ae = &apiError{Code: api.CodeInternal, Detail: "internal error"}
+		}
+		_ = req.Error(ae.Code, ae.Detail, nil)
+		return
+	}
+	w.met.requests.WithLabelValues(op, "ok").Inc()
+	_ = req.RespondJSON(resp)
 }
 
 // decodeRequest parses a JSON request strictly.

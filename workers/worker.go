@@ -72,6 +72,7 @@ type Worker struct {
 	svc       micro.Service
 	inflight  sync.WaitGroup
 	sem       chan struct{}
+	apiSem    chan struct{} // API requests in flight
 }
 
 // Durable consumer names on the region's streams.
@@ -145,6 +146,7 @@ func New(cfg Config) (*Worker, error) {
 		kid:     kid,
 		backend: cfg.HSM.Backend(),
 		sem:     make(chan struct{}, 2*cfg.Concurrency),
+		apiSem:  make(chan struct{}, 2*cfg.Concurrency),
 	}, nil
 }
 
