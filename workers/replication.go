@@ -107,7 +107,10 @@ func (w *Worker) republish(ctx context.Context, rec *replication) error {
 
 func (w *Worker) event(ctx context.Context, ev api.Event) {
 	ev.Region = w.cfg.Region
-	ev.Time = w.cfg.Now().UTC()
+	if ev.Time.IsZero() {
+		ev.Time = w.cfg.Now()
+	}
+	ev.Time = ev.Time.UTC()
 	b, err := json.Marshal(ev)
 	if err != nil {
 		return
@@ -560,7 +563,9 @@ func (w *Worker) finish(ctx context.Context, rec *replication) {
 		}
 	}
 	elapsed := w.cfg.Now().Sub(rec.CreatedAt).Seconds()
-	ev := api.Event{KeyID: rec.KeyID, ReplicationID: rec.ID, Peer: rec.Peer, Reason: rec.Reason}
+	// The event's time is when the run changed state (for a destination:
+	// when the key became usable), not when the event was published.
+	ev := api.Event{KeyID: rec.KeyID, ReplicationID: rec.ID, Peer: rec.Peer, Reason: rec.Reason, Time: rec.UpdatedAt}
 	if rec.State == api.StateCompleted {
 		w.met.replications.WithLabelValues(rec.Role, "completed").Inc()
 		w.met.lastCompleted.SetToCurrentTime()
