@@ -93,6 +93,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	us := regions[0]
 	fmt.Fprintf(stdout, "\ntry:\n  nats --server %s req %s '{}'\n", us.URL, layout.APISubject(us.Name, api.OpCreateKey))
 	fmt.Fprintf(stdout, "  nats --server %s pub %s '{\"key_id\":\"<key id>\",\"replica_region\":\"%s\"}'\n", us.URL, layout.RequestSubject(us.Name, api.OpReplicateKey), regions[1].Name)
+	fmt.Fprintf(stdout, "  mrkrepl key create --server %s --region %s\n", us.URL, us.Name)
+	fmt.Fprintf(stdout, "  mrkrepl key replicate <key id> --to %s --wait --server %s --region %s\n", regions[1].Name, us.URL, us.Name)
+	fmt.Fprintf(stdout, "  mrkrepl events --follow --server %s --region %s\n", us.URL, us.Name)
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
 	return nil
