@@ -22,17 +22,7 @@ func TestBadRequests(t *testing.T) {
 	ctx := ctxT(t, time.Minute)
 	us := p.Region("us-east-1").Client
 	eu := p.Region("eu-west-1").Client
-	key, err := us.CreateKey(ctx, api.CreateKeyRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep, err := us.ReplicateKey(ctx, key.KeyID, "eu-west-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep, err = us.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
-		t.Fatalf("replication: %v %+v", err, rep)
-	}
+	key, rep := newReplicatedKey(t, ctx, us, "eu-west-1")
 	unknown := messages.NewKeyID()
 	cases := []struct {
 		name     string

@@ -21,17 +21,7 @@ func TestPerRolePermissions(t *testing.T) {
 	p := mrkrepltest.New(t, mrkrepltest.Options{Auth: true})
 	ctx := ctxT(t, time.Minute)
 	us := p.Region("us-east-1").Client
-	key, err := us.CreateKey(ctx, api.CreateKeyRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep, err := us.ReplicateKey(ctx, key.KeyID, "eu-west-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep, err = us.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
-		t.Fatalf("replication under per-role permissions: %v %+v", err, rep)
-	}
+	key, _ := newReplicatedKey(t, ctx, us, "eu-west-1")
 
 	denied := make(chan string, 16)
 	nc, err := p.ConnectAs("us-east-1", natsauth.RoleClient, "intruder")
@@ -71,17 +61,7 @@ func TestTLSAndPermissions(t *testing.T) {
 	p := mrkrepltest.New(t, mrkrepltest.Options{TLS: true, Auth: true, Regions: []string{"us-east-1", "eu-west-1"}})
 	ctx := ctxT(t, time.Minute)
 	us := p.Region("us-east-1").Client
-	key, err := us.CreateKey(ctx, api.CreateKeyRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep, err := us.ReplicateKey(ctx, key.KeyID, "eu-west-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep, err = us.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
-		t.Fatalf("replication over TLS: %v %+v", err, rep)
-	}
+	newReplicatedKey(t, ctx, us, "eu-west-1")
 	if _, err := p.Region("us-east-1").Conn.TLSConnectionState(); err != nil {
 		t.Errorf("worker connection is not TLS: %v", err)
 	}

@@ -17,17 +17,7 @@ func TestGenerateDataKeyAcrossRegions(t *testing.T) {
 	p := mrkrepltest.New(t, mrkrepltest.Options{Regions: []string{"us-east-1", "eu-west-1"}})
 	ctx := ctxT(t, time.Minute)
 	us, eu := p.Region("us-east-1").Client, p.Region("eu-west-1").Client
-	key, err := us.CreateKey(ctx, api.CreateKeyRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	rep, err := us.ReplicateKey(ctx, key.KeyID, "eu-west-1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	if rep, err = us.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
-		t.Fatalf("%v %+v", err, rep)
-	}
+	key, _ := newReplicatedKey(t, ctx, us, "eu-west-1")
 	for _, n := range []int{0, 16, 24, 32} {
 		dk, err := us.GenerateDataKey(ctx, key.KeyID, n, []byte("bucket=orders"))
 		if err != nil {

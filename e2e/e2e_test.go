@@ -95,8 +95,6 @@ func crossDecrypt(t *testing.T, ctx context.Context, keyID string, regions []*mr
 	}
 }
 
-var _ = client.IsNotFound
-
 // TestClusteredRegions runs each region as a three-node JetStream cluster
 // (R3 streams and buckets) and keeps replicating while one node of every
 // region is down.
@@ -107,16 +105,7 @@ func TestClusteredRegions(t *testing.T) {
 	p := mrkrepltest.New(t, mrkrepltest.Options{ClusterSize: 3})
 	ctx := ctxT(t, 2*time.Minute)
 	us := p.Region("us-east-1").Client
-	replicate := func(keyID, dst string) {
-		t.Helper()
-		rep, err := us.ReplicateKey(ctx, keyID, dst)
-		if err != nil {
-			t.Fatalf("replicate to %s: %v", dst, err)
-		}
-		if rep, err = us.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
-			t.Fatalf("replicate to %s: %v %+v", dst, err, rep)
-		}
-	}
+	replicate := func(keyID, dst string) { t.Helper(); replicated(t, ctx, us, keyID, dst) }
 	key, err := us.CreateKey(ctx, api.CreateKeyRequest{})
 	if err != nil {
 		t.Fatal(err)
@@ -137,4 +126,28 @@ func TestClusteredRegions(t *testing.T) {
 		replicate(key2.KeyID, "ap-southeast-2")
 		crossDecrypt(t, ctx, key2.KeyID, p.Regions())
 	}
+}
+
+// replicated asks c's region to copy keyID to dst and fails t unless the
+// run ends COMPLETED.
+func replicated(t *testing.T, ctx context.Context, c *client.Client, keyID, dst string) *api.Replication {
+	t.Helper()
+	rep, err := c.ReplicateKey(ctx, keyID, dst)
+	if err != nil {
+		t.Fatalf("replicate %s from %s to %s: %v", keyID, c.Region(), dst, err)
+	}
+	if rep, err = c.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
+		t.Fatalf("replicate %s from %s to %s: %v %+v", keyID, c.Region(), dst, err, rep)
+	}
+	return rep
+}
+
+// newReplicatedKey creates a key in c's region and replicates it to dst.
+func newReplicatedKey(t *testing.T, ctx context.Context, c *client.Client, dst string) (*api.Key, *api.Replication) {
+	t.Helper()
+	key, err := c.CreateKey(ctx, api.CreateKeyRequest{})
+	if err != nil {
+		t.Fatalf("create key in %s: %v", c.Region(), err)
+	}
+	return key, replicated(t, ctx, c, key.KeyID, dst)
 }

@@ -4,7 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/softhsm"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
@@ -38,18 +37,7 @@ func TestInteropSoftAndPKCS11(t *testing.T) {
 	}
 	ctx := ctxT(t, 2*time.Minute)
 	for _, dir := range []struct{ src, dst string }{{"us-east-1", "eu-west-1"}, {"eu-west-1", "us-east-1"}} {
-		c := p.Region(dir.src).Client
-		key, err := c.CreateKey(ctx, api.CreateKeyRequest{})
-		if err != nil {
-			t.Fatalf("create in %s: %v", dir.src, err)
-		}
-		rep, err := c.ReplicateKey(ctx, key.KeyID, dir.dst)
-		if err != nil {
-			t.Fatal(err)
-		}
-		if rep, err = c.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
-			t.Fatalf("%s → %s: %v %+v", dir.src, dir.dst, err, rep)
-		}
+		key, _ := newReplicatedKey(t, ctx, p.Region(dir.src).Client, dir.dst)
 		crossDecrypt(t, ctx, key.KeyID, p.Regions())
 	}
 	// The host KDF is visible: on for the SoftHSM2 region, used once per

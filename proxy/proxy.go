@@ -279,13 +279,7 @@ func (pr *pair) refuse(ctx context.Context, msg jetstream.Msg, err error) {
 	if errors.As(err, &ve) {
 		reason, detail = string(ve.Reason), ve.Detail
 	}
-	dl := nats.NewMsg(layout.DLQSubject(pr.src, "proxy"))
-	dl.Data = msg.Data()
-	dl.Header.Set(layout.HeaderReason, reason)
-	dl.Header.Set(layout.HeaderDetail, detail)
-	dl.Header.Set(layout.HeaderOriginalSubject, msg.Subject())
-	dl.Header.Set(layout.HeaderComponent, "proxy")
-	if _, err := p.js[pr.src].PublishMsg(ctx, dl); err != nil {
+	if err := layout.DeadLetter(ctx, p.js[pr.src], pr.src, "proxy", msg, reason, detail); err != nil {
 		p.log.Error("dead-letter failed; will retry", "src", pr.src, "err", err)
 		_ = msg.NakWithDelay(time.Second)
 		return
@@ -301,12 +295,7 @@ var errInjectedLoss = errors.New("injected loss")
 // retryDelay grows with deliveries: 250ms, 500ms, … capped at 30s, with
 // ±20% jitter so that proxies do not retry in lockstep.
 func retryDelay(msg jetstream.Msg) time.Duration {
-	n := uint64(1)
-	if md, err := msg.Metadata(); err == nil {
-		n = md.NumDelivered
-	}
-	d := min(250*time.Millisecond<<min(n-1, 7), 30*time.Second)
-	return jitter(d)
+	return jitter(layout.RetryDelay(msg, 250*time.Millisecond, 7))
 }
 
 // Regions returns the regions the proxy bridges.

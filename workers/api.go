@@ -360,7 +360,7 @@ func (w *Worker) apiDecrypt(ctx context.Context, data []byte) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	if !containsVersion(key.Versions, version) {
+	if !slices.Contains(key.Versions, version) {
 		return nil, notFound("key %s has no version %d in region %s", keyID, version, w.cfg.Region)
 	}
 	var pt []byte

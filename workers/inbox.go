@@ -10,7 +10,6 @@ import (
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
-	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -127,23 +126,9 @@ func (w *Worker) ack(_ context.Context, msg jetstream.Msg) {
 }
 
 // retryDelay grows with the number of deliveries: 1s, 2s, 4s … capped at 30s.
-func retryDelay(msg jetstream.Msg) time.Duration {
-	n := uint64(1)
-	if md, err := msg.Metadata(); err == nil {
-		n = md.NumDelivered
-	}
-	d := time.Second << min(n-1, 5)
-	return min(d, 30*time.Second)
-}
+func retryDelay(msg jetstream.Msg) time.Duration { return layout.RetryDelay(msg, time.Second, 5) }
 
 // deadLetter records a refused message on the region's DLQ with the reason.
 func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, ref *refusal) error {
-	dl := nats.NewMsg(layout.DLQSubject(w.cfg.Region, "worker"))
-	dl.Data = msg.Data()
-	dl.Header.Set(layout.HeaderReason, ref.Reason)
-	dl.Header.Set(layout.HeaderDetail, ref.Detail)
-	dl.Header.Set(layout.HeaderOriginalSubject, msg.Subject())
-	dl.Header.Set(layout.HeaderComponent, "worker")
-	_, err := w.js.PublishMsg(ctx, dl)
-	return err
+	return layout.DeadLetter(ctx, w.js, w.cfg.Region, "worker", msg, ref.Reason, ref.Detail)
 }

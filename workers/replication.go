@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
@@ -439,7 +440,7 @@ func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messa
 	_, err := createJSON(ctx, w.res.Keys, rec.KeyID, key)
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		_, err = updateJSON(ctx, w.res.Keys, rec.KeyID, func(k *api.Key) error {
-			if containsVersion(k.Versions, rec.Version) {
+			if slices.Contains(k.Versions, rec.Version) {
 				return errNoChange
 			}
 			k.Versions = append(k.Versions, rec.Version)
@@ -583,13 +584,4 @@ func (w *Worker) finish(ctx context.Context, rec *replication) {
 		w.log.Warn("replication failed", "replication_id", rec.ID, "key_id", rec.KeyID, "role", rec.Role, "peer", rec.Peer, "reason", rec.Reason)
 	}
 	w.event(ctx, ev)
-}
-
-func containsVersion(vs []uint32, v uint32) bool {
-	for _, x := range vs {
-		if x == v {
-			return true
-		}
-	}
-	return false
 }

@@ -26,6 +26,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -234,4 +235,27 @@ func leaderReads(ctx context.Context, js jetstream.JetStream, bucket string) (je
 		return nil, fmt.Errorf("kv %s: %w", bucket, err)
 	}
 	return kv, nil
+}
+
+// DeadLetter publishes msg, refused by component ("worker" or "proxy"), on
+// region's dead-letter stream with the reason and detail in headers.
+func DeadLetter(ctx context.Context, js jetstream.JetStream, region, component string, msg jetstream.Msg, reason, detail string) error {
+	dl := nats.NewMsg(DLQSubject(region, component))
+	dl.Data = msg.Data()
+	dl.Header.Set(HeaderReason, reason)
+	dl.Header.Set(HeaderDetail, detail)
+	dl.Header.Set(HeaderOriginalSubject, msg.Subject())
+	dl.Header.Set(HeaderComponent, component)
+	_, err := js.PublishMsg(ctx, dl)
+	return err
+}
+
+// RetryDelay is the delay before msg is delivered again after a failure:
+// base, doubled with each delivery up to base<<maxDoublings, capped at 30 s.
+func RetryDelay(msg jetstream.Msg, base time.Duration, maxDoublings uint64) time.Duration {
+	n := uint64(1)
+	if md, err := msg.Metadata(); err == nil && md.NumDelivered > 0 {
+		n = md.NumDelivered
+	}
+	return min(base<<min(n-1, maxDoublings), 30*time.Second)
 }
