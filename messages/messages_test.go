@@ -575,7 +575,7 @@ func TestReasons(t *testing.T) {
 	if len(seen) != 16 {
 		t.Errorf("%d reasons, want 16", len(seen))
 	}
-	if len(Types()) != 4 {
+	if len(Types()) != 8 {
 		t.Errorf("%d types", len(Types()))
 	}
 }

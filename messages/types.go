@@ -20,6 +20,16 @@ const (
 	TypeReceipt  Type = "replication.receipt"  // B→A: result and key confirmation
 )
 
+// Lifecycle messages (docs/LIFECYCLE.md). They have the same header and
+// envelope; their replication_id names the exchange they belong to (a fresh
+// id for each sync, the hand-over's id for a hand-over and its accept).
+const (
+	TypeSync     Type = "key.sync"         // primary (or old primary) → replica: the key's shared state
+	TypeStatus   Type = "key.status"       // replica → sender of a sync, or → primary: the replica's state
+	TypeHandover Type = "primary.handover" // old primary → new primary: take over the key
+	TypeAccept   Type = "primary.accept"   // new primary → old primary: taken over
+)
+
 // Header holds the fields every message carries.
 type Header struct {
 	V             int    `cbor:"v"`
@@ -84,6 +94,58 @@ type Receipt struct {
 	KeyConfirmation []byte `cbor:"key_confirmation"` // AES-CMAC with K over the transcript; empty unless ok
 }
 
+// Sync is the body of key.sync: the key's shared state as the sender knows
+// it. Epoch grows with every change of shared state (version activation,
+// primary change) and carries over a primary change, so a replica applies a
+// sync only if its epoch is newer than the one it holds.
+type Sync struct {
+	KeyID          string   `cbor:"key_id"`
+	Epoch          uint64   `cbor:"epoch"`
+	PrimaryRegion  string   `cbor:"primary_region"`
+	CurrentVersion uint32   `cbor:"current_version"` // the version used to encrypt
+	Versions       []uint32 `cbor:"versions"`        // every version, ascending, staged ones included
+	Description    string   `cbor:"description"`
+	AckStatusSeq   uint64   `cbor:"ack_status_seq"` // highest status_seq the sender has applied from the receiver
+}
+
+// Replica states reported in key.status.
+const (
+	ReplicaStateEnabled         = "ENABLED"
+	ReplicaStatePendingDeletion = "PENDING_DELETION"
+	ReplicaStateDeleted         = "DELETED"
+)
+
+// Status is the body of key.status: a replica's state. It answers every
+// sync (so it also acknowledges one) and is sent unprompted when the
+// replica's own state changes (deletion scheduled, cancelled, done);
+// StatusSeq grows with each such change.
+type Status struct {
+	KeyID         string   `cbor:"key_id"`
+	Epoch         uint64   `cbor:"epoch"` // the epoch the replica holds
+	PrimaryRegion string   `cbor:"primary_region"`
+	StatusSeq     uint64   `cbor:"status_seq"`
+	State         string   `cbor:"state"`         // a ReplicaState* value
+	Versions      []uint32 `cbor:"versions"`      // versions the replica holds, ascending
+	DeletionDate  int64    `cbor:"deletion_date"` // Unix ms; 0 unless PENDING_DELETION
+}
+
+// Handover is the body of primary.handover (old primary → new primary).
+type Handover struct {
+	KeyID          string   `cbor:"key_id"`
+	Epoch          uint64   `cbor:"epoch"` // the epoch of the change
+	CurrentVersion uint32   `cbor:"current_version"`
+	Versions       []uint32 `cbor:"versions"` // all held by the new primary
+	Replicas       []string `cbor:"replicas"` // the key's replicas after the change, the old primary included
+	Description    string   `cbor:"description"`
+}
+
+// Accept is the body of primary.accept (new primary → old primary).
+type Accept struct {
+	HandoverDigest []byte `cbor:"handover_digest"` // SHA-384 of the handover envelope
+	KeyID          string `cbor:"key_id"`
+	Epoch          uint64 `cbor:"epoch"`
+}
+
 // Message is a decoded payload: the header and exactly one body, the one
 // named by Type.
 type Message struct {
@@ -92,6 +154,10 @@ type Message struct {
 	Offer    *Offer    `cbor:"offer,omitempty"`
 	Material *Material `cbor:"material,omitempty"`
 	Receipt  *Receipt  `cbor:"receipt,omitempty"`
+	Sync     *Sync     `cbor:"sync,omitempty"`
+	Status   *Status   `cbor:"status,omitempty"`
+	Handover *Handover `cbor:"handover,omitempty"`
+	Accept   *Accept   `cbor:"accept,omitempty"`
 }
 
 // Envelope is a parsed (and, when returned by Verify, verified) message.

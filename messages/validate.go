@@ -26,8 +26,17 @@ const (
 	maxTokenSize            = 64
 )
 
-// Types returns the message types of mrkrepl/1 in protocol order.
-func Types() []Type { return []Type{TypeInit, TypeOffer, TypeMaterial, TypeReceipt} }
+// Types returns the message types of mrkrepl/1: the replication's four in
+// protocol order, then the lifecycle messages.
+func Types() []Type {
+	return []Type{TypeInit, TypeOffer, TypeMaterial, TypeReceipt, TypeSync, TypeStatus, TypeHandover, TypeAccept}
+}
+
+// MaxVersions bounds the versions listed in a lifecycle message.
+const MaxVersions = 1000
+
+// MaxReplicas bounds the regions listed in a hand-over.
+const MaxReplicas = 64
 
 // Validate checks everything about m that does not need a trust bundle or a
 // clock: version, type, exactly one body and the one named by the type, and
@@ -82,8 +91,16 @@ func checkMessage(m *Message) *VerifyError {
 		return checkOffer(m.Offer)
 	case TypeMaterial:
 		return checkMaterial(m.Material)
-	default: // TypeReceipt, checked by checkBodies
+	case TypeReceipt:
 		return checkReceipt(m.Receipt)
+	case TypeSync:
+		return checkSync(m.Sync)
+	case TypeStatus:
+		return checkStatus(m.Status)
+	case TypeHandover:
+		return checkHandover(m.Handover)
+	default: // TypeAccept, checked by checkBodies
+		return checkAccept(m.Accept)
 	}
 }
 
@@ -91,7 +108,8 @@ func checkMessage(m *Message) *VerifyError {
 // only one present.
 func checkBodies(m *Message) *VerifyError {
 	n := 0
-	for _, present := range []bool{m.Init != nil, m.Offer != nil, m.Material != nil, m.Receipt != nil} {
+	for _, present := range []bool{m.Init != nil, m.Offer != nil, m.Material != nil, m.Receipt != nil,
+		m.Sync != nil, m.Status != nil, m.Handover != nil, m.Accept != nil} {
 		if present {
 			n++
 		}
@@ -109,6 +127,14 @@ func checkBodies(m *Message) *VerifyError {
 		ok = m.Material != nil
 	case TypeReceipt:
 		ok = m.Receipt != nil
+	case TypeSync:
+		ok = m.Sync != nil
+	case TypeStatus:
+		ok = m.Status != nil
+	case TypeHandover:
+		ok = m.Handover != nil
+	case TypeAccept:
+		ok = m.Accept != nil
 	default:
 		return malformed("type: unknown")
 	}
@@ -216,4 +242,108 @@ func isToken(s string) bool {
 		}
 	}
 	return true
+}
+
+// checkVersions checks a version list: 1 to MaxVersions versions, each ≥ 1,
+// strictly ascending (so no duplicates).
+func checkVersions(field string, vs []uint32, allowEmpty bool) *VerifyError {
+	if len(vs) == 0 && !allowEmpty || len(vs) > MaxVersions {
+		return malformed("%s: want 1 to %d versions", field, MaxVersions)
+	}
+	for i, v := range vs {
+		if v < 1 || i > 0 && v <= vs[i-1] {
+			return malformed("%s: want versions ≥ 1 in ascending order", field)
+		}
+	}
+	return nil
+}
+
+func checkSync(b *Sync) *VerifyError {
+	switch {
+	case !IsKeyID(b.KeyID):
+		return malformed("sync.key_id: want mrk- and 32 lowercase hex digits")
+	case b.Epoch < 1:
+		return malformed("sync.epoch: want ≥ 1")
+	case !IsName(b.PrimaryRegion):
+		return malformed("sync.primary_region: bad region name")
+	case len(b.Description) > MaxDescriptionSize:
+		return malformed("sync.description: more than %d bytes", MaxDescriptionSize)
+	}
+	if ve := checkVersions("sync.versions", b.Versions, false); ve != nil {
+		return ve
+	}
+	for _, v := range b.Versions {
+		if v == b.CurrentVersion {
+			return nil
+		}
+	}
+	return malformed("sync.current_version: not among versions")
+}
+
+func checkStatus(b *Status) *VerifyError {
+	switch {
+	case !IsKeyID(b.KeyID):
+		return malformed("status.key_id: want mrk- and 32 lowercase hex digits")
+	case !IsName(b.PrimaryRegion):
+		return malformed("status.primary_region: bad region name")
+	case b.DeletionDate < 0:
+		return malformed("status.deletion_date: negative")
+	}
+	switch b.State {
+	case ReplicaStateEnabled:
+		if b.DeletionDate != 0 {
+			return malformed("status.deletion_date: want 0 with state %s", b.State)
+		}
+		return checkVersions("status.versions", b.Versions, false)
+	case ReplicaStatePendingDeletion:
+		if b.DeletionDate == 0 {
+			return malformed("status.deletion_date: want a date with state %s", b.State)
+		}
+		return checkVersions("status.versions", b.Versions, false)
+	case ReplicaStateDeleted:
+		if b.DeletionDate != 0 || len(b.Versions) != 0 {
+			return malformed("status: want no versions and no deletion date with state %s", b.State)
+		}
+		return nil
+	}
+	return malformed("status.state: unknown")
+}
+
+func checkHandover(b *Handover) *VerifyError {
+	switch {
+	case !IsKeyID(b.KeyID):
+		return malformed("handover.key_id: want mrk- and 32 lowercase hex digits")
+	case b.Epoch < 1:
+		return malformed("handover.epoch: want ≥ 1")
+	case len(b.Description) > MaxDescriptionSize:
+		return malformed("handover.description: more than %d bytes", MaxDescriptionSize)
+	case len(b.Replicas) == 0 || len(b.Replicas) > MaxReplicas:
+		return malformed("handover.replicas: want 1 to %d regions", MaxReplicas)
+	}
+	for i, r := range b.Replicas {
+		if !IsName(r) || i > 0 && r <= b.Replicas[i-1] {
+			return malformed("handover.replicas: want region names in ascending order")
+		}
+	}
+	if ve := checkVersions("handover.versions", b.Versions, false); ve != nil {
+		return ve
+	}
+	for _, v := range b.Versions {
+		if v == b.CurrentVersion {
+			return nil
+		}
+	}
+	return malformed("handover.current_version: not among versions")
+}
+
+func checkAccept(b *Accept) *VerifyError {
+	switch {
+	case len(b.HandoverDigest) != DigestSize:
+		return malformed("accept.handover_digest: want %d bytes", DigestSize)
+	case !IsKeyID(b.KeyID):
+		return malformed("accept.key_id: want mrk- and 32 lowercase hex digits")
+	case b.Epoch < 1:
+		return malformed("accept.epoch: want ≥ 1")
+	}
+	return nil
 }

@@ -125,7 +125,7 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 	}
 	now := w.cfg.Now().UTC()
 	key := &api.Key{
-		KeyID: messages.NewKeyID(), Partition: w.cfg.Bundle.Partition(), Region: w.cfg.Region,
+		KeyID: messages.NewKeyID(), Partition: w.bundle().Partition(), Region: w.cfg.Region,
 		Role: api.RolePrimary, PrimaryRegion: w.cfg.Region, KeySpec: api.KeySpecSymmetricDefault,
 		KeyUsage: req.KeyUsage, Description: req.Description, Enabled: true,
 		Versions: []uint32{1}, CurrentVersion: 1, CreatedAt: now, UpdatedAt: now,

@@ -75,7 +75,7 @@ var errDuplicate = errors.New("duplicate")
 
 func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *string) error {
 	env, err := messages.Verify(msg.Data(), messages.VerifyOptions{
-		Bundle:   w.cfg.Bundle,
+		Bundle:   w.bundle(),
 		Now:      w.cfg.Now(),
 		Receiver: w.cfg.Region,
 		Subject:  msg.Subject(),

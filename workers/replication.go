@@ -59,7 +59,7 @@ func (w *Worker) newMessage(t messages.Type, replicationID, dst string) *message
 		Type:          t,
 		MsgID:         messages.NewID(),
 		ReplicationID: replicationID,
-		Partition:     w.cfg.Bundle.Partition(),
+		Partition:     w.bundle().Partition(),
 		Src:           w.cfg.Region,
 		Dst:           dst,
 		SentAt:        now.UnixMilli(),
@@ -68,20 +68,29 @@ func (w *Worker) newMessage(t messages.Type, replicationID, dst string) *message
 }
 
 // seal signs m and records it as the run's last message; it returns the
-// message's digest.
-func (w *Worker) seal(rec *replication, m *messages.Message) ([]byte, error) {
-	var raw []byte
-	err := w.hsmOp("sign", func() (err error) {
-		raw, err = messages.Seal(m, w.cfg.HSM.Signer())
-		return err
-	})
+// message's digest and the kid of the RSK that signed it.
+func (w *Worker) seal(rec *replication, m *messages.Message) (digest, kid []byte, err error) {
+	raw, kid, err := w.sign(m)
 	if err != nil {
-		return nil, fmt.Errorf("seal %s: %w", m.Type, err)
+		return nil, nil, err
 	}
 	rec.LastSent = raw
 	rec.LastSentSubject = messages.OutboxSubject(w.cfg.Region, m.Dst, m.Type)
 	rec.LastSentMsgID = m.MsgID
-	return messages.Digest(raw), nil
+	return messages.Digest(raw), kid, nil
+}
+
+// sign seals m with the region's current RSK.
+func (w *Worker) sign(m *messages.Message) (raw, kid []byte, err error) {
+	signer, kid := w.rsk()
+	err = w.hsmOp("sign", func() (err error) {
+		raw, err = messages.Seal(m, signer)
+		return err
+	})
+	if err != nil {
+		return nil, nil, fmt.Errorf("seal %s: %w", m.Type, err)
+	}
+	return raw, kid, nil
 }
 
 // publish sends the run's last message to the outbox. Nats-Msg-Id is the
@@ -134,8 +143,8 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, attempt int) (
 	if !messages.IsKeyID(keyID) {
 		return nil, badRequest("invalid key id %q", keyID)
 	}
-	if !w.cfg.Bundle.HasRegion(dst) {
-		return nil, badRequest("region %q is not in partition %q", dst, w.cfg.Bundle.Partition())
+	if !w.bundle().HasRegion(dst) {
+		return nil, badRequest("region %q is not in partition %q", dst, w.bundle().Partition())
 	}
 	if dst == w.cfg.Region {
 		return nil, badRequest("cannot replicate key %s to its own region %s", keyID, dst)
@@ -167,7 +176,7 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, attempt int) (
 	rec := &replication{
 		ID: messages.NewID(), Role: roleSource, KeyID: keyID, Version: key.CurrentVersion,
 		Peer: dst, State: api.StateInitSent, KeySpec: key.KeySpec, KeyUsage: key.KeyUsage,
-		PrimaryRegion: w.cfg.Region, Description: key.Description, SrcKID: w.kid,
+		PrimaryRegion: w.cfg.Region, Description: key.Description,
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL), Attempt: attempt,
 	}
 	m := w.newMessage(messages.TypeInit, rec.ID, dst)
@@ -175,7 +184,7 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, attempt int) (
 		KeyID: keyID, KeySpec: key.KeySpec, KeyUsage: key.KeyUsage,
 		Version: key.CurrentVersion, PrimaryRegion: w.cfg.Region,
 	}
-	if rec.InitDigest, err = w.seal(rec, m); err != nil {
+	if rec.InitDigest, rec.SrcKID, err = w.seal(rec, m); err != nil {
 		return nil, err
 	}
 	if err := w.markPending(ctx, rec.ID); err != nil {
@@ -250,7 +259,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	rec := &replication{
 		ID: m.ReplicationID, Role: roleDestination, KeyID: in.KeyID, Version: in.Version,
 		Peer: m.Src, State: api.StateOfferSent, KeySpec: in.KeySpec, KeyUsage: in.KeyUsage,
-		PrimaryRegion: in.PrimaryRegion, SrcKID: env.KID, DstKID: w.kid, InitDigest: env.Digest,
+		PrimaryRegion: in.PrimaryRegion, SrcKID: env.KID, InitDigest: env.Digest,
 		CreatedAt: m.SentTime(), UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL),
 	}
 	err := w.hsmOp("create_agreement_key", func() (err error) {
@@ -269,7 +278,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	}
 	reply := w.newMessage(messages.TypeOffer, rec.ID, m.Src)
 	reply.Offer = &messages.Offer{InitDigest: env.Digest, RAKB: rec.RAKB}
-	if rec.OfferDigest, err = w.seal(rec, reply); err != nil {
+	if rec.OfferDigest, rec.DstKID, err = w.seal(rec, reply); err != nil {
 		return err
 	}
 	if err := w.markPending(ctx, rec.ID); err != nil {
@@ -308,7 +317,7 @@ func (w *Worker) onOffer(ctx context.Context, env *messages.Envelope) error {
 		return refuse(reasonRunExpired, "replication %s expired", rec.ID)
 	}
 	kctx := hsmsvc.KDFContext{
-		Partition: w.cfg.Bundle.Partition(), SrcRegion: w.cfg.Region, DstRegion: rec.Peer,
+		Partition: w.bundle().Partition(), SrcRegion: w.cfg.Region, DstRegion: rec.Peer,
 		SrcKID: rec.SrcKID, DstKID: env.KID, RAKB: m.Offer.RAKB, ReplicationID: rec.ID,
 		KeyID: rec.KeyID, Version: rec.Version, InitDigest: rec.InitDigest, OfferDigest: env.Digest,
 	}
@@ -329,7 +338,7 @@ func (w *Worker) onOffer(ctx context.Context, env *messages.Envelope) error {
 	next.State = api.StateMaterialSent
 	next.OfferDigest = env.Digest
 	next.DstKID = env.KID
-	if next.MaterialDigest, err = w.seal(&next, reply); err != nil {
+	if next.MaterialDigest, _, err = w.seal(&next, reply); err != nil {
 		return err
 	}
 	transcript := messages.TranscriptDigest(rec.InitDigest, env.Digest, next.MaterialDigest)
@@ -365,7 +374,7 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 	}
 	ref := hsmsvc.KeyRef{KeyID: rec.KeyID, Version: rec.Version}
 	kctx := hsmsvc.KDFContext{
-		Partition: w.cfg.Bundle.Partition(), SrcRegion: rec.Peer, DstRegion: w.cfg.Region,
+		Partition: w.bundle().Partition(), SrcRegion: rec.Peer, DstRegion: w.cfg.Region,
 		SrcKID: rec.SrcKID, DstKID: rec.DstKID, RAKA: m.Material.RAKA, RAKB: rec.RAKB,
 		ReplicationID: rec.ID, KeyID: rec.KeyID, Version: rec.Version,
 		InitDigest: rec.InitDigest, OfferDigest: rec.OfferDigest,
@@ -414,7 +423,7 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 		next.State = api.StateFailed
 		next.Reason = status
 	}
-	if _, err := w.seal(&next, reply); err != nil {
+	if _, _, err := w.seal(&next, reply); err != nil {
 		return err
 	}
 	if err := w.casRun(ctx, &next, rev); err != nil {
@@ -431,7 +440,7 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messages.Properties) error {
 	now := w.cfg.Now()
 	key := &api.Key{
-		KeyID: rec.KeyID, Partition: w.cfg.Bundle.Partition(), Region: w.cfg.Region,
+		KeyID: rec.KeyID, Partition: w.bundle().Partition(), Region: w.cfg.Region,
 		Role: api.RoleReplica, PrimaryRegion: rec.PrimaryRegion, KeySpec: props.KeySpec,
 		KeyUsage: props.KeyUsage, Description: props.Description, Enabled: true,
 		Versions: []uint32{rec.Version}, CurrentVersion: rec.Version,

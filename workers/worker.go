@@ -2,6 +2,7 @@ package workers
 
 import (
 	"context"
+	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -243,6 +244,14 @@ func (w *Worker) stopLocked() {
 		w.svc = nil
 	}
 }
+
+// rsk returns the signer this worker signs with now and its kid. Every
+// message is sealed with the pair returned by one call, so the kid recorded
+// for a run is the one that signed its message.
+func (w *Worker) rsk() (crypto.Signer, []byte) { return w.cfg.HSM.Signer(), w.kid }
+
+// bundle returns the trust bundle in force.
+func (w *Worker) bundle() *messages.Bundle { return w.cfg.Bundle }
 
 // Region returns the worker's region.
 func (w *Worker) Region() string { return w.cfg.Region }
