@@ -24,7 +24,16 @@ const (
 	OpEncrypt             = "encrypt"
 	OpDecrypt             = "decrypt"
 	OpGenerateDataKey     = "generate-data-key"
+	OpRotateKey           = "rotate-key"
+	OpUpdatePrimaryRegion = "update-primary-region"
+	OpScheduleKeyDeletion = "schedule-key-deletion"
+	OpCancelKeyDeletion   = "cancel-key-deletion"
 )
+
+// ActorHeader is the request header that names who asks (the client sets
+// it to its NATS user name). Audit events carry it as the actor; see
+// docs/LIFECYCLE.md for what it does and does not prove.
+const ActorHeader = "Mrkrepl-Actor"
 
 // Error codes, sent in the Nats-Service-Error-Code header of a failed reply.
 const (
@@ -45,9 +54,25 @@ const (
 	RolePrimary = "PRIMARY"
 	RoleReplica = "REPLICA"
 
-	ReplicaCreating = "CREATING"
-	ReplicaEnabled  = "ENABLED"
-	ReplicaFailed   = "FAILED"
+	ReplicaCreating        = "CREATING"         // the first copy is on its way
+	ReplicaEnabled         = "ENABLED"          // holds every version up to the current one
+	ReplicaUpdating        = "UPDATING"         // taking part in a change of primary region
+	ReplicaPendingDeletion = "PENDING_DELETION" // deletion scheduled in the replica's region
+	ReplicaFailed          = "FAILED"           // the last run for it gave up (see Reason)
+)
+
+// Key states (Key.KeyState): a key in its own region.
+const (
+	KeyStateEnabled         = "ENABLED"
+	KeyStateUpdating        = "UPDATING" // its primary region is changing
+	KeyStatePendingDeletion = "PENDING_DELETION"
+)
+
+// Version states (KeyVersion.State).
+const (
+	VersionStaged   = "STAGED"   // being copied to every replica; not yet used to encrypt
+	VersionCurrent  = "CURRENT"  // used to encrypt
+	VersionPrevious = "PREVIOUS" // decrypts what it encrypted
 )
 
 // Replication states, per role. A source run goes INIT_SENT → MATERIAL_SENT
@@ -74,11 +99,23 @@ type KeyRequest struct {
 
 // Replica is the primary's view of one replica region.
 type Replica struct {
-	Region        string    `json:"region"`
-	State         string    `json:"state"`
-	ReplicationID string    `json:"replication_id,omitempty"`
-	Reason        string    `json:"reason,omitempty"`
-	UpdatedAt     time.Time `json:"updated_at"`
+	Region        string     `json:"region"`
+	State         string     `json:"state"`
+	ReplicationID string     `json:"replication_id,omitempty"` // the latest run that copies a version to it
+	Reason        string     `json:"reason,omitempty"`
+	SyncedEpoch   uint64     `json:"synced_epoch"`            // the key's epoch the replica confirmed
+	StatusSeq     uint64     `json:"status_seq,omitempty"`    // the last status the replica reported
+	DeletionDate  *time.Time `json:"deletion_date,omitempty"` // PENDING_DELETION only
+	UpdatedAt     time.Time  `json:"updated_at"`
+}
+
+// KeyVersion is one version of a key's material, as the primary sees it.
+type KeyVersion struct {
+	Version      uint32     `json:"version"`
+	State        string     `json:"state"`         // VersionStaged, VersionCurrent or VersionPrevious
+	ReplicatedTo []string   `json:"replicated_to"` // regions that confirmed holding it, the primary's included (sorted)
+	CreatedAt    time.Time  `json:"created_at"`
+	ActivatedAt  *time.Time `json:"activated_at,omitempty"`
 }
 
 // Key is a key's metadata in one region.
@@ -99,6 +136,18 @@ type Key struct {
 	UpdatedAt      time.Time  `json:"updated_at"`
 	ReplicatedFrom string     `json:"replicated_from,omitempty"` // replica only: replication id
 	UsableAt       *time.Time `json:"usable_at,omitempty"`       // replica only
+
+	// KeyState is ENABLED, UPDATING or PENDING_DELETION (KeyState*).
+	KeyState string `json:"key_state"`
+	// Epoch counts changes of the key's shared state (version activation,
+	// primary change); replicas apply the primary's state only if newer.
+	Epoch uint64 `json:"epoch"`
+	// VersionDetails has, per version, its state and the regions holding
+	// it: the "replicated-to" watermark (primary only).
+	VersionDetails []KeyVersion `json:"version_details,omitempty"`
+	// PendingPrimary is the region taking over while KeyState is UPDATING.
+	PendingPrimary string     `json:"pending_primary,omitempty"`
+	DeletionDate   *time.Time `json:"deletion_date,omitempty"` // PENDING_DELETION only
 }
 
 // ListKeysResponse lists key ids known in the region.
@@ -187,15 +236,45 @@ type GenerateDataKeyResponse struct {
 	CiphertextBlob []byte `json:"ciphertext_blob"`
 }
 
+// RotateKeyRequest asks the key's primary region for a new version of its
+// material. The version is STAGED until every replica confirmed it, then
+// CURRENT everywhere.
+type RotateKeyRequest struct {
+	KeyID string `json:"key_id"`
+}
+
+// UpdatePrimaryRegionRequest asks the key's primary region to hand the key
+// over to PrimaryRegion, which must hold an ENABLED replica.
+type UpdatePrimaryRegionRequest struct {
+	KeyID         string `json:"key_id"`
+	PrimaryRegion string `json:"primary_region"`
+}
+
+// ScheduleKeyDeletionRequest schedules the deletion of the key in the
+// region asked. PendingWindowDays (1 to 30) overrides the region's default
+// waiting period (7 days unless configured). A primary key cannot be
+// scheduled for deletion while it has replicas.
+type ScheduleKeyDeletionRequest struct {
+	KeyID             string `json:"key_id"`
+	PendingWindowDays int    `json:"pending_window_days,omitempty"`
+}
+
 // Event is an audit event published on mrk.<region>.events.<type>.
 type Event struct {
-	Type          string    `json:"type"`
-	Time          time.Time `json:"time"`
-	Region        string    `json:"region"`
-	KeyID         string    `json:"key_id,omitempty"`
-	ReplicationID string    `json:"replication_id,omitempty"`
-	Peer          string    `json:"peer,omitempty"`
-	Reason        string    `json:"reason,omitempty"`
+	Type   string    `json:"type"`
+	Time   time.Time `json:"time"`
+	Region string    `json:"region"`
+	// Actor is who caused the event: the requester named in the
+	// Mrkrepl-Actor header for API requests ("anonymous" when absent), or
+	// "region:<name>" for a change another region asked for in a signed
+	// message, or "worker" for the worker's own timers (sweeps, deletion).
+	Actor         string   `json:"actor,omitempty"`
+	KeyID         string   `json:"key_id,omitempty"`
+	ReplicationID string   `json:"replication_id,omitempty"`
+	Peer          string   `json:"peer,omitempty"`
+	Version       uint32   `json:"version,omitempty"`
+	Regions       []string `json:"regions,omitempty"` // the regions concerned, where more than one
+	Reason        string   `json:"reason,omitempty"`
 }
 
 // Event types.
@@ -207,4 +286,15 @@ const (
 	EventReplicationFailed    = "ReplicationFailed"
 	EventRequestRejected      = "RequestRejected"
 	EventMessageRefused       = "MessageRefused"
+
+	EventVersionStaged            = "VersionStaged"
+	EventVersionActivated         = "VersionActivated"
+	EventPrimaryUpdateStarted     = "PrimaryUpdateStarted"
+	EventPrimaryUpdated           = "PrimaryUpdated"
+	EventReplicaDeletionScheduled = "ReplicaDeletionScheduled"
+	EventReplicaDeletionCancelled = "ReplicaDeletionCancelled"
+	EventReplicaDeleted           = "ReplicaDeleted"
+	EventKeyDeletionScheduled     = "KeyDeletionScheduled"
+	EventKeyDeletionCancelled     = "KeyDeletionCancelled"
+	EventKeyDeleted               = "KeyDeleted"
 )

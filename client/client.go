@@ -28,10 +28,21 @@ import (
 type Client struct {
 	nc     *nats.Conn
 	region string
+	actor  string
 }
 
-// New returns a client for region's API over nc.
-func New(nc *nats.Conn, region string) *Client { return &Client{nc: nc, region: region} }
+// New returns a client for region's API over nc. Requests name the
+// connection's NATS user (if any) as their actor in audit events.
+func New(nc *nats.Conn, region string) *Client {
+	return &Client{nc: nc, region: region, actor: nc.Opts.User}
+}
+
+// WithActor returns a copy of c whose requests name actor in audit events.
+func (c *Client) WithActor(actor string) *Client {
+	cc := *c
+	cc.actor = actor
+	return &cc
+}
 
 // Region returns the region the client talks to.
 func (c *Client) Region() string { return c.region }
@@ -62,7 +73,12 @@ func (c *Client) Call(ctx context.Context, op string, req, resp any) error {
 		ctx, cancel = context.WithTimeout(ctx, 10*time.Second)
 		defer cancel()
 	}
-	msg, err := c.nc.RequestWithContext(ctx, layout.APISubject(c.region, op), data)
+	out := nats.NewMsg(layout.APISubject(c.region, op))
+	out.Data = data
+	if c.actor != "" {
+		out.Header.Set(api.ActorHeader, c.actor)
+	}
+	msg, err := c.nc.RequestMsgWithContext(ctx, out)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
 			return fmt.Errorf("%s in %s: no worker is serving the region's api", op, c.region)
@@ -157,4 +173,71 @@ func (c *Client) ReplicateKeyWithToken(ctx context.Context, keyID, replicaRegion
 func (c *Client) GenerateDataKey(ctx context.Context, keyID string, numberOfBytes int, aad []byte) (*api.GenerateDataKeyResponse, error) {
 	var r api.GenerateDataKeyResponse
 	return &r, c.Call(ctx, api.OpGenerateDataKey, api.GenerateDataKeyRequest{KeyID: keyID, NumberOfBytes: numberOfBytes, AAD: aad}, &r)
+}
+
+// RotateKey asks the key's primary (the client's region) for a new version.
+// The returned key shows the new version STAGED; WaitKey with
+// VersionActive waits until it is used to encrypt.
+func (c *Client) RotateKey(ctx context.Context, keyID string) (*api.Key, error) {
+	var k api.Key
+	return &k, c.Call(ctx, api.OpRotateKey, api.RotateKeyRequest{KeyID: keyID}, &k)
+}
+
+// UpdatePrimaryRegion asks the key's primary (the client's region) to hand
+// the key over to region. The key is UPDATING until the hand-over is done.
+func (c *Client) UpdatePrimaryRegion(ctx context.Context, keyID, region string) (*api.Key, error) {
+	var k api.Key
+	return &k, c.Call(ctx, api.OpUpdatePrimaryRegion, api.UpdatePrimaryRegionRequest{KeyID: keyID, PrimaryRegion: region}, &k)
+}
+
+// ScheduleKeyDeletion schedules the key's deletion in the client's region
+// (pendingWindowDays 0: the region's default waiting period).
+func (c *Client) ScheduleKeyDeletion(ctx context.Context, keyID string, pendingWindowDays int) (*api.Key, error) {
+	var k api.Key
+	return &k, c.Call(ctx, api.OpScheduleKeyDeletion, api.ScheduleKeyDeletionRequest{KeyID: keyID, PendingWindowDays: pendingWindowDays}, &k)
+}
+
+// CancelKeyDeletion cancels a scheduled deletion in the client's region.
+func (c *Client) CancelKeyDeletion(ctx context.Context, keyID string) (*api.Key, error) {
+	var k api.Key
+	return &k, c.Call(ctx, api.OpCancelKeyDeletion, api.KeyRequest{KeyID: keyID}, &k)
+}
+
+// WaitKey polls describe-key in the client's region until done reports
+// true for the key, or ctx ends (a "not found" reply is passed to done as a
+// nil key, so WaitKey can wait for a deletion).
+func (c *Client) WaitKey(ctx context.Context, keyID string, done func(*api.Key) bool) (*api.Key, error) {
+	delay := 10 * time.Millisecond
+	for {
+		k, err := c.DescribeKey(ctx, keyID)
+		if IsNotFound(err) {
+			k, err = nil, nil
+		}
+		if err != nil {
+			return nil, err
+		}
+		if done(k) {
+			return k, nil
+		}
+		select {
+		case <-ctx.Done():
+			return k, fmt.Errorf("waiting for key %s in %s: %w", keyID, c.region, ctx.Err())
+		case <-time.After(delay):
+		}
+		delay = min(2*delay, 500*time.Millisecond)
+	}
+}
+
+// VersionActive returns a WaitKey condition: the key's current version is
+// at least version.
+func VersionActive(version uint32) func(*api.Key) bool {
+	return func(k *api.Key) bool { return k != nil && k.CurrentVersion >= version }
+}
+
+// PrimaryIs returns a WaitKey condition: the key names region as its
+// primary and is not UPDATING.
+func PrimaryIs(region string) func(*api.Key) bool {
+	return func(k *api.Key) bool {
+		return k != nil && k.PrimaryRegion == region && k.KeyState != api.KeyStateUpdating
+	}
 }

@@ -67,6 +67,7 @@ func TestChaos(t *testing.T) {
 	}
 	var mu sync.Mutex // guards requested and the partition's components
 	var requested []request
+	var rotated []string
 
 	// retry calls fn until it succeeds: the region may be down right now.
 	retry := func(what string, fn func(context.Context) error) {
@@ -182,6 +183,18 @@ func TestChaos(t *testing.T) {
 			}
 			requested = append(requested, request{keyID, dst})
 		}
+		if i%3 == 0 {
+			// Rotate while the first copies are on their way: the new
+			// version must reach every replica, then become current.
+			retry("rotate", func(c context.Context) error {
+				_, err := primary.Client.RotateKey(c, keyID)
+				if apiCode(err) == api.CodeConflict {
+					return nil // an earlier attempt went through (its reply was lost)
+				}
+				return err
+			})
+			rotated = append(rotated, keyID)
+		}
 	}
 	<-chaosDone
 	t.Logf("chaos: faults=%d %v", len(actions), actions)
@@ -228,6 +241,30 @@ func TestChaos(t *testing.T) {
 		}
 	}
 	t.Logf("chaos: requested=%d completed=%d failed=%d lost=%d mismatched=%d", len(requested), completed, failed, lost, mismatched)
+
+	// Every rotated key ends with version 2 current in the primary and in
+	// every replica that did not fail, and both versions in each.
+	stuck := 0
+	for _, keyID := range rotated {
+		regions := []string{primary.Name}
+		for _, rq := range requested {
+			if rq.keyID == keyID && final[rq].State == api.ReplicaEnabled {
+				regions = append(regions, rq.dst)
+			}
+		}
+		for _, r := range regions {
+			wctx, cancel := context.WithTimeout(ctx, time.Minute)
+			k, err := p.Region(r).Client.WaitKey(wctx, keyID, func(k *api.Key) bool {
+				return k != nil && k.CurrentVersion == 2 && len(k.Versions) == 2
+			})
+			cancel()
+			if err != nil {
+				stuck++
+				t.Errorf("rotation of %s: %s still at %+v: %v", keyID, r, k, err)
+			}
+		}
+	}
+	t.Logf("chaos: rotated=%d stuck=%d", len(rotated), stuck)
 }
 
 // sameKey checks that ciphertext crosses both ways between two regions.

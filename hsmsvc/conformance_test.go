@@ -18,6 +18,8 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"slices"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -34,6 +36,7 @@ func runConformance(t *testing.T, open func(t *testing.T) HSM) {
 		}
 	})
 	t.Run("Sign", func(t *testing.T) { testSign(t, open(t)) })
+	t.Run("RSKRotation", func(t *testing.T) { testRSKRotation(t, open(t)) })
 	t.Run("KeyLifecycle", func(t *testing.T) { testKeyLifecycle(t, open(t)) })
 	t.Run("InvalidKeyRefs", func(t *testing.T) { testInvalidKeyRefs(t, open(t)) })
 	t.Run("EncryptDecrypt", func(t *testing.T) { testEncryptDecrypt(t, open(t)) })
@@ -245,6 +248,100 @@ func testSign(t *testing.T, h HSM) {
 			t.Fatal("signature verifies for another digest")
 		}
 	}
+}
+
+// testRSKRotation: the HSM holds more RSKs than its default one; Signer
+// stays the default; every RSK signs for its own public key; after Close
+// none of it works.
+func testRSKRotation(t *testing.T, h HSM) {
+	ctx := t.Context()
+	rot, ok := h.(RSKRotator)
+	if !ok {
+		t.Fatalf("%s backend does not implement RSKRotator", h.Backend())
+	}
+	def := h.Signer().Public().(*ecdsa.PublicKey)
+	rsks, err := rot.RSKs(ctx)
+	mustNoErr(t, err)
+	if len(rsks) != 1 || !def.Equal(rsks[0].Public()) {
+		t.Fatalf("RSKs() of a new HSM = %d keys, want the default one only", len(rsks))
+	}
+	var made []crypto.Signer
+	for range 2 {
+		s, err := rot.CreateRSK(ctx)
+		mustNoErr(t, err)
+		made = append(made, s)
+	}
+	pubs := []*ecdsa.PublicKey{def}
+	for _, s := range made {
+		pub, ok := s.Public().(*ecdsa.PublicKey)
+		if !ok || pub.Curve != elliptic.P384() {
+			t.Fatalf("CreateRSK made a %T, want an ECDSA P-384 key", s.Public())
+		}
+		if _, ok := s.(*ecdsa.PrivateKey); ok {
+			t.Fatal("CreateRSK exposes the *ecdsa.PrivateKey")
+		}
+		for _, p := range pubs {
+			if p.Equal(pub) {
+				t.Fatal("CreateRSK returned a key the HSM already held")
+			}
+		}
+		pubs = append(pubs, pub)
+		digest := sha512.Sum384([]byte("rotation"))
+		sig, err := s.Sign(rand.Reader, digest[:], crypto.SHA384)
+		mustNoErr(t, err)
+		if !ecdsa.VerifyASN1(pub, digest[:], sig) {
+			t.Fatal("a new RSK's signature does not verify with its public key")
+		}
+	}
+	if !def.Equal(h.Signer().Public()) {
+		t.Error("CreateRSK changed Signer()")
+	}
+	rsks, err = rot.RSKs(ctx)
+	mustNoErr(t, err)
+	if len(rsks) != 3 || !def.Equal(rsks[0].Public()) {
+		t.Fatalf("RSKs() = %d keys after two CreateRSK, want 3 with the default first", len(rsks))
+	}
+	var kids [][]byte
+	for _, s := range rsks {
+		kid := sha256.Sum256(must(x509.MarshalPKIXPublicKey(s.Public())))
+		kids = append(kids, kid[:])
+		if !slices.ContainsFunc(pubs, func(p *ecdsa.PublicKey) bool { return p.Equal(s.Public()) }) {
+			t.Error("RSKs() returned a key CreateRSK did not make")
+		}
+		digest := sha512.Sum384([]byte("listed"))
+		sig, err := s.Sign(rand.Reader, digest[:], crypto.SHA384)
+		mustNoErr(t, err)
+		if !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), digest[:], sig) {
+			t.Error("a listed RSK's signature does not verify")
+		}
+	}
+	if bytes.Compare(kids[1], kids[2]) >= 0 {
+		t.Error("RSKs() after the default one are not sorted by kid")
+	}
+	for _, s := range []fmt.Stringer{made[0].(fmt.Stringer), rsks[1].(fmt.Stringer)} {
+		if str := s.String(); !strings.Contains(str, "kid") || strings.Contains(str, "D:") {
+			t.Errorf("rsk prints as %q", str)
+		}
+	}
+
+	mustNoErr(t, h.Close())
+	if _, err := rot.CreateRSK(ctx); err == nil {
+		t.Error("CreateRSK after Close succeeded")
+	}
+	if _, err := rot.RSKs(ctx); err == nil {
+		t.Error("RSKs after Close succeeded")
+	}
+	digest := sha512.Sum384(nil)
+	if _, err := made[0].Sign(rand.Reader, digest[:], crypto.SHA384); err == nil {
+		t.Error("a rotation RSK signs after Close")
+	}
+}
+
+func must[T any](v T, err error) T {
+	if err != nil {
+		panic(err)
+	}
+	return v
 }
 
 func testKeyLifecycle(t *testing.T, h HSM) {

@@ -21,6 +21,9 @@ package hsmsvc
 //
 //	RSK   ECDSA P-384 key pair, token objects, CKA_LABEL from object= (default
 //	      "mrkrepl-rsk"), CKA_ID = kid; made only by InitPKCS11RSK.
+//	      More RSKs, for rotation (CreateRSK): the same, with CKA_LABEL
+//	      "<object>/rotation" (one label for all of them, told apart by
+//	      CKA_ID = kid).
 //	K     AES-256 secret key, token object, CKA_LABEL "mrkrepl-key:<key id>/v<version>".
 //	RAKB  ECDH P-384 private key, token object (it survives a restart),
 //	      CKA_LABEL "mrkrepl-rakb:<replication id>", CKA_ID = expiry as
@@ -72,6 +75,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -135,6 +139,7 @@ var (
 	_ HSM                 = (*pkcs11HSM)(nil)
 	_ HostKDFReporter     = (*pkcs11HSM)(nil)
 	_ AgreementKeySweeper = (*pkcs11HSM)(nil)
+	_ RSKRotator          = (*pkcs11HSM)(nil)
 	_ crypto.Signer       = (*pkcs11Signer)(nil)
 )
 
@@ -222,7 +227,77 @@ func (h *pkcs11HSM) createRSK(ctx context.Context) (existing crypto.PublicKey, e
 	default:
 		return nil, fmt.Errorf("%s holds %d key pairs labelled %q", h.cfg.tokenName(), len(found), label)
 	}
+	_, err = h.generateRSK(ctx, label)
+	return nil, err
+}
 
+// rotationLabel is the CKA_LABEL of the RSKs CreateRSK makes.
+func (h *pkcs11HSM) rotationLabel() string { return h.cfg.rskLabel + "/rotation" }
+
+// CreateRSK generates another RSK in the token, labelled rotationLabel, with
+// the attributes InitPKCS11RSK gives the default one.
+func (h *pkcs11HSM) CreateRSK(ctx context.Context) (crypto.Signer, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, apiErrorf("create rsk: %w", err)
+	}
+	label := h.rotationLabel()
+	unlock := h.lockToken(true)
+	s, err := h.generateRSK(ctx, label)
+	unlock()
+	if err != nil {
+		return nil, apiErrorf("create rsk in %s: %w", h.cfg.tokenName(), err)
+	}
+	signer, err := h.newSigner(s, label)
+	if err != nil {
+		unlock := h.lockToken(true)
+		_ = s.Delete()
+		unlock()
+		return nil, apiErrorf("create rsk in %s: %w", h.cfg.tokenName(), err)
+	}
+	h.log.Info("pkcs11 rsk created", "token", h.cfg.token, "rsk_label", label, "rsk_kid", hex.EncodeToString(signer.kid))
+	return signer, nil
+}
+
+// RSKs returns the default RSK, then every key pair labelled rotationLabel
+// in the token (looked up at each call, self-tested), by kid. A key pair
+// that is not an ECDSA P-384 key or fails its self-test is left out and
+// logged.
+func (h *pkcs11HSM) RSKs(ctx context.Context) ([]crypto.Signer, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, apiErrorf("list rsks: %w", err)
+	}
+	label := h.rotationLabel()
+	unlock := h.lockToken(false)
+	found, err := h.c11.FindKeyPairs(nil, []byte(label))
+	unlock()
+	if err != nil {
+		return nil, apiErrorf("list rsks: find key pairs labelled %q: %v", label, err)
+	}
+	var extra []*pkcs11Signer
+	for _, f := range found {
+		s, err := h.newSigner(f, label)
+		if err != nil {
+			h.log.Warn("rsk left out", "rsk_label", label, "err", err)
+			continue
+		}
+		if bytes.Equal(s.kid, h.signer.kid) || slices.ContainsFunc(extra, func(o *pkcs11Signer) bool { return bytes.Equal(o.kid, s.kid) }) {
+			continue
+		}
+		extra = append(extra, s)
+	}
+	slices.SortFunc(extra, func(a, b *pkcs11Signer) int { return bytes.Compare(a.kid, b.kid) })
+	out := make([]crypto.Signer, 0, 1+len(extra))
+	out = append(out, h.signer)
+	for _, s := range extra {
+		out = append(out, s)
+	}
+	return out, nil
+}
+
+// generateRSK generates an RSK key pair labelled label inside the token,
+// with CKA_ID its kid, and returns crypto11's signer of it. The caller
+// holds the token's write lock.
+func (h *pkcs11HSM) generateRSK(ctx context.Context, label string) (crypto11.Signer, error) {
 	// A random CKA_ID first: the kid is known only once the key exists.
 	tmpID := make([]byte, 16)
 	rand.Read(tmpID)
@@ -284,7 +359,7 @@ func (h *pkcs11HSM) createRSK(ctx context.Context) (existing crypto.PublicKey, e
 		_ = s.Delete()
 		return nil, fmt.Errorf("key pair %q: set CKA_ID to the kid: %w", label, err)
 	}
-	return nil, nil
+	return s, nil
 }
 
 // connect parses uri, reads the PIN, sets up crypto11 (which loads,
@@ -1574,20 +1649,30 @@ func (h *pkcs11HSM) loadRSK(ctx context.Context) (*pkcs11Signer, error) {
 	default:
 		return nil, fmt.Errorf("%d key pairs labelled %q; keep one, or name another with object= in the pkcs11 uri", len(found), label)
 	}
-	pub, ok := found[0].Public().(*ecdsa.PublicKey)
+	s, err := h.newSigner(found[0], label)
+	if err != nil {
+		return nil, err
+	}
+	if len(attrs) == 2 && (!bytes.Equal(attrs[0].Value, []byte{1}) || !bytes.Equal(attrs[1].Value, []byte{0})) {
+		h.log.Warn("the RSK's private key is not CKA_SENSITIVE=true, CKA_EXTRACTABLE=false", "rsk_label", label)
+	}
+	return s, nil
+}
+
+// newSigner wraps crypto11's signer of an RSK key pair labelled label after
+// checking that it is an ECDSA P-384 key and self-testing it.
+func (h *pkcs11HSM) newSigner(c11 crypto11.Signer, label string) (*pkcs11Signer, error) {
+	pub, ok := c11.Public().(*ecdsa.PublicKey)
 	if !ok || pub.Curve != elliptic.P384() {
-		return nil, fmt.Errorf("the RSK %q is a %T, want an ECDSA P-384 key", label, found[0].Public())
+		return nil, fmt.Errorf("the RSK %q is a %T, want an ECDSA P-384 key", label, c11.Public())
 	}
 	kid, err := rskKID(pub)
 	if err != nil {
 		return nil, fmt.Errorf("the RSK %q: %v", label, err)
 	}
-	s := &pkcs11Signer{s: found[0], pub: pub, kid: kid, label: label, lock: h.tokenLock}
+	s := &pkcs11Signer{s: c11, pub: pub, kid: kid, label: label, lock: h.tokenLock}
 	if err := s.selfTest(); err != nil {
 		return nil, err
-	}
-	if len(attrs) == 2 && (!bytes.Equal(attrs[0].Value, []byte{1}) || !bytes.Equal(attrs[1].Value, []byte{0})) {
-		h.log.Warn("the RSK's private key is not CKA_SENSITIVE=true, CKA_EXTRACTABLE=false", "rsk_label", label)
 	}
 	return s, nil
 }

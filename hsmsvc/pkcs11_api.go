@@ -1,6 +1,9 @@
 package hsmsvc
 
-import "context"
+import (
+	"context"
+	"crypto"
+)
 
 // Optional capabilities. Backends implement them where they apply; callers
 // find them with a type assertion on an HSM.
@@ -26,4 +29,25 @@ type AgreementKeySweeper interface {
 	// SweepExpired destroys every RAKB whose expiry has passed and returns
 	// how many it destroyed.
 	SweepExpired(ctx context.Context) (int, error)
+}
+
+// RSKRotator is implemented by HSMs that can hold more than one RSK, so that
+// a region can rotate its RSK while its workers run (docs/OPERATIONS.md, "RSK
+// rotation"): CreateRSK makes the new key, the trust bundle lists it, and a
+// worker given that bundle signs with the newest RSK that its HSM holds and
+// the bundle lists as valid. Both backends implement it.
+//
+// Signer keeps its meaning: the default RSK, the one the HSM was set up with
+// (soft: made at the first open; pkcs11: made by InitPKCS11RSK). The RSKs
+// CreateRSK makes are kept beside it, for the HSM's life (a persisted soft
+// store or a token: across restarts), and never replace it.
+type RSKRotator interface {
+	// CreateRSK generates a new RSK (ECDSA P-384) inside the HSM and returns
+	// its signer, self-tested (it has made a signature that verifies).
+	CreateRSK(ctx context.Context) (crypto.Signer, error)
+	// RSKs returns every RSK the HSM holds: the default one (the signer
+	// Signer returns) first, then the others sorted by kid. A backend that
+	// other processes can write to (a PKCS#11 token) looks again at each
+	// call, so it also returns RSKs that another process created.
+	RSKs(ctx context.Context) ([]crypto.Signer, error)
 }

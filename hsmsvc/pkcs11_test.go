@@ -157,6 +157,9 @@ func TestPKCS11KeysSensitive(t *testing.T) {
 	rid := newReplicationID()
 	_, err = dst.CreateAgreementKey(ctx, rid, time.Now().Add(time.Hour))
 	mustNoErr(t, err)
+	rotated, err := src.CreateRSK(ctx)
+	mustNoErr(t, err)
+	rotatedKID := rotated.(*pkcs11Signer).kid
 
 	objects := []struct {
 		name              string
@@ -181,6 +184,13 @@ func TestPKCS11KeysSensitive(t *testing.T) {
 		},
 		{
 			name: "RSK private key", h: src, o: src.find(t, "RSK", pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_LABEL, DefaultRSKLabel)),
+			alwaysSensitive: true, neverExtractable: true,
+			trueAttrs: []uint{pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE, pkcs11.CKA_SIGN},
+			falses:    []uint{pkcs11.CKA_DERIVE},
+		},
+		{
+			name: "RSK private key (rotation)", h: src, o: src.find(t, "rotation RSK", pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY),
+				pkcs11.NewAttribute(pkcs11.CKA_LABEL, DefaultRSKLabel+"/rotation"), pkcs11.NewAttribute(pkcs11.CKA_ID, rotatedKID)),
 			alwaysSensitive: true, neverExtractable: true,
 			trueAttrs: []uint{pkcs11.CKA_TOKEN, pkcs11.CKA_PRIVATE, pkcs11.CKA_SIGN},
 			falses:    []uint{pkcs11.CKA_DERIVE},
@@ -404,6 +414,56 @@ func TestPKCS11InitRSK(t *testing.T) {
 	}
 	if s := fmt.Sprint(h.Signer()); !strings.Contains(s, "kid") || strings.Contains(s, "D:") {
 		t.Errorf("signer prints as %q", s)
+	}
+}
+
+// TestPKCS11RSKRotation: an RSK CreateRSK makes is a key pair of its own
+// (label "<object>/rotation", CKA_ID its kid, public half public), is
+// seen by another Open of the token at its next RSKs (as another process
+// would see it), and survives a reopen; Signer stays the default RSK.
+func TestPKCS11RSKRotation(t *testing.T) {
+	ctx := t.Context()
+	uri := newPKCS11Token(t, "rotation")
+	a := openPKCS11URI(t, uri, Options{AllowHostKDF: true})
+	b := openPKCS11URI(t, uri, Options{AllowHostKDF: true})
+	s, err := a.CreateRSK(ctx)
+	mustNoErr(t, err)
+	kid := s.(*pkcs11Signer).kid
+	for _, class := range []uint{pkcs11.CKO_PRIVATE_KEY, pkcs11.CKO_PUBLIC_KEY} {
+		a.find(t, "rotation rsk by kid", pkcs11.NewAttribute(pkcs11.CKA_CLASS, class), pkcs11.NewAttribute(pkcs11.CKA_ID, kid),
+			pkcs11.NewAttribute(pkcs11.CKA_LABEL, DefaultRSKLabel+"/rotation"))
+	}
+	pub := a.find(t, "rotation rsk public half", pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PUBLIC_KEY), pkcs11.NewAttribute(pkcs11.CKA_ID, kid))
+	if attrs := a.boolAttrs(t, pub, pkcs11.CKA_PRIVATE, pkcs11.CKA_TOKEN); attrs[pkcs11.CKA_PRIVATE] || !attrs[pkcs11.CKA_TOKEN] {
+		t.Errorf("rotation rsk public half: %v, want a public token object", attrs)
+	}
+	rsks, err := b.RSKs(ctx)
+	mustNoErr(t, err)
+	if len(rsks) != 2 || !rsks[0].Public().(*ecdsa.PublicKey).Equal(b.Signer().Public()) || !rsks[1].Public().(*ecdsa.PublicKey).Equal(s.Public()) {
+		t.Fatalf("another Open of the token lists %d rsks, want the default and the new one", len(rsks))
+	}
+	digest := sha512.Sum384([]byte("signed by b"))
+	sig, err := rsks[1].Sign(rand.Reader, digest[:], crypto.SHA384)
+	mustNoErr(t, err)
+	if !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), digest[:], sig) {
+		t.Error("the new rsk, found by another Open, signs for another key")
+	}
+	// A second rotation key shares the label; the default stays alone.
+	_, err = a.CreateRSK(ctx)
+	mustNoErr(t, err)
+	mustNoErr(t, a.Close())
+	mustNoErr(t, b.Close())
+	c := openPKCS11URI(t, uri, Options{AllowHostKDF: true})
+	rsks, err = c.RSKs(ctx)
+	mustNoErr(t, err)
+	if len(rsks) != 3 {
+		t.Fatalf("after reopen: %d rsks, want 3", len(rsks))
+	}
+	if !c.Signer().Public().(*ecdsa.PublicKey).Equal(a.signer.pub) {
+		t.Error("the default rsk changed")
+	}
+	if n := c.countObjects(t, pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_PRIVATE_KEY), pkcs11.NewAttribute(pkcs11.CKA_LABEL, DefaultRSKLabel)); n != 1 {
+		t.Errorf("%d private keys carry the default label, want 1", n)
 	}
 }
 

@@ -7,7 +7,8 @@ package hsmsvc
 // out of logs and errors, but it cannot protect it from the process itself.
 //
 // Lifetimes:
-//   - RSK: generated at the first open of a store, kept for its life.
+//   - RSK: the default one generated at the first open of a store, kept for
+//     its life; more made by CreateRSK (rotation), kept for its life too.
 //   - K: from GenerateKey or UnwrapFromPeer until DestroyKey.
 //   - RAKB: from CreateAgreementKey until UnwrapFromPeer consumes it,
 //     DestroyAgreementKey removes it, or it expires. A persisted store keeps
@@ -37,6 +38,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -51,19 +53,21 @@ var errClosed = errors.New("soft hsm is closed")
 // copies.
 type softHSM struct {
 	log    *slog.Logger
-	dir    string     // "" in memory
-	store  *softStore // nil in memory
-	signer *softSigner
+	dir    string      // "" in memory
+	store  *softStore  // nil in memory
+	signer *softSigner // the default RSK
 	now    func() time.Time
 
-	mu     sync.Mutex
-	closed bool
-	keys   map[KeyRef]*secretKey
-	rakbs  map[string]*agreementKey // by replication id
+	mu      sync.Mutex
+	closed  bool
+	keys    map[KeyRef]*secretKey
+	rakbs   map[string]*agreementKey // by replication id
+	rotated []*softSigner            // RSKs made by CreateRSK, sorted by kid
 }
 
 var (
 	_ HSM           = (*softHSM)(nil)
+	_ RSKRotator    = (*softHSM)(nil)
 	_ crypto.Signer = (*softSigner)(nil)
 )
 
@@ -98,7 +102,7 @@ func openSoft(ctx context.Context, cfg softConfig, opts Options) (_ HSM, err err
 		}
 	}
 	if rsk == nil {
-		if len(h.keys) > 0 || len(h.rakbs) > 0 {
+		if len(h.keys) > 0 || len(h.rakbs) > 0 || len(h.rotated) > 0 {
 			return nil, fmt.Errorf("open soft hsm store %s: it holds keys but no rsk object", cfg.dir)
 		}
 		if rsk, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader); err != nil {
@@ -123,13 +127,14 @@ func openSoft(ctx context.Context, cfg softConfig, opts Options) (_ HSM, err err
 		return nil, fmt.Errorf("open soft hsm: %w", err)
 	}
 	log.Info("soft hsm opened", "dir", cfg.dir, "rsk_kid", hex.EncodeToString(h.signer.kid),
-		"keys", len(h.keys), "agreement_keys", len(h.rakbs))
+		"rotation_rsks", len(h.rotated), "keys", len(h.keys), "agreement_keys", len(h.rakbs))
 	return h, nil
 }
 
 // Object names in the store.
 const (
 	rskObjectName  = "rsk"
+	rskObjectPfx   = "rsk/" // + kid in hex: the RSKs made by CreateRSK
 	keyObjectPfx   = "key/"
 	rakbObjectPfx  = "rakb/"
 	rakbObjectSize = 8 + 48 // expiry (Unix ns, big-endian) ‖ private scalar
@@ -150,6 +155,20 @@ func (h *softHSM) loadObject(name string, pt []byte, rsk **ecdsa.PrivateKey) err
 			return fmt.Errorf("parse rsk: %v", err)
 		}
 		*rsk = k
+	case strings.HasPrefix(name, rskObjectPfx):
+		k, err := ecdsa.ParseRawPrivateKey(elliptic.P384(), pt)
+		if err != nil {
+			return fmt.Errorf("parse rsk: %v", err)
+		}
+		s, err := newSoftSigner(k)
+		if err != nil {
+			return err
+		}
+		if name != rskObjectPfx+hex.EncodeToString(s.kid) {
+			return errors.New("the rsk's object name is not its kid")
+		}
+		h.rotated = append(h.rotated, s)
+		slices.SortFunc(h.rotated, func(a, b *softSigner) int { return bytes.Compare(a.kid, b.kid) })
 	case strings.HasPrefix(name, keyObjectPfx):
 		id, v, _ := strings.Cut(strings.TrimPrefix(name, keyObjectPfx), "/")
 		ver, err := strconv.ParseUint(v, 10, 32)
@@ -189,6 +208,60 @@ func (h *softHSM) Backend() string { return "soft" }
 
 func (h *softHSM) Signer() crypto.Signer { return h.signer }
 
+// CreateRSK makes a new RSK, persists it (sealed, as object rsk/<kid>) and
+// keeps it beside the default one.
+func (h *softHSM) CreateRSK(ctx context.Context) (crypto.Signer, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("create rsk: %w", err)
+	}
+	k, err := ecdsa.GenerateKey(elliptic.P384(), rand.Reader)
+	if err != nil {
+		return nil, fmt.Errorf("create rsk: %v", err)
+	}
+	s, err := newSoftSigner(k)
+	if err != nil {
+		return nil, fmt.Errorf("create rsk: %v", err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, fmt.Errorf("create rsk: %w", errClosed)
+	}
+	if h.store != nil {
+		raw, err := k.Bytes()
+		if err != nil {
+			return nil, fmt.Errorf("create rsk: encode: %v", err)
+		}
+		err = h.store.put(rskObjectPfx+hex.EncodeToString(s.kid), raw)
+		clear(raw)
+		if err != nil {
+			return nil, fmt.Errorf("create rsk: %v", err)
+		}
+	}
+	h.rotated = append(h.rotated, s)
+	slices.SortFunc(h.rotated, func(a, b *softSigner) int { return bytes.Compare(a.kid, b.kid) })
+	h.log.Info("rsk created", "rsk_kid", hex.EncodeToString(s.kid))
+	return s, nil
+}
+
+// RSKs returns the default RSK, then those CreateRSK made, by kid.
+func (h *softHSM) RSKs(ctx context.Context) ([]crypto.Signer, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("list rsks: %w", err)
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return nil, fmt.Errorf("list rsks: %w", errClosed)
+	}
+	out := make([]crypto.Signer, 0, 1+len(h.rotated))
+	out = append(out, h.signer)
+	for _, s := range h.rotated {
+		out = append(out, s)
+	}
+	return out, nil
+}
+
 // Close clears the key material held in memory and releases the store.
 // Calls after Close fail; a second Close does nothing.
 func (h *softHSM) Close() error {
@@ -204,6 +277,9 @@ func (h *softHSM) Close() error {
 	h.keys, h.rakbs = nil, nil
 	if h.signer != nil {
 		h.signer.priv.Store(nil)
+	}
+	for _, s := range h.rotated {
+		s.priv.Store(nil)
 	}
 	if h.store != nil {
 		return h.store.close()

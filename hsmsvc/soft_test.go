@@ -181,6 +181,42 @@ func TestSoftReopen(t *testing.T) {
 	}
 }
 
+// TestSoftRSKRotationReopen: the RSKs CreateRSK makes are sealed in the
+// store (one file each, named by kid) and come back at the next open.
+func TestSoftRSKRotationReopen(t *testing.T) {
+	ctx := t.Context()
+	dir := filepath.Join(t.TempDir(), "hsm")
+	uri := "soft:" + dir
+	h, err := Open(ctx, uri, Options{})
+	mustNoErr(t, err)
+	def := h.Signer().Public().(*ecdsa.PublicKey)
+	s, err := h.(RSKRotator).CreateRSK(ctx)
+	mustNoErr(t, err)
+	kid := s.(*softSigner).kid
+	fi, err := os.Stat(filepath.Join(dir, "rsk."+hex.EncodeToString(kid)+sealedSuffix))
+	mustNoErr(t, err)
+	if fi.Mode().Perm() != 0o600 {
+		t.Errorf("rotation rsk file mode %v, want 0600", fi.Mode().Perm())
+	}
+	mustNoErr(t, h.Close())
+
+	h = openSoftURI(t, uri, Options{})
+	if !def.Equal(h.Signer().Public()) {
+		t.Fatal("the default rsk changed across a reopen")
+	}
+	rsks, err := h.(RSKRotator).RSKs(ctx)
+	mustNoErr(t, err)
+	if len(rsks) != 2 || !def.Equal(rsks[0].Public()) || !s.Public().(*ecdsa.PublicKey).Equal(rsks[1].Public()) {
+		t.Fatalf("after reopen: %d rsks, want the default and the rotation one", len(rsks))
+	}
+	digest := sha512.Sum384([]byte("after reopen"))
+	sig, err := rsks[1].Sign(rand.Reader, digest[:], crypto.SHA384)
+	mustNoErr(t, err)
+	if !ecdsa.VerifyASN1(s.Public().(*ecdsa.PublicKey), digest[:], sig) {
+		t.Error("the reloaded rotation rsk signs for another key")
+	}
+}
+
 func keyFile(ref KeyRef) string {
 	return "key." + ref.KeyID + "." + fmt.Sprint(ref.Version) + sealedSuffix
 }

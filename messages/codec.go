@@ -48,10 +48,11 @@ func newCodec() codec {
 		UTF8:              cbor.UTF8RejectInvalid,
 		// A payload needs three levels of maps (message → body →
 		// properties), its largest map has 10 pairs, and the envelope is
-		// an array of four: these are the smallest limits the library
-		// accepts.
+		// an array of four (the smallest map and level limits the library
+		// accepts); the longest arrays are a lifecycle message's version
+		// list (MaxVersions) and a hand-over's replica list (MaxReplicas).
 		MaxNestedLevels:  4,
-		MaxArrayElements: 16,
+		MaxArrayElements: max(MaxVersions, MaxReplicas),
 		MaxMapPairs:      16,
 	}
 	strict, err := decOpts.DecMode()

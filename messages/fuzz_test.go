@@ -82,12 +82,21 @@ func FuzzVerify(f *testing.F) {
 
 // FuzzPayload frames arbitrary bytes as the payload of an otherwise
 // well-formed envelope, to reach the payload decoder directly. Whatever
-// Parse accepts, Seal must accept and encode the same way.
+// Parse accepts, Seal must accept and encode the same way. It is seeded
+// with the payload of every message type.
 func FuzzPayload(f *testing.F) {
 	w := newKitWorld(f)
 	for _, m := range []*Message{w.init, w.offer, w.material, w.receipt, w.failed} {
 		f.Add([]byte(fieldsOf(m).enc()))
 	}
+	for _, lm := range w.lifecycleMessages() {
+		f.Add([]byte(fieldsOf(lm.msg).enc()))
+	}
+	// Lists at the decoder's limit (16 items), for the fuzzer to grow.
+	f.Add([]byte(fieldsOf(cloneMessage(w.handover, func(m *Message) {
+		m.Handover.Versions, m.Handover.CurrentVersion = versionsUpTo(16), 16
+		m.Handover.Replicas = regionNames(16)
+	})).enc()))
 	key := loadKey(f, regionA)
 	prot := kitProtected(-35, kitKID(f, &key.PublicKey))
 	sig := make([]byte, sigSize)

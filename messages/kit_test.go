@@ -75,6 +75,33 @@ func cArray(items ...cb) cb {
 	return out
 }
 
+// cUints encodes a version list: an array of unsigned integers.
+func cUints(vs []uint32) cb {
+	items := make([]cb, len(vs))
+	for i, v := range vs {
+		items[i] = cUint(uint64(v))
+	}
+	return cArray(items...)
+}
+
+// cTexts encodes an array of text strings.
+func cTexts(ss []string) cb {
+	items := make([]cb, len(ss))
+	for i, s := range ss {
+		items[i] = cText(s)
+	}
+	return cArray(items...)
+}
+
+// cArrayIndef encodes an indefinite-length array (forbidden by the protocol).
+func cArrayIndef(items ...cb) cb {
+	out := cb{0x9f}
+	for _, it := range items {
+		out = append(out, it...)
+	}
+	return append(out, 0xff)
+}
+
 func cTag(n uint64, content cb) cb { return append(kitHead(6, n), content...) }
 
 var cNull = cb{0xf6}
@@ -187,6 +214,46 @@ func fieldsOf(m *Message) fields {
 			{cText("material_digest"), cBytes(b.MaterialDigest)},
 			{cText("status"), cText(b.Status)},
 			{cText("key_confirmation"), cBytes(b.KeyConfirmation)},
+		}.enc())
+	}
+	if b := m.Sync; b != nil {
+		f = f.set("sync", fields{
+			{cText("key_id"), cText(b.KeyID)},
+			{cText("epoch"), cUint(b.Epoch)},
+			{cText("primary_region"), cText(b.PrimaryRegion)},
+			{cText("current_version"), cUint(uint64(b.CurrentVersion))},
+			{cText("versions"), cUints(b.Versions)},
+			{cText("description"), cText(b.Description)},
+			{cText("ack_status_seq"), cUint(b.AckStatusSeq)},
+		}.enc())
+	}
+	if b := m.Status; b != nil {
+		f = f.set("status", fields{
+			{cText("key_id"), cText(b.KeyID)},
+			{cText("epoch"), cUint(b.Epoch)},
+			{cText("primary_region"), cText(b.PrimaryRegion)},
+			{cText("status_seq"), cUint(b.StatusSeq)},
+			{cText("state"), cText(b.State)},
+			{cText("versions"), cUints(b.Versions)},
+			{cText("deletion_date"), cInt(b.DeletionDate)},
+			{cText("sync_digest"), cBytes(b.SyncDigest)},
+		}.enc())
+	}
+	if b := m.Handover; b != nil {
+		f = f.set("handover", fields{
+			{cText("key_id"), cText(b.KeyID)},
+			{cText("epoch"), cUint(b.Epoch)},
+			{cText("current_version"), cUint(uint64(b.CurrentVersion))},
+			{cText("versions"), cUints(b.Versions)},
+			{cText("replicas"), cTexts(b.Replicas)},
+			{cText("description"), cText(b.Description)},
+		}.enc())
+	}
+	if b := m.Accept; b != nil {
+		f = f.set("accept", fields{
+			{cText("handover_digest"), cBytes(b.HandoverDigest)},
+			{cText("key_id"), cText(b.KeyID)},
+			{cText("epoch"), cUint(b.Epoch)},
 		}.enc())
 	}
 	return f

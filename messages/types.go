@@ -127,6 +127,10 @@ type Status struct {
 	State         string   `cbor:"state"`         // a ReplicaState* value
 	Versions      []uint32 `cbor:"versions"`      // versions the replica holds, ascending
 	DeletionDate  int64    `cbor:"deletion_date"` // Unix ms; 0 unless PENDING_DELETION
+	// SyncDigest is the SHA-384 of the key.sync this status answers, or
+	// empty for a status sent unprompted (which the primary acknowledges
+	// with a sync; a status answering a sync is not answered).
+	SyncDigest []byte `cbor:"sync_digest"`
 }
 
 // Handover is the body of primary.handover (old primary → new primary).

@@ -32,8 +32,11 @@ func Types() []Type {
 	return []Type{TypeInit, TypeOffer, TypeMaterial, TypeReceipt, TypeSync, TypeStatus, TypeHandover, TypeAccept}
 }
 
-// MaxVersions bounds the versions listed in a lifecycle message.
-const MaxVersions = 1000
+// MaxVersions bounds the versions listed in a lifecycle message (so a key
+// has at most this many versions). With MaxReplicas region names and a
+// description of MaxDescriptionSize, the largest hand-over stays within
+// MaxMessageSize.
+const MaxVersions = 256
 
 // MaxReplicas bounds the regions listed in a hand-over.
 const MaxReplicas = 64
@@ -288,6 +291,8 @@ func checkStatus(b *Status) *VerifyError {
 		return malformed("status.primary_region: bad region name")
 	case b.DeletionDate < 0:
 		return malformed("status.deletion_date: negative")
+	case len(b.SyncDigest) != 0 && len(b.SyncDigest) != DigestSize:
+		return malformed("status.sync_digest: want none or %d bytes", DigestSize)
 	}
 	switch b.State {
 	case ReplicaStateEnabled:

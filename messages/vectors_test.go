@@ -103,6 +103,7 @@ type vspec struct {
 	name, comment string
 	msg           *Message                                      // the payload, unless payload is set
 	payload       cb                                            // raw payload override
+	of            *Message                                      // the message a raw payload was built from (default init): signer, receiver, subject
 	key           string                                        // signer (default: the key named like msg.Src)
 	protected     cb                                            // protected header override
 	unprotected   cb                                            // unprotected header override (default {})
@@ -121,7 +122,11 @@ func strp(s string) *string { return &s }
 type kitWorld struct {
 	keys                                   map[string]*ecdsa.PrivateKey
 	init, offer, material, receipt, failed *Message
-	envs                                   map[string][]byte // positive envelopes by name
+	// The lifecycle messages: a sync A→B, the status answering it, an
+	// unprompted status (pending deletion), a DELETED status, a hand-over
+	// A→B and the accept answering it.
+	sync, status, statusPending, statusDeleted, handover, accept *Message
+	envs                                                         map[string][]byte // positive envelopes by name
 }
 
 func header(typ Type, n int, src, dst string) Header {
@@ -159,6 +164,28 @@ func cloneMessage(m *Message, f func(*Message)) *Message {
 	if m.Receipt != nil {
 		b := *m.Receipt
 		c.Receipt = &b
+	}
+	if m.Sync != nil {
+		b := *m.Sync
+		b.Versions = slices.Clone(b.Versions)
+		c.Sync = &b
+	}
+	if m.Status != nil {
+		b := *m.Status
+		b.Versions = slices.Clone(b.Versions)
+		b.SyncDigest = slices.Clone(b.SyncDigest)
+		c.Status = &b
+	}
+	if m.Handover != nil {
+		b := *m.Handover
+		b.Versions = slices.Clone(b.Versions)
+		b.Replicas = slices.Clone(b.Replicas)
+		c.Handover = &b
+	}
+	if m.Accept != nil {
+		b := *m.Accept
+		b.HandoverDigest = slices.Clone(b.HandoverDigest)
+		c.Accept = &b
 	}
 	if f != nil {
 		f(&c)
@@ -218,7 +245,109 @@ func newKitWorld(t testing.TB) *kitWorld {
 		m.Receipt.Status = StatusUnwrapFailed
 		m.Receipt.KeyConfirmation = []byte{}
 	})
+	w.newLifecycle(t)
 	return w
+}
+
+// lifecycleHeader is header with the exchange's own replication_id.
+func lifecycleHeader(typ Type, n int, src, dst string, rid int) Header {
+	h := header(typ, n, src, dst)
+	h.ReplicationID = fmt.Sprintf("%032x", rid)
+	return h
+}
+
+// vectorKeyID is the key of every vector.
+const vectorKeyID = "mrk-00112233445566778899aabbccddeeff"
+
+// newLifecycle builds the lifecycle messages of the vectors: each a fresh
+// exchange (its own replication_id), but the accept, which shares the
+// hand-over's.
+func (w *kitWorld) newLifecycle(t testing.TB) {
+	w.sync = &Message{
+		Header: lifecycleHeader(TypeSync, 6, regionA, regionB, 0xb6),
+		Sync: &Sync{
+			KeyID:          vectorKeyID,
+			Epoch:          3,
+			PrimaryRegion:  regionA,
+			CurrentVersion: 2,
+			Versions:       []uint32{1, 2, 3}, // 3 staged
+			Description:    "test vector key",
+			AckStatusSeq:   1,
+		},
+	}
+	w.envs["sync"] = kitSeal(t, w.keys[regionA], fieldsOf(w.sync).enc())
+	w.status = &Message{
+		Header: lifecycleHeader(TypeStatus, 7, regionB, regionA, 0xb7),
+		Status: &Status{
+			KeyID:         vectorKeyID,
+			Epoch:         3,
+			PrimaryRegion: regionA,
+			StatusSeq:     1,
+			State:         ReplicaStateEnabled,
+			Versions:      []uint32{1, 2, 3},
+			SyncDigest:    kitDigest(w.envs["sync"]),
+		},
+	}
+	w.statusPending = &Message{
+		Header: lifecycleHeader(TypeStatus, 8, regionB, regionA, 0xb8),
+		Status: &Status{
+			KeyID:         vectorKeyID,
+			Epoch:         3,
+			PrimaryRegion: regionA,
+			StatusSeq:     2,
+			State:         ReplicaStatePendingDeletion,
+			Versions:      []uint32{1, 2, 3},
+			DeletionDate:  t0.Add(7 * 24 * time.Hour).UnixMilli(),
+		},
+	}
+	w.statusDeleted = &Message{
+		Header: lifecycleHeader(TypeStatus, 9, regionB, regionA, 0xb9),
+		Status: &Status{
+			KeyID:         vectorKeyID,
+			Epoch:         3,
+			PrimaryRegion: regionA,
+			StatusSeq:     3,
+			State:         ReplicaStateDeleted,
+		},
+	}
+	w.handover = &Message{
+		Header: lifecycleHeader(TypeHandover, 10, regionA, regionB, 0xba),
+		Handover: &Handover{
+			KeyID:          vectorKeyID,
+			Epoch:          4,
+			CurrentVersion: 3,
+			Versions:       []uint32{1, 2, 3},
+			Replicas:       []string{regionC, regionA}, // the old primary included, the new one not
+			Description:    "test vector key",
+		},
+	}
+	w.envs["handover"] = kitSeal(t, w.keys[regionA], fieldsOf(w.handover).enc())
+	w.accept = &Message{
+		Header: lifecycleHeader(TypeAccept, 11, regionB, regionA, 0xba),
+		Accept: &Accept{
+			HandoverDigest: kitDigest(w.envs["handover"]),
+			KeyID:          vectorKeyID,
+			Epoch:          4,
+		},
+	}
+}
+
+// lifecycleMessages returns the valid lifecycle messages by vector name.
+func (w *kitWorld) lifecycleMessages() []struct {
+	name string
+	msg  *Message
+} {
+	return []struct {
+		name string
+		msg  *Message
+	}{
+		{"sync", w.sync},
+		{"status", w.status},
+		{"status-unprompted", w.statusPending},
+		{"status-deleted", w.statusDeleted},
+		{"handover", w.handover},
+		{"accept", w.accept},
+	}
 }
 
 func kitDigest(b []byte) []byte {
@@ -254,6 +383,14 @@ func (w *kitWorld) specs(t testing.TB) []vspec {
 	}
 	offCurve := slices.Clone(offer.Offer.RAKB)
 	offCurve[len(offCurve)-1] ^= 0x01
+	sync, status, handover, accept := w.sync, w.status, w.handover, w.accept
+	syncFields, statusFields := fieldsOf(sync), fieldsOf(status)
+	handoverFields, acceptFields := fieldsOf(handover), fieldsOf(accept)
+	// withBodyField returns f with the body named body changed by g.
+	withBodyField := func(f fields, body string, g func(fields) fields) cb {
+		return f.set(body, g(fieldsOfBody(t, f.get(body))).enc()).enc()
+	}
+	extraField := func(b fields) fields { return b.set("origin", cText("x")) }
 
 	return []vspec{
 		// Valid.
@@ -270,6 +407,13 @@ func (w *kitWorld) specs(t testing.TB) []vspec {
 			key: "us-east-1-next", now: nextFrom},
 		{name: "kid-at-not-after", comment: "sent_at is exactly the kid's not_after", msg: atTime(init, retiredUntil),
 			key: "us-east-1-retired", now: retiredUntil},
+		{name: "sync", comment: "key.sync, A to B: epoch 3, versions 1 2 3 (3 staged), current 2", msg: sync},
+		{name: "status", comment: "key.status ENABLED, B to A, answering the sync vector (sync_digest set)", msg: status},
+		{name: "status-unprompted", comment: "key.status PENDING_DELETION with a deletion date, sent unprompted (no sync_digest)",
+			msg: w.statusPending},
+		{name: "status-deleted", comment: "key.status DELETED: no versions, no deletion date", msg: w.statusDeleted},
+		{name: "handover", comment: "primary.handover, A to B: epoch 4, replicas ap-south-1 and us-east-1", msg: handover},
+		{name: "accept", comment: "primary.accept, B to A, answering the handover vector", msg: accept},
 
 		// Size and envelope structure.
 		{name: "too-large", comment: "envelope larger than 16 KiB", reason: ReasonTooLarge,
@@ -411,6 +555,117 @@ func (w *kitWorld) specs(t testing.TB) []vspec {
 		{name: "receipt-unknown-status", comment: `status "maybe"`, reason: ReasonMalformed,
 			msg: mod(w.failed, func(m *Message) { m.Receipt.Status = "maybe" })},
 
+		// Lifecycle messages: one defect each on the sync, status, handover and accept vectors.
+		{name: "two-bodies-lifecycle", comment: "handover and accept bodies", reason: ReasonMalformed,
+			msg: mod(handover, func(m *Message) { m.Accept = accept.Accept })},
+		{name: "body-type-mismatch-sync", comment: "type key.sync with a status body", reason: ReasonMalformed,
+			msg: mod(status, func(m *Message) { m.Type = TypeSync })},
+		{name: "sync-unknown-field", comment: `extra field "origin" in the sync body`, reason: ReasonMalformed,
+			of: sync, payload: withBodyField(syncFields, "sync", extraField)},
+		{name: "status-unknown-field", comment: `extra field "origin" in the status body`, reason: ReasonMalformed,
+			of: status, payload: withBodyField(statusFields, "status", extraField)},
+		{name: "handover-unknown-field", comment: `extra field "origin" in the handover body`, reason: ReasonMalformed,
+			of: handover, payload: withBodyField(handoverFields, "handover", extraField)},
+		{name: "accept-unknown-field", comment: `extra field "origin" in the accept body`, reason: ReasonMalformed,
+			of: accept, payload: withBodyField(acceptFields, "accept", extraField)},
+		{name: "sync-versions-negative", comment: "sync.versions 1 -1 2 3", reason: ReasonMalformed,
+			of: sync, payload: withBodyField(syncFields, "sync", func(b fields) fields {
+				return b.set("versions", cArray(cUint(1), cInt(-1), cUint(2), cUint(3)))
+			})},
+		{name: "sync-versions-not-array", comment: "sync.versions as the single uint 2", reason: ReasonMalformed,
+			of: sync, payload: withBodyField(syncFields, "sync", func(b fields) fields { return b.set("versions", cUint(2)) })},
+		{name: "handover-replicas-indefinite", comment: "handover.replicas as an indefinite-length array",
+			reason: ReasonMalformed,
+			of:     handover, payload: withBodyField(handoverFields, "handover", func(b fields) fields {
+				return b.set("replicas", cArrayIndef(cText(regionC), cText(regionA)))
+			})},
+		{name: "sync-versions-nonminimal", comment: "sync.versions with 1 written with a 1-byte argument",
+			reason: ReasonNonCanonical,
+			of:     sync, payload: withBodyField(syncFields, "sync", func(b fields) fields {
+				return b.set("versions", cArray(cb{0x18, 0x01}, cUint(2), cUint(3)))
+			})},
+		{name: "status-unsorted", comment: "status body keys in reverse order", reason: ReasonNonCanonical,
+			of: status, payload: statusFields.set("status", cMapInOrder(reversed(sortedPairs(fieldsOfBody(t, statusFields.get("status"))))...)).enc()},
+		{name: "sync-key-id-bad", comment: "sync.key_id without the mrk- prefix", reason: ReasonMalformed,
+			msg: mod(sync, func(m *Message) { m.Sync.KeyID = "key-00112233445566778899aabbccddeeff" })},
+		{name: "sync-epoch-0", comment: "sync.epoch 0", reason: ReasonMalformed,
+			msg: mod(sync, func(m *Message) { m.Sync.Epoch = 0 })},
+		{name: "sync-primary-bad", comment: "sync.primary_region empty", reason: ReasonMalformed,
+			msg: mod(sync, func(m *Message) { m.Sync.PrimaryRegion = "" })},
+		{name: "sync-description-too-long", comment: "sync.description of 8193 bytes", reason: ReasonMalformed,
+			msg: mod(sync, func(m *Message) { m.Sync.Description = strings.Repeat("d", MaxDescriptionSize+1) })},
+		{name: "sync-versions-empty", comment: "sync.versions empty", reason: ReasonMalformed,
+			msg: mod(sync, func(m *Message) { m.Sync.Versions = []uint32{} })},
+		{name: "sync-version-0", comment: "sync.versions 0 1 2 3", reason: ReasonMalformed,
+			msg: mod(sync, func(m *Message) { m.Sync.Versions = []uint32{0, 1, 2, 3} })},
+		{name: "sync-versions-unsorted", comment: "sync.versions 2 1 3", reason: ReasonMalformed,
+			msg: mod(sync, func(m *Message) { m.Sync.Versions = []uint32{2, 1, 3} })},
+		{name: "sync-versions-duplicate", comment: "sync.versions 1 2 2 3", reason: ReasonMalformed,
+			msg: mod(sync, func(m *Message) { m.Sync.Versions = []uint32{1, 2, 2, 3} })},
+		{name: "sync-current-not-listed", comment: "sync.current_version 4, versions 1 2 3", reason: ReasonMalformed,
+			msg: mod(sync, func(m *Message) { m.Sync.CurrentVersion = 4 })},
+		{name: "sync-current-0", comment: "sync.current_version 0", reason: ReasonMalformed,
+			msg: mod(sync, func(m *Message) { m.Sync.CurrentVersion = 0 })},
+		{name: "status-key-id-bad", comment: "status.key_id in uppercase hex", reason: ReasonMalformed,
+			msg: mod(status, func(m *Message) { m.Status.KeyID = "mrk-00112233445566778899AABBCCDDEEFF" })},
+		{name: "status-primary-bad", comment: "status.primary_region with an underscore", reason: ReasonMalformed,
+			msg: mod(status, func(m *Message) { m.Status.PrimaryRegion = "us_east_1" })},
+		{name: "status-unknown-state", comment: `status.state "ACTIVE"`, reason: ReasonMalformed,
+			msg: mod(status, func(m *Message) { m.Status.State = "ACTIVE" })},
+		{name: "status-state-lowercase", comment: `status.state "enabled"`, reason: ReasonMalformed,
+			msg: mod(status, func(m *Message) { m.Status.State = "enabled" })},
+		{name: "status-enabled-with-deletion-date", comment: "status ENABLED with a deletion date", reason: ReasonMalformed,
+			msg: mod(status, func(m *Message) { m.Status.DeletionDate = w.statusPending.Status.DeletionDate })},
+		{name: "status-pending-without-deletion-date", comment: "status PENDING_DELETION with deletion_date 0",
+			reason: ReasonMalformed, msg: mod(w.statusPending, func(m *Message) { m.Status.DeletionDate = 0 })},
+		{name: "status-deletion-date-negative", comment: "status PENDING_DELETION with deletion_date -1",
+			reason: ReasonMalformed, msg: mod(w.statusPending, func(m *Message) { m.Status.DeletionDate = -1 })},
+		{name: "status-deleted-with-versions", comment: "status DELETED with versions 1 2 3", reason: ReasonMalformed,
+			msg: mod(w.statusDeleted, func(m *Message) { m.Status.Versions = []uint32{1, 2, 3} })},
+		{name: "status-deleted-with-deletion-date", comment: "status DELETED with a deletion date", reason: ReasonMalformed,
+			msg: mod(w.statusDeleted, func(m *Message) { m.Status.DeletionDate = w.statusPending.Status.DeletionDate })},
+		{name: "status-enabled-no-versions", comment: "status ENABLED with no versions", reason: ReasonMalformed,
+			msg: mod(status, func(m *Message) { m.Status.Versions = []uint32{} })},
+		{name: "status-pending-no-versions", comment: "status PENDING_DELETION with no versions", reason: ReasonMalformed,
+			msg: mod(w.statusPending, func(m *Message) { m.Status.Versions = []uint32{} })},
+		{name: "status-versions-unsorted", comment: "status.versions 1 3 2", reason: ReasonMalformed,
+			msg: mod(status, func(m *Message) { m.Status.Versions = []uint32{1, 3, 2} })},
+		{name: "status-sync-digest-short", comment: "47-byte sync_digest", reason: ReasonMalformed,
+			msg: mod(status, func(m *Message) { m.Status.SyncDigest = m.Status.SyncDigest[:47] })},
+		{name: "status-sync-digest-long", comment: "49-byte sync_digest", reason: ReasonMalformed,
+			msg: mod(status, func(m *Message) { m.Status.SyncDigest = append(m.Status.SyncDigest, 0) })},
+		{name: "handover-key-id-bad", comment: "handover.key_id of 31 hex digits", reason: ReasonMalformed,
+			msg: mod(handover, func(m *Message) { m.Handover.KeyID = m.Handover.KeyID[:35] })},
+		{name: "handover-epoch-0", comment: "handover.epoch 0", reason: ReasonMalformed,
+			msg: mod(handover, func(m *Message) { m.Handover.Epoch = 0 })},
+		{name: "handover-description-too-long", comment: "handover.description of 8193 bytes", reason: ReasonMalformed,
+			msg: mod(handover, func(m *Message) { m.Handover.Description = strings.Repeat("d", MaxDescriptionSize+1) })},
+		{name: "handover-replicas-empty", comment: "handover.replicas empty", reason: ReasonMalformed,
+			msg: mod(handover, func(m *Message) { m.Handover.Replicas = []string{} })},
+		{name: "handover-replicas-unsorted", comment: "handover.replicas us-east-1 ap-south-1", reason: ReasonMalformed,
+			msg: mod(handover, func(m *Message) { m.Handover.Replicas = []string{regionA, regionC} })},
+		{name: "handover-replicas-duplicate", comment: "handover.replicas ap-south-1 ap-south-1 us-east-1",
+			reason: ReasonMalformed,
+			msg:    mod(handover, func(m *Message) { m.Handover.Replicas = []string{regionC, regionC, regionA} })},
+		{name: "handover-replica-name-bad", comment: "handover.replicas with an empty name", reason: ReasonMalformed,
+			msg: mod(handover, func(m *Message) { m.Handover.Replicas = []string{"", regionC, regionA} })},
+		{name: "handover-versions-empty", comment: "handover.versions empty", reason: ReasonMalformed,
+			msg: mod(handover, func(m *Message) { m.Handover.Versions = []uint32{} })},
+		{name: "handover-versions-duplicate", comment: "handover.versions 1 1 3", reason: ReasonMalformed,
+			msg: mod(handover, func(m *Message) { m.Handover.Versions = []uint32{1, 1, 3} })},
+		{name: "handover-current-not-listed", comment: "handover.current_version 2, versions 1 3", reason: ReasonMalformed,
+			msg: mod(handover, func(m *Message) { m.Handover.CurrentVersion, m.Handover.Versions = 2, []uint32{1, 3} })},
+		{name: "accept-digest-short", comment: "47-byte handover_digest", reason: ReasonMalformed,
+			msg: mod(accept, func(m *Message) { m.Accept.HandoverDigest = m.Accept.HandoverDigest[:47] })},
+		{name: "accept-digest-empty", comment: "empty handover_digest", reason: ReasonMalformed,
+			msg: mod(accept, func(m *Message) { m.Accept.HandoverDigest = nil })},
+		{name: "accept-key-id-bad", comment: "accept.key_id empty", reason: ReasonMalformed,
+			msg: mod(accept, func(m *Message) { m.Accept.KeyID = "" })},
+		{name: "accept-epoch-0", comment: "accept.epoch 0", reason: ReasonMalformed,
+			msg: mod(accept, func(m *Message) { m.Accept.Epoch = 0 })},
+		{name: "subject-lifecycle-type", comment: "a key.sync on the inbox subject of key.status", msg: sync,
+			reason: ReasonSubject, subject: strp("mrk.eu-west-1.in.us-east-1.key.status")},
+
 		// Signature and kid.
 		{name: "unknown-kid", comment: "signed by a key in no bundle", msg: init, key: "outsider",
 			reason: ReasonUnknownKID},
@@ -458,6 +713,13 @@ func (w *kitWorld) specs(t testing.TB) []vspec {
 	}
 }
 
+// sortedPairs returns p sorted by encoded key, as cMap writes them.
+func sortedPairs(p []pair) []pair {
+	s := slices.Clone(p)
+	slices.SortFunc(s, func(a, b pair) int { return bytes.Compare(a.k, b.k) })
+	return s
+}
+
 func reversed(p []pair) []pair {
 	r := slices.Clone(p)
 	slices.Reverse(r)
@@ -466,7 +728,7 @@ func reversed(p []pair) []pair {
 
 // fieldsOfBody splits an encoded body map (as built by cMap in fieldsOf)
 // back into pairs; it knows only the definite-length maps of text keys
-// and simple values that fieldsOf writes.
+// and simple values (and arrays of them) that fieldsOf writes.
 func fieldsOfBody(t testing.TB, m cb) []pair {
 	t.Helper()
 	n, rest := kitReadHead(t, m)
@@ -492,12 +754,15 @@ func kitReadHead(t testing.TB, b []byte) (uint64, []byte) {
 		return uint64(binary.BigEndian.Uint16(b[1:])), b[3:]
 	case ai == 26:
 		return uint64(binary.BigEndian.Uint32(b[1:])), b[5:]
+	case ai == 27:
+		return binary.BigEndian.Uint64(b[1:]), b[9:]
 	}
 	t.Fatalf("kit: unsupported head %#x", b[0])
 	return 0, nil
 }
 
-// kitSplitItem splits off the first item (ints, strings, maps of those).
+// kitSplitItem splits off the first item (ints, strings, arrays and maps of
+// those).
 func kitSplitItem(t testing.TB, b []byte) (cb, []byte) {
 	t.Helper()
 	mt := b[0] >> 5
@@ -508,6 +773,12 @@ func kitSplitItem(t testing.TB, b []byte) (cb, []byte) {
 	case 2, 3:
 		end := len(b) - len(rest) + int(n)
 		return b[:end], b[end:]
+	case 4:
+		r := rest
+		for range n {
+			_, r = kitSplitItem(t, r)
+		}
+		return b[:len(b)-len(r)], r
 	case 5:
 		r := rest
 		for range 2 * n {
@@ -530,6 +801,8 @@ func (w *kitWorld) build(t testing.TB, v vspec) []byte {
 		keyName = regionA
 		if v.msg != nil {
 			keyName = v.msg.Src
+		} else if v.of != nil {
+			keyName = v.of.Src
 		}
 	}
 	key := w.keys[keyName]
@@ -618,7 +891,10 @@ func generate(t testing.TB) map[string][]byte {
 			vf.Now = v.now.UTC().Format(time.RFC3339Nano)
 		}
 		m := v.msg
-		if m == nil { // a raw payload built from the init vector's fields
+		if m == nil { // a raw payload built from the fields of v.of, or of the init vector
+			m = v.of
+		}
+		if m == nil {
 			m = w.init
 		}
 		vf.Receiver = m.Dst
@@ -831,15 +1107,29 @@ func normalize(m *Message) *Message {
 		fieldPtr(c.Material, func(o *Material) *[]byte { return &o.WrappedKey }),
 		fieldPtr(c.Receipt, func(o *Receipt) *[]byte { return &o.MaterialDigest }),
 		fieldPtr(c.Receipt, func(o *Receipt) *[]byte { return &o.KeyConfirmation }),
+		fieldPtr(c.Status, func(o *Status) *[]byte { return &o.SyncDigest }),
+		fieldPtr(c.Accept, func(o *Accept) *[]byte { return &o.HandoverDigest }),
 	} {
 		if p != nil && len(*p) == 0 {
 			*p = nil
 		}
 	}
+	for _, p := range []*[]uint32{
+		fieldPtr(c.Sync, func(o *Sync) *[]uint32 { return &o.Versions }),
+		fieldPtr(c.Status, func(o *Status) *[]uint32 { return &o.Versions }),
+		fieldPtr(c.Handover, func(o *Handover) *[]uint32 { return &o.Versions }),
+	} {
+		if p != nil && len(*p) == 0 {
+			*p = nil
+		}
+	}
+	if c.Handover != nil && len(c.Handover.Replicas) == 0 {
+		c.Handover.Replicas = nil
+	}
 	return c
 }
 
-func fieldPtr[T any](body *T, f func(*T) *[]byte) *[]byte {
+func fieldPtr[T, S any](body *T, f func(*T) *S) *S {
 	if body == nil {
 		return nil
 	}

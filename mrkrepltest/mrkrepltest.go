@@ -85,6 +85,9 @@ type Options struct {
 	RunTimeout    time.Duration
 	MaxAttempts   int
 	SweepInterval time.Duration
+	// DeletionWaitingPeriod is the workers' default waiting period before
+	// a scheduled deletion (0: the workers' default, 7 days).
+	DeletionWaitingPeriod time.Duration
 }
 
 // Region is one running region.

@@ -138,7 +138,8 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 		Logger: p.opts.Logger, Registerer: wrap(reg, "instance", "worker-"+r.Name),
 		MessageTTL: p.opts.MessageTTL, Concurrency: p.opts.Concurrency,
 		RunTimeout: p.opts.RunTimeout, MaxAttempts: p.opts.MaxAttempts, SweepInterval: p.opts.SweepInterval,
-		Layout: p.layout(), ClockSkew: p.opts.ClockSkew,
+		DeletionWaitingPeriod: p.opts.DeletionWaitingPeriod,
+		Layout:                p.layout(), ClockSkew: p.opts.ClockSkew,
 	})
 	if err != nil {
 		nc.Close()

@@ -22,7 +22,7 @@ func (p *Proxy) Ready(ctx context.Context) error {
 	if !started {
 		return errors.New("proxy not started")
 	}
-	regions := p.cfg.Bundle.Regions()
+	regions := p.regions
 	for _, r := range regions {
 		if nc := p.cfg.Conns[r]; !nc.IsConnected() {
 			return fmt.Errorf("not connected to %s (status %s)", r, nc.Status())

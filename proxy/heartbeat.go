@@ -119,7 +119,7 @@ func (h *heartbeater) start(ctx context.Context, p *Proxy) {
 	if cfg.Interval < 0 {
 		return
 	}
-	for _, r := range p.cfg.Bundle.Regions() {
+	for _, r := range p.regions {
 		// Best effort here: a probe that finds no stream creates it.
 		if err := ensureHeartbeatStream(ctx, p.js[r], r, p.cfg.Layout); err != nil {
 			p.log.Warn("heartbeat stream not created; will retry", "region", r, "err", err)
@@ -160,7 +160,7 @@ func (h *heartbeater) round(ctx context.Context, p *Proxy, timeout time.Duration
 	h.seq++
 	seq := h.seq
 	h.mu.Unlock()
-	regions := p.cfg.Bundle.Regions()
+	regions := p.regions
 	var wg sync.WaitGroup
 	for _, src := range regions {
 		for _, dst := range regions {

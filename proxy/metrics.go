@@ -23,6 +23,8 @@ type metrics struct {
 	latency      *prometheus.HistogramVec // src, dst
 	lastForward  *prometheus.GaugeVec     // src, dst
 
+	bundleReloads *prometheus.CounterVec // result (SetBundle)
+
 	// heartbeat.go
 	heartbeats    *prometheus.CounterVec   // src, dst
 	hbFailures    *prometheus.CounterVec   // src, dst, side
@@ -74,8 +76,13 @@ func newMetrics(reg prometheus.Registerer, regions []string) (*metrics, error) {
 		hbLastSuccess: prometheus.NewGaugeVec(prometheus.GaugeOpts{Namespace: ns, Subsystem: sub,
 			Name: "heartbeat_last_success_timestamp_seconds", Help: "Unix time of the last successful heartbeat probe, by pair; 0 if none since the proxy started."},
 			pair),
+		bundleReloads: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "bundle_reloads_total", Help: "Trust bundles given to the running proxy (SetBundle: a reload of the bundle file), by result: ok (in force) or error (refused or unreadable; the previous one stays in force)."},
+			[]string{"result"}),
 		view: newProxyCollector(),
 	}
+	m.bundleReloads.WithLabelValues("ok")
+	m.bundleReloads.WithLabelValues("error")
 	for _, src := range regions {
 		m.deadLettered.WithLabelValues(src)
 		for _, dst := range regions {
@@ -85,7 +92,7 @@ func newMetrics(reg prometheus.Registerer, regions []string) (*metrics, error) {
 			m.retried.WithLabelValues(src, dst)
 			m.latency.WithLabelValues(src, dst)
 			m.lastForward.WithLabelValues(src, dst)
-			for _, t := range []messages.Type{messages.TypeInit, messages.TypeOffer, messages.TypeMaterial, messages.TypeReceipt} {
+			for _, t := range messages.Types() {
 				m.forwarded.WithLabelValues(src, dst, string(t))
 			}
 			for _, r := range messages.Reasons() {
@@ -101,7 +108,7 @@ func newMetrics(reg prometheus.Registerer, regions []string) (*metrics, error) {
 	if reg != nil {
 		for _, c := range []prometheus.Collector{
 			m.forwarded, m.refused, m.retried, m.deadLettered, m.latency, m.lastForward,
-			m.heartbeats, m.hbFailures, m.hbRoundTrip, m.hbLastSuccess, m.view,
+			m.heartbeats, m.hbFailures, m.hbRoundTrip, m.hbLastSuccess, m.bundleReloads, m.view,
 		} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register proxy metrics: %w", err)

@@ -16,7 +16,7 @@ func TestNewMetricsPreinitialisedAndLintClean(t *testing.T) {
 	}
 	const pairs = 6
 	for name, want := range map[string]int{
-		"mrkrepl_proxy_forwarded_total":                          pairs * 4,
+		"mrkrepl_proxy_forwarded_total":                          pairs * len(messages.Types()),
 		"mrkrepl_proxy_refused_total":                            pairs * len(messages.Reasons()),
 		"mrkrepl_proxy_retries_total":                            pairs,
 		"mrkrepl_proxy_dead_lettered_total":                      3,
@@ -26,6 +26,7 @@ func TestNewMetricsPreinitialisedAndLintClean(t *testing.T) {
 		"mrkrepl_proxy_heartbeat_failures_total":                 pairs * 2,
 		"mrkrepl_proxy_heartbeat_round_trip_seconds":             pairs,
 		"mrkrepl_proxy_heartbeat_last_success_timestamp_seconds": pairs,
+		"mrkrepl_proxy_bundle_reloads_total":                     2,
 	} {
 		if got := testutil.CollectAndCount(reg, name); got != want {
 			t.Errorf("%s: %d series at start, want %d", name, got, want)

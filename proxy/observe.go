@@ -47,7 +47,7 @@ func (c *proxyCollector) Collect(ch chan<- prometheus.Metric) {
 	if p == nil {
 		return
 	}
-	regions := p.cfg.Bundle.Regions()
+	regions := p.regions
 	ctx, cancel := context.WithTimeout(context.Background(), collectTimeout)
 	defer cancel()
 	var wg sync.WaitGroup
@@ -83,7 +83,7 @@ func (c *proxyCollector) Collect(ch chan<- prometheus.Metric) {
 // heartbeats. Called by Start with p.mu held.
 func (p *Proxy) startObservers(ctx context.Context) {
 	p.met.view.p.Store(p)
-	p.met.bundle.Set(p.cfg.Bundle)
+	p.met.bundle.Set(p.bundle())
 	p.met.hb.start(ctx, p)
 }
 

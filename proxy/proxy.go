@@ -26,6 +26,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/internal/layout"
@@ -37,6 +38,9 @@ import (
 
 // Config configures a Proxy. Bundle and Conns are required.
 type Config struct {
+	// Bundle is the partition's trust bundle at start; SetBundle replaces
+	// it while the proxy runs. The regions the proxy bridges are this
+	// bundle's, for the proxy's life.
 	Bundle *messages.Bundle
 	// Conns holds a connection to every region's NATS cluster, by region.
 	Conns map[string]*nats.Conn
@@ -67,10 +71,14 @@ type Config struct {
 
 // Proxy forwards verified messages between regions.
 type Proxy struct {
-	cfg Config
-	log *slog.Logger
-	met *metrics
-	js  map[string]jetstream.JetStream
+	cfg     Config
+	log     *slog.Logger
+	met     *metrics
+	js      map[string]jetstream.JetStream
+	regions []string // the regions bridged (the first bundle's), sorted
+
+	trust atomic.Pointer[messages.Bundle] // the bundle in force (SetBundle)
+	setMu sync.Mutex                      // one SetBundle at a time
 
 	mu       sync.Mutex
 	consumes []jetstream.ConsumeContext
@@ -104,7 +112,8 @@ func New(cfg Config) (*Proxy, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
-	p := &Proxy{cfg: cfg, log: cfg.Logger.With("component", "proxy"), js: map[string]jetstream.JetStream{}}
+	p := &Proxy{cfg: cfg, log: cfg.Logger.With("component", "proxy"), js: map[string]jetstream.JetStream{}, regions: cfg.Bundle.Regions()}
+	p.trust.Store(cfg.Bundle)
 	for r, nc := range cfg.Conns {
 		js, err := jetstream.New(nc)
 		if err != nil {
@@ -112,7 +121,7 @@ func New(cfg Config) (*Proxy, error) {
 		}
 		p.js[r] = js
 	}
-	met, err := newMetrics(cfg.Registerer, cfg.Bundle.Regions())
+	met, err := newMetrics(cfg.Registerer, p.regions)
 	if err != nil {
 		return nil, fmt.Errorf("proxy: %w", err)
 	}
@@ -123,7 +132,7 @@ func New(cfg Config) (*Proxy, error) {
 // Start ensures every region's outbox and dead-letter streams exist and
 // starts one consumer per ordered pair of regions.
 func (p *Proxy) Start(ctx context.Context) error {
-	regions := p.cfg.Bundle.Regions()
+	regions := p.regions
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, src := range regions {
@@ -162,7 +171,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 		}
 	}
 	p.startObservers(ctx) // metrics hook (observe.go)
-	p.log.Info("proxy started", "partition", p.cfg.Bundle.Partition(), "regions", regions)
+	p.log.Info("proxy started", "partition", p.bundle().Partition(), "regions", regions)
 	return nil
 }
 
@@ -220,7 +229,7 @@ func (pr *pair) forward(ctx context.Context, msg jetstream.Msg) {
 	p := pr.p
 	start := time.Now()
 	env, err := messages.Verify(msg.Data(), messages.VerifyOptions{
-		Bundle:  p.cfg.Bundle,
+		Bundle:  p.bundle(),
 		Now:     p.cfg.Now(),
 		Subject: msg.Subject(),
 		Skew:    p.cfg.ClockSkew,
@@ -298,5 +307,60 @@ func retryDelay(msg jetstream.Msg) time.Duration {
 	return jitter(layout.RetryDelay(msg, 250*time.Millisecond, 7))
 }
 
+// BundleReloadFailed counts and logs a reload of the trust bundle that
+// failed before SetBundle could judge it (the file could not be read or
+// parsed): the bundle in force stays.
+func (p *Proxy) BundleReloadFailed(err error) {
+	p.met.bundleReloads.WithLabelValues("error").Inc()
+	p.log.Error("trust bundle not reloaded; the previous one stays in force", "err", err)
+}
+
 // Regions returns the regions the proxy bridges.
-func (p *Proxy) Regions() []string { return slices.Clone(p.cfg.Bundle.Regions()) }
+func (p *Proxy) Regions() []string { return slices.Clone(p.regions) }
+
+// bundle returns the trust bundle in force.
+func (p *Proxy) bundle() *messages.Bundle { return p.trust.Load() }
+
+// SetBundle puts b in force without a restart: from its return, messages
+// are verified against b (a message being verified keeps the bundle it
+// started with). It refuses, keeping the bundle in force, a bundle of
+// another partition and one that drops a region the proxy bridges. A
+// region b adds is logged and not bridged: the proxy needs a connection to
+// it, so a restart.
+//
+// Every call is counted in mrkrepl_proxy_bundle_reloads_total and logged.
+// SetBundle is safe to call at any time, concurrently with everything.
+func (p *Proxy) SetBundle(b *messages.Bundle) error {
+	p.setMu.Lock()
+	defer p.setMu.Unlock()
+	old := p.bundle()
+	var err error
+	switch {
+	case b == nil:
+		err = errors.New("proxy: set bundle: no bundle")
+	case b.Partition() != old.Partition():
+		err = fmt.Errorf("proxy: set bundle: it is for partition %q, the proxy's is %q", b.Partition(), old.Partition())
+	default:
+		for _, r := range p.regions {
+			if !b.HasRegion(r) {
+				err = fmt.Errorf("proxy: set bundle: it drops region %s, which the proxy bridges", r)
+				break
+			}
+		}
+	}
+	if err != nil {
+		p.met.bundleReloads.WithLabelValues("error").Inc()
+		p.log.Error("trust bundle refused; the previous one stays in force", "err", err)
+		return err
+	}
+	p.trust.Store(b)
+	p.met.bundle.Set(b)
+	p.met.bundleReloads.WithLabelValues("ok").Inc()
+	for _, r := range b.Regions() {
+		if !slices.Contains(p.regions, r) {
+			p.log.Warn("trust bundle adds a region the proxy does not bridge; restart it with a connection to the region", "region", r)
+		}
+	}
+	p.log.Info("trust bundle in force", "partition", b.Partition(), "regions", b.Regions(), "keys", len(b.Keys()))
+	return nil
+}

@@ -45,6 +45,10 @@ func (w *Worker) startAPI() (micro.Service, error) {
 		api.OpEncrypt:             w.apiEncrypt,
 		api.OpDecrypt:             w.apiDecrypt,
 		api.OpGenerateDataKey:     w.apiGenerateDataKey,
+		api.OpRotateKey:           w.apiRotateKey,
+		api.OpUpdatePrimaryRegion: w.apiUpdatePrimaryRegion,
+		api.OpScheduleKeyDeletion: w.apiScheduleKeyDeletion,
+		api.OpCancelKeyDeletion:   w.apiCancelKeyDeletion,
 	}
 	for op, fn := range handlers {
 		err := svc.AddEndpoint(op, w.endpoint(op, fn), micro.WithEndpointSubject(layout.APISubject(w.cfg.Region, op)))
@@ -75,6 +79,7 @@ func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, erro
 func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req micro.Request) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
+	ctx = withActor(ctx, requestActor(req.Headers().Get(api.ActorHeader)))
 	var resp any
 	var err error
 	if len(req.Data()) > maxRequest {
@@ -129,6 +134,10 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 		Role: api.RolePrimary, PrimaryRegion: w.cfg.Region, KeySpec: api.KeySpecSymmetricDefault,
 		KeyUsage: req.KeyUsage, Description: req.Description, Enabled: true,
 		Versions: []uint32{1}, CurrentVersion: 1, CreatedAt: now, UpdatedAt: now,
+		KeyState: api.KeyStateEnabled, Epoch: 1,
+		VersionDetails: []api.KeyVersion{{
+			Version: 1, State: api.VersionCurrent, ReplicatedTo: []string{w.cfg.Region}, CreatedAt: now, ActivatedAt: &now,
+		}},
 	}
 	err := w.hsmOp("generate_key", func() error {
 		return w.cfg.HSM.GenerateKey(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: 1})
@@ -153,11 +162,7 @@ func (w *Worker) apiDescribeKey(ctx context.Context, data []byte) (any, error) {
 	if !messages.IsKeyID(req.KeyID) {
 		return nil, badRequest("invalid key id %q", req.KeyID)
 	}
-	key, _, err := getJSON[api.Key](ctx, w.res.Keys, req.KeyID)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
-	}
-	return key, err
+	return w.describe(ctx, req.KeyID)
 }
 
 func (w *Worker) apiListKeys(ctx context.Context, data []byte) (any, error) {
@@ -307,17 +312,17 @@ func (w *Worker) usableKey(ctx context.Context, keyID string) (*api.Key, error) 
 	if !messages.IsKeyID(keyID) {
 		return nil, badRequest("invalid key id %q", keyID)
 	}
-	key, _, err := getJSON[api.Key](ctx, w.res.Keys, keyID)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, notFound("key %s not found in region %s", keyID, w.cfg.Region)
-	}
+	key, err := w.loadKey(ctx, keyID)
 	if err != nil {
 		return nil, err
 	}
 	if !key.Enabled {
 		return nil, conflict("key %s is disabled", keyID)
 	}
-	return key, nil
+	if key.KeyState == api.KeyStatePendingDeletion {
+		return nil, conflict("key %s is pending deletion in %s", keyID, w.cfg.Region)
+	}
+	return &key.Key, nil
 }
 
 func (w *Worker) apiEncrypt(ctx context.Context, data []byte) (any, error) {

@@ -14,10 +14,11 @@ import (
 
 // Ready reports whether the worker can do its work, for /readyz: it has
 // started, its NATS connection is up, the region's streams, buckets and
-// durable consumers exist, and the HSM signs with the RSK the trust bundle
-// lists for this region (a fresh nonce signed and verified, in the manner of
-// boulder's pkcs11key: a key is trusted once it has been used). The error
-// names the first check that failed; it never carries secrets.
+// durable consumers exist, and the HSM signs with the RSK the worker signs
+// with now, one the trust bundle in force lists for this region (a fresh
+// nonce signed and verified, in the manner of boulder's pkcs11key: a key is
+// trusted once it has been used). The error names the first check that
+// failed; it never carries secrets.
 //
 // Ready makes about a dozen JetStream API requests and one HSM signature;
 // it is meant for probes every few seconds, not for a hot path.
@@ -53,9 +54,10 @@ func (w *Worker) Ready(ctx context.Context) error {
 	return w.hsmSelfTest(ctx)
 }
 
-// hsmSelfTest signs a random SHA-384-sized nonce with the RSK and verifies
-// the signature with the public key the trust bundle holds for this
-// region's kid, so a swapped or unusable token is caught.
+// hsmSelfTest signs a random SHA-384-sized nonce with the RSK the worker
+// signs with now and verifies the signature with the public key the trust
+// bundle in force holds for its kid, so a swapped or unusable token is
+// caught.
 //
 // One self-test runs at a time per worker: a hung HSM must not pile up
 // readiness probes.
@@ -63,10 +65,11 @@ func (w *Worker) hsmSelfTest(ctx context.Context) error {
 	if !w.met.selfTest.TryLock() {
 		return errors.New("hsm: a previous self-test has not returned")
 	}
-	bk, ok := w.cfg.Bundle.Key(w.kid)
+	signer, kid := w.rsk()
+	bk, ok := w.bundle().Key(kid)
 	if !ok {
 		w.met.selfTest.Unlock()
-		return fmt.Errorf("hsm: rsk kid %x is not in the trust bundle", w.kid[:8])
+		return fmt.Errorf("hsm: rsk kid %x is not in the trust bundle", kid[:8])
 	}
 	pub, ok := bk.PublicKey.(*ecdsa.PublicKey)
 	if !ok {
@@ -79,7 +82,7 @@ func (w *Worker) hsmSelfTest(ctx context.Context) error {
 	go func() {
 		defer w.met.selfTest.Unlock()
 		done <- w.hsmOp(opSelfTest, func() error {
-			sig, err := w.cfg.HSM.Signer().Sign(rand.Reader, nonce[:], crypto.SHA384)
+			sig, err := signer.Sign(rand.Reader, nonce[:], crypto.SHA384)
 			if err != nil {
 				return fmt.Errorf("hsm: sign: %w", err)
 			}

@@ -36,6 +36,7 @@ const (
 	reasonNotPrimary    = "not_primary"    // init from a region that is not the key's primary
 	reasonKeyExists     = "key_exists"     // init for a key version this region already holds
 	reasonRunExpired    = "replication_expired"
+	reasonUnknownKey    = "unknown_key" // lifecycle message for a key this region does not hold
 )
 
 // handleInbox verifies one inbox message and runs the state machine on it.
@@ -89,6 +90,8 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 		return &refusal{Reason: string(messages.ReasonMalformed), Detail: err.Error()}
 	}
 	*typ = string(env.Message.Type)
+	// Audit events caused by this message name its signer's region.
+	ctx = withActor(ctx, "region:"+env.Message.Src)
 	// Replay cache: a msg_id is accepted once; the same bytes again are a
 	// redelivery (handled idempotently below), other bytes are refused.
 	if _, err := w.res.Replay.Create(ctx, env.Message.MsgID, env.Digest); err != nil {
@@ -112,6 +115,14 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 		return w.onMaterial(ctx, env)
 	case messages.TypeReceipt:
 		return w.onReceipt(ctx, env)
+	case messages.TypeSync:
+		return w.onSync(ctx, env)
+	case messages.TypeStatus:
+		return w.onStatus(ctx, env)
+	case messages.TypeHandover:
+		return w.onHandover(ctx, env)
+	case messages.TypeAccept:
+		return w.onAccept(ctx, env)
 	}
 	return refuse(string(messages.ReasonMalformed), "unexpected type %q", env.Message.Type)
 }

@@ -33,19 +33,21 @@ type metrics struct {
 	timedOut      *prometheus.CounterVec // role
 	retried       prometheus.Counter
 	gaveUp        prometheus.Counter
+	bundleReloads *prometheus.CounterVec // result (SetBundle)
 
 	view     *workerCollector     // scrape-time state, attached at Start
 	bundle   *obs.BundleCollector // the trust bundle's RSK expiry, set at Start
 	selfTest sync.Mutex           // one HSM self-test at a time (health.go)
 }
 
-var protocolTypes = []messages.Type{messages.TypeInit, messages.TypeOffer, messages.TypeMaterial, messages.TypeReceipt}
+var protocolTypes = messages.Types()
 
 // apiOps are the request API's operations, the values of the op label
 // (request events are "event:<op>").
 var apiOps = []string{
 	api.OpCreateKey, api.OpDescribeKey, api.OpListKeys, api.OpReplicateKey,
 	api.OpDescribeReplication, api.OpEncrypt, api.OpDecrypt, api.OpGenerateDataKey,
+	api.OpRotateKey, api.OpUpdatePrimaryRegion, api.OpScheduleKeyDeletion, api.OpCancelKeyDeletion,
 }
 
 // eventOps are the request events the worker consumes.
@@ -59,7 +61,7 @@ const otherOp, otherEventOp = "other", "event:other"
 // hsmOpNames are the values of the op label of the HSM metrics.
 var hsmOpNames = []string{
 	"sign", "generate_key", "encrypt", "decrypt", "create_agreement_key",
-	"wrap_for_peer", "unwrap_from_peer", "key_confirmation", opSelfTest,
+	"wrap_for_peer", "unwrap_from_peer", "key_confirmation", "destroy_key", opSelfTest,
 }
 
 // opSelfTest is the readiness check's sign-and-verify (health.go).
@@ -68,7 +70,7 @@ const opSelfTest = "self_test"
 // workerReasons are the worker's own refusal reasons, beyond messages.Reason.
 var workerReasons = []string{
 	reasonReplayedMsgID, reasonUnknownRun, reasonStateMismatch, reasonWrongPeer,
-	reasonNotPrimary, reasonKeyExists, reasonRunExpired,
+	reasonNotPrimary, reasonKeyExists, reasonRunExpired, reasonUnknownKey,
 }
 
 // opCounter is requests_total with its op label bounded to known values.
@@ -137,8 +139,14 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "replicas_given_up_total", ConstLabels: cl,
 			Help: "Replicas marked FAILED after their last attempt timed out.",
 		}),
+		bundleReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "bundle_reloads_total", ConstLabels: cl,
+			Help: "Trust bundles given to the running worker (SetBundle: a reload of the bundle file), by result: ok (in force) or error (refused or unreadable; the previous one stays in force).",
+		}, []string{"result"}),
 		view: newWorkerCollector(region),
 	}
+	m.bundleReloads.WithLabelValues("ok")
+	m.bundleReloads.WithLabelValues("error")
 	m.timedOut.WithLabelValues(roleSource)
 	m.timedOut.WithLabelValues(roleDestination)
 	for _, t := range protocolTypes {
@@ -167,7 +175,7 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 	m.duration.WithLabelValues(roleSource, "confirmed")
 	m.duration.WithLabelValues(roleDestination, "usable")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests.vec, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted, m.timedOut, m.retried, m.gaveUp, m.view} {
+		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests.vec, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted, m.timedOut, m.retried, m.gaveUp, m.bundleReloads, m.view} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

@@ -3,6 +3,8 @@ package workers
 import (
 	"testing"
 
+	"github.com/mrkrepl/mrkrepl/messages"
+
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -20,7 +22,7 @@ func TestNewMetricsPreinitialisedAndLintClean(t *testing.T) {
 		}
 	}
 	for name, want := range map[string]int{
-		"mrkrepl_worker_messages_received_total":        4*4 + 2,
+		"mrkrepl_worker_messages_received_total":        len(messages.Types())*4 + 2,
 		"mrkrepl_worker_messages_refused_total":         16 + len(workerReasons),
 		"mrkrepl_worker_requests_total":                 2 * (len(apiOps) + len(eventOps) + 2),
 		"mrkrepl_worker_replications_total":             4,

@@ -52,7 +52,7 @@ func newWorkerCollector(region string) *workerCollector {
 		connected: d("nats_connected",
 			"1 while the worker's connection to its region's NATS cluster is up, else 0."),
 		ownRSK: d("rsk_expiry_timestamp_seconds",
-			"Unix time at which the RSK this worker signs with stops being valid (its not_after in the trust bundle)."),
+			"Unix time at which the RSK this worker signs with now stops being valid (its not_after in the trust bundle in force)."),
 	}
 }
 
@@ -70,8 +70,10 @@ func (c *workerCollector) Collect(ch chan<- prometheus.Metric) {
 	gauge := func(d *prometheus.Desc, v float64, labels ...string) {
 		ch <- prometheus.MustNewConstMetric(d, prometheus.GaugeValue, v, labels...)
 	}
-	if k, ok := w.cfg.Bundle.Key(w.kid); ok {
-		gauge(c.ownRSK, float64(k.NotAfter.Unix()))
+	if _, kid := w.rsk(); kid != nil {
+		if k, ok := w.bundle().Key(kid); ok {
+			gauge(c.ownRSK, float64(k.NotAfter.Unix()))
+		}
 	}
 	if n, oldest, ok := c.inflight.stats(); ok {
 		gauge(c.inFlight, float64(n))
@@ -208,7 +210,7 @@ func (s *inflightSet) stop() {
 func (w *Worker) startObservers() {
 	w.met.initBackend(w.backend)
 	w.met.view.w.Store(w)
-	w.met.bundle.Set(w.cfg.Bundle)
+	w.met.bundle.Set(w.bundle())
 	if w.res == nil || w.res.Pending == nil {
 		return
 	}

@@ -117,6 +117,9 @@ func (w *Worker) republish(ctx context.Context, rec *replication) error {
 
 func (w *Worker) event(ctx context.Context, ev api.Event) {
 	ev.Region = w.cfg.Region
+	if ev.Actor == "" {
+		ev.Actor = actorFrom(ctx)
+	}
 	if ev.Time.IsZero() {
 		ev.Time = w.cfg.Now()
 	}
@@ -132,14 +135,29 @@ func (w *Worker) event(ctx context.Context, ev api.Event) {
 
 // startReplication begins (or finds) the run that copies keyID to dst.
 // Asking again for a replica that exists or is being created returns that
-// run: the call is idempotent.
+// run: the call is idempotent. A replica that lacks versions (a new one, or
+// one that missed a rotation) gets the next version it lacks.
 func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*replication, error) {
-	return w.startRun(ctx, keyID, dst, 1)
+	return w.startRun(ctx, keyID, dst, 0, 1)
 }
 
-// startRun is startReplication for a given attempt number (the sweeper
-// starts attempts after the first).
-func (w *Worker) startRun(ctx context.Context, keyID, dst string, attempt int) (*replication, error) {
+// activeRun returns the replica's run in flight, if any.
+func (w *Worker) activeRun(ctx context.Context, r api.Replica) *replication {
+	if r.ReplicationID == "" {
+		return nil
+	}
+	run, _, err := getJSON[replication](ctx, w.res.Repl, r.ReplicationID)
+	if err != nil || run.ended() || w.expired(run) {
+		return nil
+	}
+	return run
+}
+
+// startRun starts a run that copies one version of keyID to dst: version,
+// or (version 0) the next one dst lacks. attempt numbers the tries for the
+// same version (the sweeper starts attempts after the first). One run at a
+// time is in flight per replica: while one is, startRun returns it.
+func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32, attempt int) (*replication, error) {
 	if !messages.IsKeyID(keyID) {
 		return nil, badRequest("invalid key id %q", keyID)
 	}
@@ -149,40 +167,57 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, attempt int) (
 	if dst == w.cfg.Region {
 		return nil, badRequest("cannot replicate key %s to its own region %s", keyID, dst)
 	}
-	key, _, err := getJSON[api.Key](ctx, w.res.Keys, keyID)
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, notFound("key %s not found in region %s", keyID, w.cfg.Region)
-	}
+	key, err := w.loadKey(ctx, keyID)
 	if err != nil {
 		return nil, err
 	}
 	if key.Role != api.RolePrimary {
 		return nil, badRequest("key %s is a replica in %s; replicate it from its primary region %s", keyID, w.cfg.Region, key.PrimaryRegion)
 	}
-	if r, ok := findReplica(key, dst); ok && r.ReplicationID != "" && r.State != api.ReplicaFailed {
-		existing, _, err := getJSON[replication](ctx, w.res.Repl, r.ReplicationID)
-		if err == nil && (existing.State == api.StateCompleted || !existing.ended() && !w.expired(existing)) {
-			if !existing.ended() {
-				// Nudge the run along: re-publishing is de-duplicated.
-				if err := w.publish(ctx, existing); err != nil {
-					return nil, err
-				}
-			}
-			return existing, nil
+	switch key.KeyState {
+	case api.KeyStateUpdating:
+		return nil, conflict("key %s is handing its primary role over to %s; replicate it from there when done", keyID, key.PendingPrimary)
+	case api.KeyStatePendingDeletion:
+		return nil, conflict("key %s is pending deletion in %s", keyID, w.cfg.Region)
+	}
+	r, known := findReplica(&key.Key, dst)
+	if known && r.State == api.ReplicaPendingDeletion {
+		return nil, conflict("the replica of key %s in %s is pending deletion; cancel the deletion there first", keyID, dst)
+	}
+	if run := w.activeRun(ctx, r); run != nil {
+		// Nudge the run along: re-publishing is de-duplicated.
+		if err := w.publish(ctx, run); err != nil {
+			return nil, err
 		}
+		return run, nil
+	}
+	if version == 0 {
+		missing := missingVersions(&key.Key, dst)
+		if len(missing) == 0 {
+			// The replica holds every version: answer with its last run.
+			if existing, _, err := getJSON[replication](ctx, w.res.Repl, r.ReplicationID); err == nil {
+				return existing, nil
+			}
+			return nil, conflict("key %s: replica in %s holds every version, but its last run %q is gone", keyID, dst, r.ReplicationID)
+		}
+		version = missing[0]
+	}
+	if versionDetail(&key.Key, version) == nil {
+		return nil, fmt.Errorf("key %s has no version %d", keyID, version)
 	}
 
 	now := w.cfg.Now()
 	rec := &replication{
-		ID: messages.NewID(), Role: roleSource, KeyID: keyID, Version: key.CurrentVersion,
+		ID: messages.NewID(), Role: roleSource, KeyID: keyID, Version: version,
 		Peer: dst, State: api.StateInitSent, KeySpec: key.KeySpec, KeyUsage: key.KeyUsage,
 		PrimaryRegion: w.cfg.Region, Description: key.Description,
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL), Attempt: attempt,
+		Epoch: key.Epoch, WasCurrent: version == key.CurrentVersion,
 	}
 	m := w.newMessage(messages.TypeInit, rec.ID, dst)
 	m.Init = &messages.Init{
 		KeyID: keyID, KeySpec: key.KeySpec, KeyUsage: key.KeyUsage,
-		Version: key.CurrentVersion, PrimaryRegion: w.cfg.Region,
+		Version: version, PrimaryRegion: w.cfg.Region,
 	}
 	if rec.InitDigest, rec.SrcKID, err = w.seal(rec, m); err != nil {
 		return nil, err
@@ -194,15 +229,20 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, attempt int) (
 		return nil, fmt.Errorf("store replication: %w", err)
 	}
 	var winner string
-	_, err = updateJSON(ctx, w.res.Keys, keyID, func(k *api.Key) error {
-		if r, ok := findReplica(k, dst); ok && r.State == api.ReplicaCreating && r.ReplicationID != rec.ID {
+	_, err = w.updateKey(ctx, keyID, func(k *keyRecord) error {
+		r, _ := findReplica(&k.Key, dst)
+		if r.ReplicationID != "" && r.ReplicationID != rec.ID {
 			// Another request started a run between our read and now.
-			if other, _, err := getJSON[replication](ctx, w.res.Repl, r.ReplicationID); err == nil && !other.ended() && !w.expired(other) {
-				winner = r.ReplicationID
+			if other := w.activeRun(ctx, r); other != nil {
+				winner = other.ID
 				return errNoChange
 			}
 		}
-		setReplica(k, api.Replica{Region: dst, State: api.ReplicaCreating, ReplicationID: rec.ID, UpdatedAt: now})
+		state := replicaState(&k.Key, dst, r.State)
+		setReplica(&k.Key, api.Replica{
+			Region: dst, State: state, ReplicationID: rec.ID, SyncedEpoch: r.SyncedEpoch,
+			StatusSeq: r.StatusSeq, DeletionDate: r.DeletionDate, UpdatedAt: now,
+		})
 		k.UpdatedAt = now
 		return nil
 	})
@@ -221,8 +261,8 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, attempt int) (
 	if err := w.publish(ctx, rec); err != nil {
 		return nil, err
 	}
-	w.event(ctx, api.Event{Type: api.EventReplicationStarted, KeyID: keyID, ReplicationID: rec.ID, Peer: dst})
-	w.log.Info("replication started", "replication_id", rec.ID, "key_id", keyID, "dst", dst, "attempt", attempt)
+	w.event(ctx, api.Event{Type: api.EventReplicationStarted, KeyID: keyID, ReplicationID: rec.ID, Peer: dst, Version: version})
+	w.log.Info("replication started", "replication_id", rec.ID, "key_id", keyID, "dst", dst, "version", version, "attempt", attempt)
 	return rec, nil
 }
 
@@ -247,7 +287,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	// reports the key as present at unwrap time, and the key confirmation
 	// in the receipt lets the source check that it is the same key (this is
 	// how a source that lost a receipt, or retried, learns of the replica).
-	if key, _, err := getJSON[api.Key](ctx, w.res.Keys, in.KeyID); err == nil {
+	if key, _, err := getJSON[keyRecord](ctx, w.res.Keys, in.KeyID); err == nil && !key.Deleted {
 		if key.Role == api.RolePrimary || key.PrimaryRegion != m.Src {
 			return refuse(reasonKeyExists, "key %s exists in %s with primary %s", in.KeyID, w.cfg.Region, key.PrimaryRegion)
 		}
@@ -413,9 +453,11 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 		if err != nil {
 			return fmt.Errorf("key confirmation: %w", err)
 		}
-		if err := w.storeReplica(ctx, rec, m.Material.Properties); err != nil {
+		created, err := w.storeReplica(ctx, rec, m.Material.Properties)
+		if err != nil {
 			return err
 		}
+		next.NewReplica = created
 		next.State = api.StateCompleted
 		next.UsableAt = &next.UpdatedAt
 		next.CompletedAt = &next.UpdatedAt
@@ -436,32 +478,53 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 	return nil
 }
 
-// storeReplica records the replica's metadata once its material is in the HSM.
-func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messages.Properties) error {
+// storeReplica records the replica's metadata once a version's material is
+// in the HSM. The run that creates the replica makes its version the
+// current one (the primary sends the current version first); a version
+// that arrives later is only added: the primary's key.sync says when it
+// becomes current. It reports whether the run created the replica.
+func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messages.Properties) (bool, error) {
 	now := w.cfg.Now()
-	key := &api.Key{
-		KeyID: rec.KeyID, Partition: w.bundle().Partition(), Region: w.cfg.Region,
-		Role: api.RoleReplica, PrimaryRegion: rec.PrimaryRegion, KeySpec: props.KeySpec,
-		KeyUsage: props.KeyUsage, Description: props.Description, Enabled: true,
-		Versions: []uint32{rec.Version}, CurrentVersion: rec.Version,
-		CreatedAt: now, UpdatedAt: now, ReplicatedFrom: rec.ID, UsableAt: &now,
+	fresh := func(old *keyRecord) *keyRecord {
+		k := &keyRecord{Key: api.Key{
+			KeyID: rec.KeyID, Partition: w.bundle().Partition(), Region: w.cfg.Region,
+			Role: api.RoleReplica, PrimaryRegion: rec.PrimaryRegion, KeySpec: props.KeySpec,
+			KeyUsage: props.KeyUsage, Description: props.Description, Enabled: true,
+			Versions: []uint32{rec.Version}, CurrentVersion: rec.Version,
+			CreatedAt: now, UpdatedAt: now, ReplicatedFrom: rec.ID, UsableAt: &now,
+			KeyState: api.KeyStateEnabled,
+		}}
+		if old != nil {
+			// Re-created after a deletion: keep numbering status reports
+			// where the deleted replica stopped.
+			k.StatusSeq, k.StatusAcked = old.StatusSeq, old.StatusAcked
+		}
+		return k
 	}
-	_, err := createJSON(ctx, w.res.Keys, rec.KeyID, key)
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		_, err = updateJSON(ctx, w.res.Keys, rec.KeyID, func(k *api.Key) error {
+	created := false
+	_, err := createJSON(ctx, w.res.Keys, rec.KeyID, fresh(nil))
+	if err == nil {
+		created = true
+	} else if errors.Is(err, jetstream.ErrKeyExists) {
+		_, err = updateJSON(ctx, w.res.Keys, rec.KeyID, func(k *keyRecord) error {
+			if k.Deleted {
+				*k = *fresh(k)
+				created = true
+				return nil
+			}
+			created = false
 			if slices.Contains(k.Versions, rec.Version) {
 				return errNoChange
 			}
-			k.Versions = append(k.Versions, rec.Version)
-			k.CurrentVersion = max(k.CurrentVersion, rec.Version)
+			k.Versions = addVersion(k.Versions, rec.Version)
 			k.UpdatedAt = now
 			return nil
 		})
 	}
 	if err != nil {
-		return fmt.Errorf("store replica metadata: %w", err)
+		return false, fmt.Errorf("store replica metadata: %w", err)
 	}
-	return nil
+	return created, nil
 }
 
 // onReceipt (source): check the key confirmation and end the run.
@@ -476,6 +539,11 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	late := rec.State == api.StateFailed && rec.TimedOut && len(rec.MaterialDigest) > 0
 	if rec.State != api.StateMaterialSent && !late {
 		if bytes.Equal(rec.ReceiptDigest, env.Digest) {
+			// Redelivered: finish what may have been cut short after the
+			// run was written (all of it is idempotent).
+			if err := w.followUp(ctx, rec); err != nil {
+				return err
+			}
 			return errDuplicate
 		}
 		return refuse(reasonStateMismatch, "receipt for replication %s in state %s", rec.ID, rec.State)
@@ -504,18 +572,10 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	if err := w.casRun(ctx, &next, rev); err != nil {
 		return w.lostRace(ctx, m, env.Digest, err, func(o *replication) []byte { return o.ReceiptDigest })
 	}
-	replicaState := api.ReplicaEnabled
-	if next.State == api.StateFailed {
-		replicaState = api.ReplicaFailed
-	}
-	_, err = updateJSON(ctx, w.res.Keys, rec.KeyID, func(k *api.Key) error {
-		if r, ok := findReplica(k, rec.Peer); ok && r.ReplicationID != rec.ID && r.State == api.ReplicaEnabled {
-			return errNoChange // a later run already enabled it
-		}
-		setReplica(k, api.Replica{Region: rec.Peer, State: replicaState, ReplicationID: rec.ID, Reason: next.Reason, UpdatedAt: now})
-		k.UpdatedAt = now
-		return nil
-	})
+	// From here on the run's pending entry stays until its follow-up is
+	// done (or due, in the key's own entry): the sweeper finishes what a
+	// crash or an outage cuts short (followUp).
+	key, activated, err := w.recordReceipt(ctx, &next)
 	if err != nil {
 		return err
 	}
@@ -523,6 +583,103 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 		w.log.Info("late receipt completed a timed-out run", "replication_id", rec.ID)
 	}
 	w.finish(ctx, &next)
+	if err := w.afterReceipt(ctx, key, &next, activated); err != nil {
+		w.log.Warn("replication follow-up not done; the sweeper will", "replication_id", next.ID, "err", err)
+		return nil
+	}
+	if err := w.clearPending(ctx, next.ID); err != nil {
+		w.log.Warn("pending index not cleared; the sweeper will", "replication_id", next.ID, "err", err)
+	}
+	return nil
+}
+
+// followUp repeats, idempotently, what ends a source run after its
+// receipt: record it in the key, then afterReceipt. The sweeper calls it
+// for ended runs still in the pending index, and a redelivered receipt
+// calls it too.
+func (w *Worker) followUp(ctx context.Context, run *replication) error {
+	key, activated, err := w.recordReceipt(ctx, run)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil // the key is gone
+	}
+	if err != nil {
+		return err
+	}
+	return w.afterReceipt(ctx, key, run, activated)
+}
+
+// recordReceipt writes a run's outcome into the primary's key record: the
+// watermark and the replica's state, and activates the staged version if
+// this was the last confirmation it waited for.
+func (w *Worker) recordReceipt(ctx context.Context, run *replication) (*keyRecord, uint32, error) {
+	now := w.cfg.Now()
+	var activated uint32
+	key, err := w.updateKey(ctx, run.KeyID, func(k *keyRecord) error {
+		activated = 0
+		r, ok := findReplica(&k.Key, run.Peer)
+		if !ok {
+			return errNoChange // the replica was deleted meanwhile
+		}
+		if run.State == api.StateCompleted {
+			if holds(&k.Key, run.Peer, run.Version) && r.ReplicationID != run.ID {
+				return errNoChange // a later run already recorded it
+			}
+			first := !holdsAny(&k.Key, run.Peer)
+			markHeld(&k.Key, run.Peer, run.Version)
+			// A sync it could not apply for lack of this version may be
+			// sent again now, without waiting for the resend timer.
+			delete(k.SyncSent, run.Peer)
+			if first && run.WasCurrent {
+				// The run that created the replica gave it the state of
+				// its epoch (primary, current version, description).
+				r.SyncedEpoch = max(r.SyncedEpoch, run.Epoch)
+			}
+			r.State = replicaState(&k.Key, run.Peer, r.State)
+			r.Reason = ""
+			activated = tryActivate(&k.Key, now)
+		} else {
+			if r.ReplicationID != run.ID || holds(&k.Key, run.Peer, run.Version) {
+				return errNoChange
+			}
+			r.State, r.Reason = api.ReplicaFailed, run.Reason
+		}
+		r.ReplicationID = run.ID
+		r.UpdatedAt = now
+		setReplica(&k.Key, r)
+		k.UpdatedAt = now
+		return nil
+	})
+	return key, activated, err
+}
+
+// afterReceipt does what a recorded receipt may lead to: announce a
+// version that became current, and copy the next version the replica
+// lacks. It first records the key in the pending index if anything is
+// left to do, so that the sweeper finishes it if this worker stops here;
+// it fails only if that record cannot be written.
+func (w *Worker) afterReceipt(ctx context.Context, key *keyRecord, run *replication, activated uint32) error {
+	if key == nil {
+		return nil
+	}
+	sync := activated != 0 || slices.ContainsFunc(key.Replicas, func(r api.Replica) bool { return needsSync(&key.Key, r) })
+	next := run.State == api.StateCompleted && len(missingVersions(&key.Key, run.Peer)) > 0
+	if sync || next {
+		if err := w.markKeyPending(ctx, key.KeyID); err != nil {
+			return err
+		}
+	}
+	if activated != 0 {
+		w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: key.KeyID, Version: activated, Regions: allRegions(&key.Key)})
+		w.log.Info("version activated", "key_id", key.KeyID, "version", activated)
+	}
+	if sync {
+		w.syncReplicas(ctx, key.KeyID)
+	}
+	if next {
+		if _, err := w.startRun(ctx, key.KeyID, run.Peer, 0, 1); err != nil {
+			w.log.Warn("next version not started; the sweeper will", "key_id", key.KeyID, "dst", run.Peer, "err", err)
+		}
+	}
 	return nil
 }
 
@@ -567,7 +724,9 @@ func (w *Worker) lostRace(ctx context.Context, m *messages.Message, digest []byt
 
 // finish counts, times and announces a run's end in this region.
 func (w *Worker) finish(ctx context.Context, rec *replication) {
-	if !rec.TimedOut { // the sweeper clears a timed-out run's entry after its follow-up
+	// A source run's entry is cleared after its follow-up (onReceipt,
+	// sweepRun); a timed-out run's by the sweeper after retryOrGiveUp.
+	if rec.Role == roleDestination && !rec.TimedOut {
 		if err := w.clearPending(ctx, rec.ID); err != nil {
 			w.log.Warn("pending index not cleared; the sweeper will", "replication_id", rec.ID, "err", err)
 		}
@@ -575,7 +734,7 @@ func (w *Worker) finish(ctx context.Context, rec *replication) {
 	elapsed := w.cfg.Now().Sub(rec.CreatedAt).Seconds()
 	// The event's time is when the run changed state (for a destination:
 	// when the key became usable), not when the event was published.
-	ev := api.Event{KeyID: rec.KeyID, ReplicationID: rec.ID, Peer: rec.Peer, Reason: rec.Reason, Time: rec.UpdatedAt}
+	ev := api.Event{KeyID: rec.KeyID, ReplicationID: rec.ID, Peer: rec.Peer, Version: rec.Version, Reason: rec.Reason, Time: rec.UpdatedAt}
 	if rec.State == api.StateCompleted {
 		w.met.replications.WithLabelValues(rec.Role, "completed").Inc()
 		w.met.lastCompleted.SetToCurrentTime()

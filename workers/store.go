@@ -28,8 +28,11 @@ type replication struct {
 	Peer          string `json:"peer"`
 	State         string `json:"state"`
 	Reason        string `json:"reason,omitempty"`
-	TimedOut      bool   `json:"timed_out,omitempty"` // ended FAILED by the sweeper
-	Attempt       int    `json:"attempt,omitempty"`   // source: 1 for the first run for this replica, 2 for its first retry …
+	TimedOut      bool   `json:"timed_out,omitempty"`   // ended FAILED by the sweeper
+	Attempt       int    `json:"attempt,omitempty"`     // source: 1 for the first run for this replica, 2 for its first retry …
+	Epoch         uint64 `json:"epoch,omitempty"`       // source: the key's epoch when the run started
+	WasCurrent    bool   `json:"was_current,omitempty"` // source: Version was the current version then
+	NewReplica    bool   `json:"new_replica,omitempty"` // destination: the run created the replica
 	KeySpec       string `json:"key_spec"`
 	KeyUsage      string `json:"key_usage"`
 	PrimaryRegion string `json:"primary_region"`
@@ -66,6 +69,40 @@ func (r *replication) public() api.Replication {
 
 func (r *replication) ended() bool {
 	return r.State == api.StateCompleted || r.State == api.StateFailed
+}
+
+// keyRecord is a key's record in the KEYS bucket: the metadata the API
+// shows (api.Key) and the region's own bookkeeping for the lifecycle
+// messages, which the API does not show (see lifecycle.go).
+type keyRecord struct {
+	api.Key
+
+	// Primary: the last key.sync sent to each replica (its epoch and when).
+	SyncSent map[string]syncSent `json:"sync_sent,omitempty"`
+	// Primary while UPDATING: the hand-over in progress.
+	HandoverID      string    `json:"handover_id,omitempty"`
+	HandoverSentAt  time.Time `json:"handover_sent_at,omitzero"`
+	HandoverDigests [][]byte  `json:"handover_digests,omitempty"` // of the hand-overs sent, newest last
+	// Replica: its own state changes (deletion scheduled, cancelled, done;
+	// primary taken over) are numbered; the primary acknowledges them in
+	// key.sync's ack_status_seq. StatusSentAt is when the last was sent.
+	StatusSeq    uint64    `json:"status_seq,omitempty"`
+	StatusAcked  uint64    `json:"status_acked,omitempty"`
+	StatusSentAt time.Time `json:"status_sent_at,omitzero"`
+	// Old primary after a hand-over: replicas still to be told of the new
+	// primary, and when they were last told.
+	Announce       []string  `json:"announce,omitempty"`
+	AnnounceEpoch  uint64    `json:"announce_epoch,omitempty"`
+	AnnounceSentAt time.Time `json:"announce_sent_at,omitzero"`
+	// Deleted is a replica's tombstone: its versions are destroyed, and the
+	// record stays until the primary has acknowledged the deletion.
+	Deleted bool `json:"deleted,omitempty"`
+}
+
+// syncSent records a key.sync sent to a replica.
+type syncSent struct {
+	Epoch uint64    `json:"epoch"`
+	At    time.Time `json:"at"`
 }
 
 // errNoChange tells update that fn decided not to write.
@@ -146,4 +183,26 @@ func findReplica(k *api.Key, region string) (api.Replica, bool) {
 		}
 	}
 	return api.Replica{}, false
+}
+
+// loadKey reads a key's record; a key absent or deleted here is an API
+// "not found".
+func (w *Worker) loadKey(ctx context.Context, keyID string) (*keyRecord, error) {
+	k, _, err := getJSON[keyRecord](ctx, w.res.Keys, keyID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) || err == nil && k.Deleted {
+		return nil, notFound("key %s not found in region %s", keyID, w.cfg.Region)
+	}
+	if err != nil {
+		return nil, err
+	}
+	normalize(k)
+	return k, nil
+}
+
+// updateKey is updateJSON for key records, normalised before fn sees them.
+func (w *Worker) updateKey(ctx context.Context, keyID string, fn func(*keyRecord) error) (*keyRecord, error) {
+	return updateJSON(ctx, w.res.Keys, keyID, func(k *keyRecord) error {
+		normalize(k)
+		return fn(k)
+	})
 }

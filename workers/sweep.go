@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
@@ -93,11 +94,36 @@ func (w *Worker) sweep(ctx context.Context) error {
 	}
 	var errs []error
 	for _, id := range ids {
+		if keyID, ok := strings.CutPrefix(id, lcPrefix); ok {
+			if err := w.sweepKeyEntry(ctx, id, keyID); err != nil {
+				errs = append(errs, fmt.Errorf("key %s: %w", keyID, err))
+			}
+			continue
+		}
 		if err := w.sweepRun(ctx, id); err != nil {
 			errs = append(errs, fmt.Errorf("run %s: %w", id, err))
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// sweepKeyEntry runs sweepKey and removes the key's entry when no work
+// remains, unless the entry was written again meanwhile (its revision
+// changed): then the work it stands for is newer than what was checked.
+func (w *Worker) sweepKeyEntry(ctx context.Context, id, keyID string) error {
+	e, err := w.res.Pending.Get(ctx, id)
+	if err != nil {
+		return nil // gone meanwhile
+	}
+	pending, err := w.sweepKey(ctx, keyID)
+	if err != nil || pending {
+		return err
+	}
+	err = w.res.Pending.Delete(ctx, id, jetstream.LastRevision(e.Revision()))
+	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+		return fmt.Errorf("pending index: %w", err)
+	}
+	return nil
 }
 
 func (w *Worker) sweepRun(ctx context.Context, id string) error {
@@ -118,10 +144,17 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 		return err
 	}
 	if rec.ended() {
-		if rec.Role == roleSource && rec.TimedOut {
-			// The follow-up of a timed-out run (retry or give up) is
-			// done before its entry goes: a crash in between repeats it.
+		// The follow-up of a source run (retry or give up after a
+		// timeout; otherwise recording the receipt's outcome in the key
+		// and what it leads to) is done before its entry goes: a crash in
+		// between repeats it.
+		switch {
+		case rec.Role == roleSource && rec.TimedOut:
 			if err := w.retryOrGiveUp(ctx, rec); err != nil {
+				return err
+			}
+		case rec.Role == roleSource:
+			if err := w.followUp(withActor(ctx, "worker"), rec); err != nil {
 				return err
 			}
 		}
@@ -163,19 +196,27 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 
 // retryOrGiveUp starts the next attempt for a replica whose run timed out,
 // or marks the replica FAILED after the last one. It does nothing if the
-// replica has moved on (a newer run, or a late receipt enabled it), so it
-// may be repeated.
+// replica has moved on (a newer run, or a late receipt delivered the
+// version), so it may be repeated.
 func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {
-	key, _, err := getJSON[api.Key](ctx, w.res.Keys, failed.KeyID)
+	ctx = withActor(ctx, "worker")
+	key, err := w.loadKey(ctx, failed.KeyID)
 	if err != nil {
-		return err
+		return nil // the key is gone: nothing to retry
 	}
-	if r, ok := findReplica(key, failed.Peer); !ok || r.ReplicationID != failed.ID || r.State != api.ReplicaCreating {
+	if r, ok := findReplica(&key.Key, failed.Peer); !ok || r.ReplicationID != failed.ID || holds(&key.Key, failed.Peer, failed.Version) {
 		return nil
 	}
 	if failed.Attempt < w.cfg.MaxAttempts {
-		next, err := w.startRun(ctx, failed.KeyID, failed.Peer, failed.Attempt+1)
+		next, err := w.startRun(ctx, failed.KeyID, failed.Peer, failed.Version, failed.Attempt+1)
 		if err != nil {
+			var ae *apiError
+			if errors.As(err, &ae) {
+				// The key or replica changed so that no run can start
+				// (being deleted, primary handed over): nothing to retry.
+				w.log.Info("replication not retried", "key_id", failed.KeyID, "dst", failed.Peer, "reason", ae.Detail)
+				return nil
+			}
 			return fmt.Errorf("retry replication of %s to %s: %w", failed.KeyID, failed.Peer, err)
 		}
 		w.met.retried.Inc()
@@ -184,18 +225,19 @@ func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {
 		return nil
 	}
 	reason := fmt.Sprintf("gave up after %d attempts: %s", failed.Attempt, failed.Reason)
-	_, err = updateJSON(ctx, w.res.Keys, failed.KeyID, func(k *api.Key) error {
-		r, ok := findReplica(k, failed.Peer)
-		if ok && (r.ReplicationID != failed.ID || r.State == api.ReplicaEnabled) {
+	_, err = w.updateKey(ctx, failed.KeyID, func(k *keyRecord) error {
+		r, ok := findReplica(&k.Key, failed.Peer)
+		if !ok || r.ReplicationID != failed.ID || holds(&k.Key, failed.Peer, failed.Version) {
 			return errNoChange // a newer run or a late receipt decided
 		}
-		setReplica(k, api.Replica{Region: failed.Peer, State: api.ReplicaFailed, ReplicationID: failed.ID, Reason: reason, UpdatedAt: w.cfg.Now()})
+		r.State, r.Reason, r.UpdatedAt = api.ReplicaFailed, reason, w.cfg.Now()
+		setReplica(&k.Key, r)
 		k.UpdatedAt = w.cfg.Now()
 		return nil
 	})
 	if err == nil {
 		w.met.gaveUp.Inc()
-		w.log.Warn("replica failed", "key_id", failed.KeyID, "dst", failed.Peer, "reason", reason)
+		w.log.Warn("replica failed", "key_id", failed.KeyID, "dst", failed.Peer, "version", failed.Version, "reason", reason)
 	}
 	return err
 }

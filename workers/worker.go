@@ -1,12 +1,17 @@
 package workers
 
 import (
+	"bytes"
+	"cmp"
 	"context"
 	"crypto"
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
+	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
@@ -20,10 +25,14 @@ import (
 
 // Config configures a Worker. Region, Bundle, HSM and Conn are required.
 type Config struct {
-	Region string           // this worker's region; must be in Bundle
-	Bundle *messages.Bundle // the partition's trust bundle
-	HSM    hsmsvc.HSM       // the region's HSM; its RSK must be in Bundle for Region
-	Conn   *nats.Conn       // connection to the region's own NATS cluster
+	Region string // this worker's region; must be in Bundle
+	// Bundle is the partition's trust bundle at start; SetBundle replaces
+	// it while the worker runs (the worker reads it through bundle()).
+	Bundle *messages.Bundle
+	// HSM is the region's HSM; at least one of its RSKs (hsmsvc.RSKRotator,
+	// else its Signer) must be in Bundle for Region.
+	HSM  hsmsvc.HSM
+	Conn *nats.Conn // connection to the region's own NATS cluster
 
 	Logger     *slog.Logger          // nil discards logs
 	Registerer prometheus.Registerer // nil registers no metrics
@@ -53,6 +62,10 @@ type Config struct {
 	// Concurrency is how many messages the worker handles at once per
 	// consumer. Default 16.
 	Concurrency int
+	// DeletionWaitingPeriod is how long a key stays PENDING_DELETION when
+	// a schedule-key-deletion request names no pending window. Default 7
+	// days.
+	DeletionWaitingPeriod time.Duration
 	// Now returns the current time (tests). Default time.Now.
 	Now func() time.Time
 }
@@ -64,8 +77,11 @@ type Worker struct {
 	js      jetstream.JetStream
 	res     *layout.Region
 	met     *metrics
-	kid     []byte // this region's RSK kid
 	backend string
+
+	trust   atomic.Pointer[trustState] // the bundle in force and the RSKs it lets the worker sign with
+	setMu   sync.Mutex                 // one SetBundle at a time
+	signing atomic.Pointer[string]     // hex kid rsk() last returned, to log a change of RSK
 
 	mu        sync.Mutex
 	consumes  []jetstream.ConsumeContext
@@ -96,14 +112,6 @@ func New(cfg Config) (*Worker, error) {
 	case !cfg.Bundle.HasRegion(cfg.Region):
 		return nil, fmt.Errorf("worker: region %q is not in partition %q", cfg.Region, cfg.Bundle.Partition())
 	}
-	kid, err := messages.KID(cfg.HSM.Signer().Public())
-	if err != nil {
-		return nil, fmt.Errorf("worker: rsk: %w", err)
-	}
-	bk, ok := cfg.Bundle.Key(kid)
-	if !ok || bk.Region != cfg.Region {
-		return nil, fmt.Errorf("worker: the hsm's rsk (kid %x) is not in the trust bundle for region %s", kid, cfg.Region)
-	}
 	if cfg.Logger == nil {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
@@ -128,6 +136,9 @@ func New(cfg Config) (*Worker, error) {
 	if cfg.Now == nil {
 		cfg.Now = time.Now
 	}
+	if cfg.DeletionWaitingPeriod <= 0 {
+		cfg.DeletionWaitingPeriod = 7 * 24 * time.Hour
+	}
 	js, err := jetstream.New(cfg.Conn)
 	if err != nil {
 		return nil, fmt.Errorf("worker: jetstream: %w", err)
@@ -139,22 +150,29 @@ func New(cfg Config) (*Worker, error) {
 	if err := registerHostKDF(cfg.Registerer, cfg.Region, cfg.HSM); err != nil {
 		return nil, fmt.Errorf("worker: %w", err)
 	}
-	return &Worker{
+	w := &Worker{
 		cfg:     cfg,
 		log:     cfg.Logger.With("component", "worker", "region", cfg.Region),
 		js:      js,
 		met:     met,
-		kid:     kid,
 		backend: cfg.HSM.Backend(),
 		sem:     make(chan struct{}, 2*cfg.Concurrency),
 		apiSem:  make(chan struct{}, 2*cfg.Concurrency),
-	}, nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), hsmListTimeout)
+	defer cancel()
+	st, err := w.newTrust(ctx, cfg.Bundle)
+	if err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
+	w.trust.Store(st)
+	return w, nil
 }
 
 // Start creates the region's streams and buckets (idempotently), starts
 // consuming requests and inbox messages, and registers the API service.
 func (w *Worker) Start(ctx context.Context) error {
-	res, err := layout.EnsureRegion(ctx, w.js, w.cfg.Region, w.cfg.Bundle.Regions(), w.cfg.Layout)
+	res, err := layout.EnsureRegion(ctx, w.js, w.cfg.Region, w.bundle().Regions(), w.cfg.Layout)
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
 	}
@@ -202,7 +220,8 @@ func (w *Worker) Start(ctx context.Context) error {
 		w.sweepLoop(sctx)
 	}()
 	w.startObservers() // metrics hook (observe.go)
-	w.log.Info("worker started", "hsm", w.backend, "kid", fmt.Sprintf("%x", w.kid[:8]), "partition", w.cfg.Bundle.Partition())
+	_, kid := w.rsk()
+	w.log.Info("worker started", "hsm", w.backend, "kid", fmt.Sprintf("%x", kid[:8]), "partition", w.bundle().Partition())
 	return nil
 }
 
@@ -248,10 +267,25 @@ func (w *Worker) stopLocked() {
 // rsk returns the signer this worker signs with now and its kid. Every
 // message is sealed with the pair returned by one call, so the kid recorded
 // for a run is the one that signed its message.
-func (w *Worker) rsk() (crypto.Signer, []byte) { return w.cfg.HSM.Signer(), w.kid }
+//
+// It is the newest RSK (latest not_before) that the HSM holds and the
+// bundle in force lists for this region as valid now; when none is valid
+// now (a gap in the windows, or the bundle's keys all expired), the HSM's
+// default RSK if the bundle lists it, else the newest listed one, so that
+// receivers refuse its messages with kid_not_valid rather than the worker
+// going silent. A change of RSK is logged once.
+func (w *Worker) rsk() (crypto.Signer, []byte) {
+	r := w.trust.Load().pick(w.cfg.Now())
+	if last := w.signing.Load(); last == nil || *last != r.hexKID {
+		if w.signing.CompareAndSwap(last, &r.hexKID) {
+			w.log.Info("signing with rsk", "kid", r.hexKID, "not_before", r.key.NotBefore, "not_after", r.key.NotAfter)
+		}
+	}
+	return r.signer, r.kid
+}
 
 // bundle returns the trust bundle in force.
-func (w *Worker) bundle() *messages.Bundle { return w.cfg.Bundle }
+func (w *Worker) bundle() *messages.Bundle { return w.trust.Load().bundle }
 
 // Region returns the worker's region.
 func (w *Worker) Region() string { return w.cfg.Region }
@@ -265,4 +299,163 @@ func (w *Worker) hsmOp(op string, fn func() error) error {
 		w.met.hsmErrors.WithLabelValues(op, w.backend).Inc()
 	}
 	return err
+}
+
+// hsmListTimeout bounds the HSM call that lists its RSKs (New, SetBundle).
+const hsmListTimeout = 30 * time.Second
+
+// trustState is one trust bundle with what the worker needs of it, made
+// once per bundle and never changed: rsk() and bundle() read it through an
+// atomic pointer, so a SetBundle never waits for messages in flight, and a
+// message in flight keeps the bundle it started with.
+type trustState struct {
+	bundle *messages.Bundle
+	rsks   []heldRSK // the HSM's RSKs the bundle lists for the region: newest not_before first
+	def    heldRSK   // rsk()'s fallback when none of rsks is valid now
+}
+
+// heldRSK is an RSK of the worker's HSM with its bundle entry.
+type heldRSK struct {
+	signer crypto.Signer
+	kid    []byte
+	hexKID string
+	key    messages.BundleKey
+}
+
+// pick returns the newest of the RSKs valid at now, or the fallback. now
+// is taken to the millisecond first, as sent_at is: an RSK picked at now is
+// valid at the sent_at of a message sealed from then on.
+func (s *trustState) pick(now time.Time) heldRSK {
+	now = now.Truncate(time.Millisecond)
+	for _, r := range s.rsks {
+		if !now.Before(r.key.NotBefore) && !now.After(r.key.NotAfter) {
+			return r
+		}
+	}
+	return s.def
+}
+
+// hsmRSKs returns the RSKs the HSM holds, its default one first.
+func (w *Worker) hsmRSKs(ctx context.Context) ([]crypto.Signer, error) {
+	if rot, ok := w.cfg.HSM.(hsmsvc.RSKRotator); ok {
+		return rot.RSKs(ctx)
+	}
+	return []crypto.Signer{w.cfg.HSM.Signer()}, nil
+}
+
+// newTrust prepares b for the worker: it lists the HSM's RSKs again (a new
+// one may have been made since the last bundle) and keeps those b lists for
+// the worker's region. It fails if there is none.
+func (w *Worker) newTrust(ctx context.Context, b *messages.Bundle) (*trustState, error) {
+	signers, err := w.hsmRSKs(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("list the hsm's rsks: %w", err)
+	}
+	st := &trustState{bundle: b}
+	var held []string
+	hasDef := false
+	for i, s := range signers {
+		kid, err := messages.KID(s.Public())
+		if err != nil {
+			return nil, fmt.Errorf("rsk %d of the hsm: %w", i, err)
+		}
+		held = append(held, fmt.Sprintf("%x", kid[:8]))
+		k, ok := b.Key(kid)
+		if !ok || k.Region != w.cfg.Region {
+			continue
+		}
+		r := heldRSK{signer: s, kid: kid, hexKID: fmt.Sprintf("%x", kid), key: k}
+		st.rsks = append(st.rsks, r)
+		if i == 0 {
+			st.def, hasDef = r, true
+		}
+	}
+	if len(st.rsks) == 0 {
+		return nil, fmt.Errorf("none of the hsm's rsks (kid %s) is in the trust bundle for region %s", strings.Join(held, ", "), w.cfg.Region)
+	}
+	slices.SortFunc(st.rsks, func(x, y heldRSK) int {
+		return cmp.Or(y.key.NotBefore.Compare(x.key.NotBefore), y.key.NotAfter.Compare(x.key.NotAfter), bytes.Compare(x.kid, y.kid))
+	})
+	if !hasDef {
+		st.def = st.rsks[0]
+	}
+	return st, nil
+}
+
+// SetBundle puts b in force without a restart: from its return, messages
+// are verified against b and sealed with the RSK rsk() picks from b. It
+// refuses, keeping the bundle in force, a bundle of another partition, one
+// without the worker's region, and one that lists none of the HSM's RSKs
+// for the region (the HSM is asked again, so an RSK made since the last
+// bundle counts). Regions added or dropped besides the worker's own are
+// logged: the region's streams follow them at the next start.
+//
+// Every call is counted in mrkrepl_worker_bundle_reloads_total and logged.
+// SetBundle is safe to call at any time, concurrently with everything.
+func (w *Worker) SetBundle(b *messages.Bundle) error {
+	w.setMu.Lock()
+	defer w.setMu.Unlock()
+	err := w.setBundle(b)
+	if err != nil {
+		w.met.bundleReloads.WithLabelValues("error").Inc()
+		w.log.Error("trust bundle refused; the previous one stays in force", "err", err)
+		return err
+	}
+	w.met.bundleReloads.WithLabelValues("ok").Inc()
+	return nil
+}
+
+// BundleReloadFailed counts and logs a reload of the trust bundle that
+// failed before SetBundle could judge it (the file could not be read or
+// parsed): the bundle in force stays.
+func (w *Worker) BundleReloadFailed(err error) {
+	w.met.bundleReloads.WithLabelValues("error").Inc()
+	w.log.Error("trust bundle not reloaded; the previous one stays in force", "err", err)
+}
+
+func (w *Worker) setBundle(b *messages.Bundle) error {
+	old := w.trust.Load().bundle
+	switch {
+	case b == nil:
+		return errors.New("worker: set bundle: no bundle")
+	case b.Partition() != old.Partition():
+		return fmt.Errorf("worker: set bundle: it is for partition %q, the worker's is %q", b.Partition(), old.Partition())
+	case !b.HasRegion(w.cfg.Region):
+		return fmt.Errorf("worker: set bundle: it drops the worker's region %s", w.cfg.Region)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), hsmListTimeout)
+	defer cancel()
+	st, err := w.newTrust(ctx, b)
+	if err != nil {
+		return fmt.Errorf("worker: set bundle: %w", err)
+	}
+	w.trust.Store(st)
+	w.met.bundle.Set(b)
+	if added, dropped := regionDiff(old.Regions(), b.Regions()); len(added)+len(dropped) > 0 {
+		w.log.Warn("trust bundle changes the partition's regions; the region's outbox follows at the next start",
+			"added", added, "dropped", dropped)
+	}
+	var kids []string
+	for _, r := range st.rsks {
+		kids = append(kids, r.hexKID[:16])
+	}
+	_, signing := w.rsk()
+	w.log.Info("trust bundle in force", "partition", b.Partition(), "regions", b.Regions(), "keys", len(b.Keys()),
+		"own_rsks", kids, "signing_kid", fmt.Sprintf("%x", signing[:8]))
+	return nil
+}
+
+// regionDiff returns the regions of b not in a, and those of a not in b.
+func regionDiff(a, b []string) (added, dropped []string) {
+	for _, r := range b {
+		if !slices.Contains(a, r) {
+			added = append(added, r)
+		}
+	}
+	for _, r := range a {
+		if !slices.Contains(b, r) {
+			dropped = append(dropped, r)
+		}
+	}
+	return added, dropped
 }

@@ -2,14 +2,18 @@ package main
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
 	"strings"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
@@ -194,6 +198,7 @@ func transient(err error, connected func() bool) bool {
 
 func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := config.DefaultWorker()
+	reloadEvery := defaultBundleReloadInterval
 	path, err := daemonFlags("worker", "[--config FILE] --region NAME --bundle FILE --hsm URI [flags]", args, stderr,
 		func(path string) error { return config.Load(path, &cfg) },
 		func(fs *flag.FlagSet) {
@@ -207,6 +212,7 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fs.DurationVar(&cfg.ClockSkew, "clock-skew", cfg.ClockSkew, "allowance for clocks between regions (0: the protocol's default)")
 			fs.DurationVar(&cfg.RunTimeout, "run-timeout", cfg.RunTimeout, "a source run not completed by then fails and is retried with a fresh run (0: default)")
 			fs.IntVar(&cfg.MaxAttempts, "max-attempts", cfg.MaxAttempts, "runs tried for one replica before it is marked FAILED (0: default)")
+			addBundleReloadFlag(fs, &reloadEvery)
 			addCommonFlags(fs, &cfg.JetStream.Replicas, &cfg.Concurrency, &cfg.Metrics, &cfg.Log)
 		})
 	if err != nil {
@@ -215,12 +221,15 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err := cfg.Validate(); err != nil {
 		return invalid(stderr, "worker", err)
 	}
+	if reloadEvery < 0 {
+		return invalid(stderr, "worker", fmt.Errorf("--bundle-reload-interval: %v is negative", reloadEvery))
+	}
 	logger, err := obs.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return err
 	}
 	logger.Info("configuration", "file", path, "worker", cfg)
-	bundle, err := messages.LoadBundle(cfg.Bundle)
+	bundleData, bundle, err := loadBundleFile(cfg.Bundle)
 	if err != nil {
 		return err
 	}
@@ -256,6 +265,7 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	defer watchBundle(cfg.Bundle, reloadEvery, bundleData, w, logger)()
 	if err := startWithRetry(ctx, "worker", logger, nc.IsConnected, w.Start); err != nil {
 		if ctx.Err() != nil {
 			return nil // interrupted while waiting: a clean stop
@@ -306,6 +316,7 @@ func (r *regionURLs) Set(v string) error {
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := config.DefaultProxy()
+	reloadEvery := defaultBundleReloadInterval
 	path, err := daemonFlags("proxy", "[--config FILE] --bundle FILE --region NAME=URL ... [flags]", args, stderr,
 		func(path string) error { return config.Load(path, &cfg) },
 		func(fs *flag.FlagSet) {
@@ -322,6 +333,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fs.DurationVar(&cfg.Heartbeat.Interval, "heartbeat-interval", cfg.Heartbeat.Interval, "time between heartbeat probes of every region pair")
 			fs.DurationVar(&cfg.Heartbeat.Timeout, "heartbeat-timeout", cfg.Heartbeat.Timeout, "bound on one heartbeat probe")
 			fs.BoolVar(&cfg.Heartbeat.Disabled, "heartbeat-disabled", cfg.Heartbeat.Disabled, "send no heartbeat probes")
+			addBundleReloadFlag(fs, &reloadEvery)
 			addCommonFlags(fs, &cfg.JetStream.Replicas, &cfg.Concurrency, &cfg.Metrics, &cfg.Log)
 		}, "region")
 	if err != nil {
@@ -330,12 +342,15 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err := cfg.Validate(); err != nil {
 		return invalid(stderr, "proxy", err)
 	}
+	if reloadEvery < 0 {
+		return invalid(stderr, "proxy", fmt.Errorf("--bundle-reload-interval: %v is negative", reloadEvery))
+	}
 	logger, err := obs.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
 		return err
 	}
 	logger.Info("configuration", "file", path, "proxy", cfg)
-	bundle, err := messages.LoadBundle(cfg.Bundle)
+	bundleData, bundle, err := loadBundleFile(cfg.Bundle)
 	if err != nil {
 		return err
 	}
@@ -372,6 +387,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
+	defer watchBundle(cfg.Bundle, reloadEvery, bundleData, p, logger)()
 	allConnected := func() bool {
 		for _, nc := range conns {
 			if !nc.IsConnected() {
@@ -392,6 +408,123 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	<-ctx.Done()
 	logger.Info("proxy stopping")
 	return nil
+}
+
+// defaultBundleReloadInterval is how often a daemon looks at its bundle file.
+const defaultBundleReloadInterval = 10 * time.Second
+
+// addBundleReloadFlag binds --bundle-reload-interval.
+func addBundleReloadFlag(fs *flag.FlagSet, d *time.Duration) {
+	fs.DurationVar(d, "bundle-reload-interval", *d, "read the trust bundle file this often and put it in force when its content changed; 0: only on SIGHUP")
+}
+
+// loadBundleFile reads and parses a bundle file; the bytes are returned
+// for the reloader to compare.
+func loadBundleFile(path string) ([]byte, *messages.Bundle, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		return nil, nil, fmt.Errorf("load bundle: %w", err)
+	}
+	defer f.Close()
+	data, err := io.ReadAll(io.LimitReader(f, messages.MaxBundleSize+1))
+	if err != nil {
+		return nil, nil, fmt.Errorf("load bundle %s: %w", path, err)
+	}
+	b, err := messages.ParseBundle(data)
+	if err != nil {
+		return data, nil, fmt.Errorf("load bundle %s: %w", path, err)
+	}
+	return data, b, nil
+}
+
+// bundleComponent is what a worker and a proxy offer the reloader.
+type bundleComponent interface {
+	SetBundle(*messages.Bundle) error
+	BundleReloadFailed(error)
+}
+
+// bundleReloader keeps a daemon's trust bundle in step with its file,
+// without a restart: it reads the file on SIGHUP, and every interval, and
+// gives it to the component when its content (SHA-256 of the bytes, not the
+// modification time) differs from the last one tried. SIGHUP always gives
+// it again, so it also makes a worker look for new RSKs in its HSM. The
+// component judges the bundle, counts the reload and logs it; a file that
+// cannot be read or parsed is reported to it (BundleReloadFailed), once per
+// distinct content or error. Either way the bundle in force stays until a
+// good one comes.
+type bundleReloader struct {
+	path     string
+	interval time.Duration
+	log      *slog.Logger
+	c        bundleComponent
+	last     [sha256.Size]byte // of the content (or the read error) last tried
+}
+
+func newBundleReloader(path string, interval time.Duration, initial []byte, c bundleComponent, log *slog.Logger) *bundleReloader {
+	return &bundleReloader{path: path, interval: interval, log: log.With("bundle_file", path), c: c, last: sha256.Sum256(initial)}
+}
+
+// run reloads until ctx ends.
+func (r *bundleReloader) run(ctx context.Context, hup <-chan os.Signal) {
+	var tick <-chan time.Time
+	if r.interval > 0 {
+		t := time.NewTicker(r.interval)
+		defer t.Stop()
+		tick = t.C
+	}
+	r.log.Info("watching the trust bundle file", "interval", r.interval.String(), "sighup", true)
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-hup:
+			r.reload("sighup")
+		case <-tick:
+			r.reload("")
+		}
+	}
+}
+
+// reload reads the file and, if forced by trigger or changed, gives it to
+// the component.
+func (r *bundleReloader) reload(trigger string) {
+	data, b, err := loadBundleFile(r.path)
+	sum := sha256.Sum256(data)
+	if data == nil {
+		sum = sha256.Sum256([]byte("error: " + err.Error()))
+	}
+	if trigger == "" {
+		if sum == r.last {
+			return
+		}
+		trigger = "changed"
+	}
+	r.last = sum
+	r.log.Info("reloading the trust bundle", "trigger", trigger, "sha256", hex.EncodeToString(sum[:8]))
+	if err != nil {
+		r.c.BundleReloadFailed(err)
+		return
+	}
+	_ = r.c.SetBundle(b) // judged, counted and logged by the component
+}
+
+// watchBundle starts the reloader of path for c; the returned func stops
+// it and waits for it.
+func watchBundle(path string, interval time.Duration, initial []byte, c bundleComponent, log *slog.Logger) (stop func()) {
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	r := newBundleReloader(path, interval, initial, c, log)
+	go func() {
+		defer close(done)
+		r.run(ctx, hup)
+	}()
+	return func() {
+		signal.Stop(hup)
+		cancel()
+		<-done
+	}
 }
 
 // required checks that each flag named in pairs ("name", value, …) is set.

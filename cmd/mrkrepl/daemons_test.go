@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -10,8 +11,10 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -19,6 +22,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/internal/softhsm"
+	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
@@ -404,5 +408,254 @@ log: {level: debug, format: json}
 	}
 	if !strings.Contains(metrics, `backend="pkcs11",op="self_test"`) {
 		t.Errorf("no HSM self-test in the metrics after /readyz")
+	}
+}
+
+// scrape reads a daemon's /metrics into series (name{labels}) → value.
+func scrape(t *testing.T, base string) map[string]float64 {
+	t.Helper()
+	code, body := httpGet(t, base+"/metrics")
+	if code != 200 {
+		t.Fatalf("%s/metrics: %d", base, code)
+	}
+	out := map[string]float64{}
+	for line := range strings.SplitSeq(body, "\n") {
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if v, err := strconv.ParseFloat(line[i+1:], 64); err == nil {
+			out[line[:i]] = v
+		}
+	}
+	return out
+}
+
+// waitSeries polls base/metrics until series has the value want.
+func waitSeries(t *testing.T, base, series string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		got, ok := scrape(t, base)[series]
+		if ok && got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %s = %v (present %v), want %v", base, series, got, ok, want)
+		}
+		time.Sleep(20 * time.Millisecond) // poll interval
+	}
+}
+
+// replicate creates a key in src (polling until its worker serves) and
+// replicates it to dst; the run must complete.
+func (c *cluster) replicate(src, dst string) {
+	c.t.Helper()
+	cl := c.client(src)
+	var key *api.Key
+	for key == nil {
+		k, err := cl.CreateKey(c.ctx, api.CreateKeyRequest{})
+		if err == nil {
+			key = k
+			break
+		}
+		select {
+		case <-c.ctx.Done():
+			c.t.Fatalf("%s never served create-key: %v", src, err)
+		case <-time.After(20 * time.Millisecond):
+		}
+	}
+	rep, err := cl.ReplicateKey(c.ctx, key.KeyID, dst)
+	if err != nil {
+		c.t.Fatal(err)
+	}
+	if rep, err = cl.WaitReplication(c.ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
+		c.t.Fatalf("replicate %s → %s: %v %+v", src, dst, err, rep)
+	}
+}
+
+// reloadSeries names each daemon's bundle reload counter, by metrics URL.
+type reloadSeries map[string]string
+
+// want waits until every daemon has counted ok good and errs failed reloads.
+func (s reloadSeries) want(t *testing.T, ok, errs float64) {
+	t.Helper()
+	for base, series := range s {
+		waitSeries(t, base, fmt.Sprintf(series, "ok"), ok)
+		waitSeries(t, base, fmt.Sprintf(series, "error"), errs)
+	}
+}
+
+// startReloading starts a worker per region (hsm(region) gives its --hsm
+// flags) and a proxy, all reloading bundle every 50 ms, and waits until
+// they are ready. It returns their logs and reload counters.
+func (c *cluster) startReloading(bundle string, hsm func(region string) []string) (map[string]*syncBuffer, reloadSeries) {
+	c.t.Helper()
+	c.t.Setenv("MRKREPL_LOG_FORMAT", "json")
+	// By variable for the workers, by flag for the proxy.
+	c.t.Setenv("MRKREPL_BUNDLE_RELOAD_INTERVAL", "50ms")
+	logs := map[string]*syncBuffer{}
+	series := reloadSeries{}
+	proxyArgs := []string{"proxy", "--bundle", bundle, "--bundle-reload-interval", "50ms", "--heartbeat-disabled",
+		"--nats-user", "proxy", "--nats-password-file", c.pwFiles[natsauth.RoleProxy], "--metrics-addr", "127.0.0.1:0"}
+	for _, r := range c.regions {
+		logs[r] = c.daemon(append([]string{"worker", "--region", r, "--nats-url", c.urls[r], "--bundle", bundle,
+			"--nats-user", "worker", "--nats-password-file", c.pwFiles[natsauth.RoleWorker], "--metrics-addr", "127.0.0.1:0"}, hsm(r)...)...)
+		proxyArgs = append(proxyArgs, "--region", r+"="+c.urls[r])
+	}
+	logs["proxy"] = c.daemon(proxyArgs...)
+	for name, log := range logs {
+		base := endpoint(c.t, log)
+		waitReady(c.t, base)
+		if name == "proxy" {
+			series[base] = `mrkrepl_proxy_bundle_reloads_total{result="%s"}`
+		} else {
+			series[base] = `mrkrepl_worker_bundle_reloads_total{region="` + name + `",result="%s"}`
+		}
+	}
+	return logs, series
+}
+
+// writeFile replaces path with data atomically, as an operator should (a
+// daemon polling the file must not see it half-written).
+func writeFile(t *testing.T, path string, data []byte) {
+	t.Helper()
+	tmp := path + ".tmp"
+	if err := os.WriteFile(tmp, data, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// TestBundleReload: the daemons put a changed bundle file in force without
+// a restart, on their own (content compared, not the modification time)
+// and on SIGHUP; a file they cannot read or a bundle they refuse is counted
+// as an error and leaves the bundle in force, with which they keep working.
+func TestBundleReload(t *testing.T) {
+	c := newCluster(t, "us-east-1", "eu-west-1")
+	hsm := func(r string) []string { return []string{"--hsm", "soft:" + filepath.Join(c.dir, r, "hsm")} }
+	bundle := c.bundle(hsm)
+	good, err := os.ReadFile(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	logs, reloads := c.startReloading(bundle, hsm)
+	reloads.want(t, 0, 0)
+
+	// A file that does not parse: an error, once, and the bundle in force
+	// stays.
+	writeFile(t, bundle, []byte("{not json"))
+	reloads.want(t, 0, 1)
+	c.replicate("us-east-1", "eu-west-1")
+	// Good again: a reload. The same bytes written again: none. A changed
+	// bundle (eu-west-1 gets a second key): a reload.
+	writeFile(t, bundle, good)
+	reloads.want(t, 1, 1)
+	writeFile(t, bundle, good)
+	spare := filepath.Join(c.dir, "spare.json")
+	writeFile(t, spare, c.mustRun("rsk", "--hsm", "soft:"+filepath.Join(c.dir, "spare"), "--region", "eu-west-1", "--partition", "cmdtest"))
+	c.mustRun("bundle", "add", "-w", bundle, spare)
+	reloads.want(t, 2, 1)
+
+	// SIGHUP: every daemon reads the file again, changed or not.
+	proc, err := os.FindProcess(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := proc.Signal(syscall.SIGHUP); err != nil {
+		t.Skipf("cannot send SIGHUP here: %v", err)
+	}
+	reloads.want(t, 3, 1)
+
+	// A valid bundle of another partition: refused by each, counted.
+	writeFile(t, bundle, bytes.Replace(good, []byte(`"partition": "cmdtest"`), []byte(`"partition": "other"`), 1))
+	reloads.want(t, 3, 2)
+	c.replicate("eu-west-1", "us-east-1")
+	c.shutdown()
+
+	for name, log := range logs {
+		out := log.String()
+		for _, want := range []string{`"msg":"watching the trust bundle file"`, `"trigger":"sighup"`, `"trigger":"changed"`,
+			`"msg":"trust bundle not reloaded; the previous one stays in force"`, `"msg":"trust bundle refused; the previous one stays in force"`,
+			`"msg":"trust bundle in force"`, `for partition \"other\"`} {
+			if !strings.Contains(out, want) {
+				t.Errorf("%s log lacks %s", name, want)
+			}
+		}
+	}
+}
+
+// TestRSKRotationCommands rotates us-east-1's RSK, held in a SoftHSM2
+// token, while its worker runs, with the commands docs/OPERATIONS.md lists:
+// rsk create, bundle add, bundle retire, bundle remove; the daemons reload
+// the bundle file after each step and replication keeps working.
+func TestRSKRotationCommands(t *testing.T) {
+	uri := softhsm.NewToken(t, "cmdrotation")
+	u, err := url.Parse(uri)
+	if err != nil {
+		t.Fatal(err)
+	}
+	q := u.Query()
+	q.Set("allow-host-kdf", "true")
+	u.RawQuery = q.Encode()
+	tokenURI := u.String()
+	c := newCluster(t, "us-east-1", "eu-west-1")
+	c.mustRun("hsm", "init", "--hsm", tokenURI)
+	hsm := func(r string) []string {
+		if r == "us-east-1" {
+			return []string{"--hsm", tokenURI}
+		}
+		return []string{"--hsm", "soft:" + filepath.Join(c.dir, r, "hsm")}
+	}
+	bundle := c.bundle(hsm)
+	frag, err := messages.LoadBundle(filepath.Join(c.dir, "us-east-1.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	oldKID := hex.EncodeToString(frag.Keys()[0].KID)
+	logs, reloads := c.startReloading(bundle, hsm)
+	usBase := ""
+	for base, s := range reloads {
+		if strings.Contains(s, "us-east-1") {
+			usBase = base
+		}
+	}
+	c.replicate("us-east-1", "eu-west-1")
+
+	// 1. A new RSK in the token, beside the one the worker uses; added to
+	// the bundle, valid from now (no one else to wait for here).
+	newFrag := filepath.Join(c.dir, "new.json")
+	writeFile(t, newFrag, c.mustRun("rsk", "create", "--hsm", tokenURI, "--region", "us-east-1", "--partition", "cmdtest",
+		"--not-before", "now", "--valid-for", "9000h"))
+	nb, err := messages.LoadBundle(newFrag)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newKey := nb.Keys()[0]
+	c.mustRun("bundle", "add", "-w", bundle, newFrag)
+	reloads.want(t, 1, 0)
+	// The worker signs with it: its RSK expiry is the new key's.
+	waitSeries(t, usBase, `mrkrepl_worker_rsk_expiry_timestamp_seconds{region="us-east-1"}`, float64(newKey.NotAfter.Unix()))
+	c.replicate("us-east-1", "eu-west-1")
+	c.replicate("eu-west-1", "us-east-1")
+
+	// 2. Retire the old RSK, then remove it.
+	c.mustRun("bundle", "retire", "-w", "--kid", oldKID[:16], bundle)
+	reloads.want(t, 2, 0)
+	c.replicate("us-east-1", "eu-west-1")
+	c.mustRun("bundle", "remove", "-w", "--kid", oldKID, bundle)
+	reloads.want(t, 3, 0)
+	c.replicate("us-east-1", "eu-west-1")
+	c.shutdown()
+
+	us := logs["us-east-1"].String()
+	signs := false
+	for line := range strings.SplitSeq(us, "\n") {
+		signs = signs || strings.Contains(line, `"msg":"signing with rsk"`) && strings.Contains(line, `"kid":"`+hex.EncodeToString(newKey.KID)+`"`)
+	}
+	if !signs {
+		t.Errorf("the worker never logged that it signs with the new rsk:\n%.3000s", us)
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
@@ -22,7 +23,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	serve := fs.Bool("serve", false, "after the demo, keep the partition running and print how to reach it, until interrupted")
 	hsmMode := fs.String("hsm", "soft", "HSM backend per region: soft, softhsm (a throwaway SoftHSM2 token per region) or mixed (regions alternate)")
 	delay := fs.Duration("delay", 0, "injected one-way delay between regions (WAN emulation), e.g. 50ms")
-	timeout := fs.Duration("timeout", time.Minute, "give up if the demo's replications take longer than this")
+	timeout := fs.Duration("timeout", time.Minute, "give up if the demo's steps (replications, rotation, change of primary) take longer than this")
 	newLogger := logFlags(fs, "warn")
 	if err := parseFlags(fs, args, false); err != nil {
 		return err
@@ -95,6 +96,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "  nats --server %s pub %s '{\"key_id\":\"<key id>\",\"replica_region\":\"%s\"}'\n", us.URL, layout.RequestSubject(us.Name, api.OpReplicateKey), regions[1].Name)
 	fmt.Fprintf(stdout, "  mrkrepl key create --server %s --region %s\n", us.URL, us.Name)
 	fmt.Fprintf(stdout, "  mrkrepl key replicate <key id> --to %s --wait --server %s --region %s\n", regions[1].Name, us.URL, us.Name)
+	fmt.Fprintf(stdout, "  mrkrepl key rotate <key id> --wait --server %s --region %s\n", us.URL, us.Name)
+	fmt.Fprintf(stdout, "  mrkrepl key update-primary <key id> %s --wait --server %s --region %s\n", regions[1].Name, us.URL, us.Name)
+	fmt.Fprintf(stdout, "  mrkrepl key describe <key id> --server %s --region %s\n", regions[1].URL, regions[1].Name)
 	fmt.Fprintf(stdout, "  mrkrepl events --follow --server %s --region %s\n", us.URL, us.Name)
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
@@ -123,7 +127,10 @@ func demoReady(p *mrkrepltest.Partition) obs.ReadyFunc {
 }
 
 // demoScenario creates a key in the first region, replicates it to the
-// others and checks that ciphertext made anywhere decrypts everywhere.
+// others and checks that ciphertext made anywhere decrypts everywhere; then
+// it rotates the key, encrypts with the new version everywhere, hands the
+// key over to the second region, and checks that every ciphertext made
+// before and after decrypts in every region.
 func demoScenario(ctx context.Context, out io.Writer, regions []*mrkrepltest.Region) error {
 	primary := regions[0]
 	key, err := primary.Client.CreateKey(ctx, api.CreateKeyRequest{Description: "demo key"})
@@ -146,27 +153,136 @@ func demoScenario(ctx context.Context, out io.Writer, regions []*mrkrepltest.Reg
 		}
 		fmt.Fprintf(out, "replicated to %-15s in %6s (replication %s, key confirmation matched)\n", r.Name, time.Since(start).Round(time.Millisecond), rep.ReplicationID[:12])
 	}
+	var cts []demoCiphertext
 	for _, from := range regions {
-		pt := fmt.Sprintf("hello from %s", from.Name)
-		aad := []byte("demo=" + from.Name)
-		ct, err := from.Client.Encrypt(ctx, key.KeyID, []byte(pt), aad)
+		ct, err := demoEncrypt(ctx, key.KeyID, from, 1)
 		if err != nil {
-			return fmt.Errorf("encrypt in %s: %w", from.Name, err)
+			return err
 		}
-		var ok []string
-		for _, to := range regions {
-			got, err := to.Client.Decrypt(ctx, ct.CiphertextBlob, aad)
-			if err != nil {
-				return fmt.Errorf("decrypt in %s of ciphertext made in %s: %w", to.Name, from.Name, err)
-			}
-			if string(got.Plaintext) != pt {
-				return fmt.Errorf("decrypt in %s of ciphertext made in %s: plaintext differs", to.Name, from.Name)
-			}
-			ok = append(ok, to.Name)
+		cts = append(cts, ct)
+		ok, err := demoDecrypt(ctx, ct, regions)
+		if err != nil {
+			return err
 		}
 		fmt.Fprintf(out, "encrypted in %-15s → decrypted in %s\n", from.Name, strings.Join(ok, ", "))
 	}
+
+	// Rotate: the new version is staged until every replica holds it, then
+	// current everywhere.
+	start := time.Now()
+	rotated, err := primary.Client.RotateKey(ctx, key.KeyID)
+	if err != nil {
+		return fmt.Errorf("rotate in %s: %w", primary.Name, err)
+	}
+	version := newestVersion(rotated)
+	if version != 2 {
+		return fmt.Errorf("rotate in %s: made version %d, want 2", primary.Name, version)
+	}
+	for _, r := range regions {
+		if _, err := r.Client.WaitKey(ctx, key.KeyID, client.VersionActive(version)); err != nil {
+			return fmt.Errorf("rotate: version %d not current in %s: %w", version, r.Name, err)
+		}
+	}
+	fmt.Fprintf(out, "rotated to version %d          in %6s (staged until every replica held it; now current in %s)\n", version, time.Since(start).Round(time.Millisecond), demoNames(regions))
+	for _, from := range regions {
+		ct, err := demoEncrypt(ctx, key.KeyID, from, version)
+		if err != nil {
+			return err
+		}
+		cts = append(cts, ct)
+	}
+	fmt.Fprintf(out, "encrypted with version %d in %s\n", version, demoNames(regions))
+
+	// Hand the key over to the second region.
+	next := regions[1]
+	start = time.Now()
+	if _, err := primary.Client.UpdatePrimaryRegion(ctx, key.KeyID, next.Name); err != nil {
+		return fmt.Errorf("update primary region to %s: %w", next.Name, err)
+	}
+	for _, r := range regions {
+		k, err := r.Client.WaitKey(ctx, key.KeyID, client.PrimaryIs(next.Name))
+		if err != nil {
+			return fmt.Errorf("update primary region to %s: not done in %s: %w", next.Name, r.Name, err)
+		}
+		if want := demoRole(r, next); k.Role != want {
+			return fmt.Errorf("update primary region to %s: the key is %s in %s, want %s", next.Name, k.Role, r.Name, want)
+		}
+	}
+	fmt.Fprintf(out, "primary moved to %-12s in %6s (signed hand-over; every region names it, none UPDATING)\n", next.Name, time.Since(start).Round(time.Millisecond))
+
+	// Every ciphertext, of either version and from any region, decrypts in
+	// every region.
+	for _, v := range []uint32{1, version} {
+		var from []string
+		for _, ct := range cts {
+			if ct.version != v {
+				continue
+			}
+			if _, err := demoDecrypt(ctx, ct, regions); err != nil {
+				return err
+			}
+			from = append(from, ct.region)
+		}
+		fmt.Fprintf(out, "version %d ciphertexts from %s → decrypted in %s\n", v, strings.Join(from, ", "), demoNames(regions))
+	}
 	return nil
+}
+
+// demoCiphertext is a ciphertext the demo made, with what it must decrypt to.
+type demoCiphertext struct {
+	region    string
+	version   uint32
+	plaintext string
+	aad       []byte
+	blob      []byte
+}
+
+// demoEncrypt encrypts in region from and checks the version used.
+func demoEncrypt(ctx context.Context, keyID string, from *mrkrepltest.Region, version uint32) (demoCiphertext, error) {
+	ct := demoCiphertext{region: from.Name, version: version,
+		plaintext: fmt.Sprintf("hello from %s, version %d", from.Name, version),
+		aad:       []byte(fmt.Sprintf("demo=%s/%d", from.Name, version))}
+	r, err := from.Client.Encrypt(ctx, keyID, []byte(ct.plaintext), ct.aad)
+	if err != nil {
+		return ct, fmt.Errorf("encrypt in %s: %w", from.Name, err)
+	}
+	if r.Version != version {
+		return ct, fmt.Errorf("encrypt in %s: used version %d, want %d", from.Name, r.Version, version)
+	}
+	ct.blob = r.CiphertextBlob
+	return ct, nil
+}
+
+// demoDecrypt decrypts ct in every region and returns their names.
+func demoDecrypt(ctx context.Context, ct demoCiphertext, regions []*mrkrepltest.Region) ([]string, error) {
+	var ok []string
+	for _, to := range regions {
+		got, err := to.Client.Decrypt(ctx, ct.blob, ct.aad)
+		if err != nil {
+			return nil, fmt.Errorf("decrypt in %s of the version %d ciphertext made in %s: %w", to.Name, ct.version, ct.region, err)
+		}
+		if string(got.Plaintext) != ct.plaintext || got.Version != ct.version {
+			return nil, fmt.Errorf("decrypt in %s of the version %d ciphertext made in %s: got version %d and another plaintext", to.Name, ct.version, ct.region, got.Version)
+		}
+		ok = append(ok, to.Name)
+	}
+	return ok, nil
+}
+
+// demoRole is the key's role in r once primary is its primary region.
+func demoRole(r, primary *mrkrepltest.Region) string {
+	if r == primary {
+		return api.RolePrimary
+	}
+	return api.RoleReplica
+}
+
+func demoNames(regions []*mrkrepltest.Region) string {
+	var names []string
+	for _, r := range regions {
+		names = append(names, r.Name)
+	}
+	return strings.Join(names, ", ")
 }
 
 // demoHSM returns the HSM URI for each region of the demo.

@@ -51,7 +51,7 @@ func TestDemoServeMetrics(t *testing.T) {
 		t.Errorf("lint: %v %v", err, problems)
 	}
 	for _, want := range []string{
-		`mrkrepl_worker_replications_total{instance="worker-us-east-1",region="us-east-1",result="completed",role="source"} 2`,
+		`mrkrepl_worker_replications_total{instance="worker-us-east-1",region="us-east-1",result="completed",role="source"} 4`, // v1 to two regions, then v2 (rotation)
 		`mrkrepl_proxy_heartbeats_total{dst="eu-west-1",instance="proxy",src="us-east-1"}`,
 		`mrkrepl_build_info{`,
 	} {

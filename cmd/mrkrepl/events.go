@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -32,6 +33,10 @@ var eventTypes = []string{
 	api.EventKeyCreated, api.EventReplicationStarted, api.EventReplicaCreated,
 	api.EventReplicationCompleted, api.EventReplicationFailed, api.EventRequestRejected,
 	api.EventMessageRefused,
+	api.EventVersionStaged, api.EventVersionActivated,
+	api.EventPrimaryUpdateStarted, api.EventPrimaryUpdated,
+	api.EventReplicaDeletionScheduled, api.EventReplicaDeletionCancelled, api.EventReplicaDeleted,
+	api.EventKeyDeletionScheduled, api.EventKeyDeletionCancelled, api.EventKeyDeleted,
 }
 
 // typeList is the repeatable --type flag; a value may also list several
@@ -94,7 +99,7 @@ func runEvents(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	live := fs.Bool("live", false, "show only new events, until interrupted, with a plain NATS subscription (for users without the JetStream API, such as the client role)")
 	count := fs.Int("count", 0, "stop after `N` events (with --follow or --live: wait for them)")
 	var types typeList
-	fs.Var(&types, "type", "show only events of this `type` (KeyCreated, ReplicationStarted, …); repeat or separate with commas")
+	fs.Var(&types, "type", "show only events of this `type` (KeyCreated, ReplicationStarted, VersionActivated, PrimaryUpdated, …: docs/API.md); repeat or separate with commas")
 	if _, err := cf.parse(fs, args); err != nil {
 		return err
 	}
@@ -254,8 +259,9 @@ func (p *eventPrinter) done() bool { return p.limit > 0 && p.printed >= p.limit 
 
 // The table's columns have fixed widths, so that lines printed one by one
 // as events arrive line up: time (RFC 3339 in UTC, milliseconds), type, key,
-// peer, replication, reason.
-const eventLine = "%-24s  %-20s  %-36s  %-14s  %-32s  %s\n"
+// version, actor, peer (or, for an event that names several regions, those
+// regions, comma-separated), replication, reason.
+const eventLine = "%-24s  %-24s  %-36s  %-7s  %-21s  %-14s  %-32s  %s\n"
 
 func (p *eventPrinter) print(data []byte, seq uint64) error {
 	var ev api.Event
@@ -280,11 +286,18 @@ func (p *eventPrinter) print(data []byte, seq uint64) error {
 	}
 	if !p.header {
 		p.header = true
-		if _, err := fmt.Fprintf(p.w, eventLine, "TIME", "TYPE", "KEY", "PEER", "REPLICATION", "REASON"); err != nil {
+		if _, err := fmt.Fprintf(p.w, eventLine, "TIME", "TYPE", "KEY", "VERSION", "ACTOR", "PEER", "REPLICATION", "REASON"); err != nil {
 			return err
 		}
 	}
+	version, peer := "", ev.Peer
+	if ev.Version > 0 {
+		version = strconv.FormatUint(uint64(ev.Version), 10)
+	}
+	if peer == "" {
+		peer = strings.Join(ev.Regions, ",")
+	}
 	_, err := fmt.Fprintf(p.w, eventLine, ev.Time.UTC().Format("2006-01-02T15:04:05.000Z07:00"), ev.Type,
-		orDash(ev.KeyID), orDash(ev.Peer), orDash(ev.ReplicationID), orDash(ev.Reason))
+		orDash(ev.KeyID), orDash(version), orDash(ev.Actor), orDash(peer), orDash(ev.ReplicationID), orDash(ev.Reason))
 	return err
 }

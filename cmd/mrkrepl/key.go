@@ -239,6 +239,7 @@ type keyCmd struct {
 	stdout, stderr io.Writer
 	conn           *clientConn
 	c              *client.Client
+	actor          string // --actor
 }
 
 type keySub struct {
@@ -248,10 +249,15 @@ type keySub struct {
 
 var keySubs = []keySub{
 	{"create", "[--description TEXT] [flags]", "create a multi-Region primary key in --region", keyCreate},
-	{"describe", "KEY_ID [flags]", "show a key as --region sees it: role, primary, versions, replicas", keyDescribe},
+	{"describe", "KEY_ID [flags]", "show a key as --region sees it: role, state, versions and where each is, replicas", keyDescribe},
 	{"list", "[flags]", "list the ids of the keys --region holds", keyList},
 	{"replicate", "KEY_ID --to REGION [--wait] [flags]", "copy a key from its primary region (--region) to another", keyReplicate},
 	{"replication", "REPLICATION_ID [flags]", "show a replication run as --region sees it", keyReplication},
+	{"rotate", "KEY_ID [--wait] [flags]", "make a new version of the key at its primary (--region), used once every replica has it", keyRotate},
+	{"update-primary", "KEY_ID REGION [--wait] [flags]", "hand the key over from its primary (--region) to its replica in REGION", keyUpdatePrimary},
+	{"schedule-deletion", "KEY_ID [--days N] [flags]", "schedule the deletion of the key in --region after a waiting period", keyScheduleDeletion},
+	{"cancel-deletion", "KEY_ID [flags]", "cancel the key's scheduled deletion in --region", keyCancelDeletion},
+	{"wait", "KEY_ID CONDITION... [--wait-timeout D] [flags]", "wait until the key in --region meets every condition given", keyWait},
 	{"encrypt", "KEY_ID (--plaintext TEXT | --in FILE|-) [--aad TEXT] [flags]", "encrypt with the key's current version", keyEncrypt},
 	{"decrypt", "(--in FILE|- | --ciphertext BASE64) [--aad TEXT] [flags]", "decrypt a blob made in any region that holds the key", keyDecrypt},
 	{"generate-data-key", "KEY_ID [--bytes 32] [--aad TEXT] [flags]", "make a data key, in plaintext and encrypted under the key", keyGenerateDataKey},
@@ -270,7 +276,11 @@ func keyUsage(w io.Writer) {
 	fmt.Fprintln(w, "Every subcommand takes --server URL (default nats://127.0.0.1:4222), --region NAME,")
 	fmt.Fprintln(w, "--output table|json, --timeout and the NATS credentials (--nats-creds FILE, or")
 	fmt.Fprintln(w, "--nats-user NAME with --nats-password-file FILE); each can also be set by")
-	fmt.Fprintln(w, "MRKREPL_SERVER, MRKREPL_REGION, MRKREPL_OUTPUT, ... (a flag wins).")
+	fmt.Fprintln(w, "MRKREPL_SERVER, MRKREPL_REGION, MRKREPL_OUTPUT, ... (a flag wins). --actor NAME names")
+	fmt.Fprintln(w, "you in the audit events (default: --nats-user; the worker does not check it).")
+	fmt.Fprintln(w)
+	fmt.Fprintln(w, "rotate and update-primary start work that ends later, in several regions;")
+	fmt.Fprintln(w, "with --wait they show its progress on stderr. The key's life is in docs/LIFECYCLE.md.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, `Run "mrkrepl key <subcommand> -h" for its flags.`)
 }
@@ -299,6 +309,7 @@ func runKey(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 	fs := newFlagSet("key "+sub.name, sub.synopsis, stderr)
 	k.flags.bind(fs)
+	fs.StringVar(&k.actor, "actor", "", "name yourself `NAME` in the region's audit events (default: --nats-user, if given; else the worker records \"anonymous\"); the worker records it as given: it proves nothing (docs/LIFECYCLE.md)")
 	err := sub.run(ctx, k, fs, args[1:])
 	if err == nil || errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
 		return err
@@ -319,6 +330,9 @@ func (k *keyCmd) connect() error {
 		return err
 	}
 	k.conn, k.c = conn, client.New(conn.nc, k.flags.region)
+	if k.actor != "" {
+		k.c = k.c.WithActor(k.actor)
+	}
 	return nil
 }
 
@@ -391,7 +405,7 @@ func keyList(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string) er
 func keyReplicate(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string) error {
 	to := fs.String("to", "", "the `region` to copy the key to (required)")
 	token := fs.String("client-token", "", "make the request idempotent: repeating it with the same `token` (1 to 64 printable ASCII characters, remembered 24 hours) returns the same run, never a second one")
-	wait := fs.Bool("wait", false, "wait until the replica is usable or has failed, showing each change of state on stderr; exit 1 if it fails or --wait-timeout passes")
+	wait := fs.Bool("wait", false, "wait until the replica holds every version or has failed, showing each run and change of state on stderr (a key with several versions is copied one version per run, the current one first); exit 1 if it fails or --wait-timeout passes")
 	waitTimeout := fs.Duration("wait-timeout", 2*time.Minute, "with --wait: stop waiting after this long (the replication goes on)")
 	pos, err := k.flags.parse(fs, args, "KEY_ID")
 	if err != nil {
@@ -419,7 +433,7 @@ func keyReplicate(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []strin
 	}
 	start := time.Now()
 	progress := func(r *api.Replication) {
-		line := fmt.Sprintf("%6.2fs  %-13s  replication %s (%s → %s)", time.Since(start).Seconds(), r.State, r.ReplicationID, k.flags.region, r.Peer)
+		line := fmt.Sprintf("%6.2fs  %-13s  replication %s (%s → %s, version %d)", time.Since(start).Seconds(), r.State, r.ReplicationID, k.flags.region, r.Peer, r.Version)
 		if r.Reason != "" {
 			line += ": " + r.Reason
 		}
@@ -435,10 +449,11 @@ func keyReplicate(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []strin
 }
 
 // waitReplica polls a source run until the replica it makes is usable or
-// has failed for good. When a run ends FAILED it asks the primary about the
-// replica: the primary replaces a timed-out run by a fresh one (up to its
-// attempts limit), which waitReplica then follows. progress sees every run
-// and change of state.
+// has failed for good. When a run ends it asks the primary about the
+// replica: after a COMPLETED run of a key with several versions the
+// primary starts the run for the next version, and it replaces a FAILED
+// run by a fresh one (up to its attempts limit); waitReplica follows
+// either. progress sees every run and change of state.
 func (k *keyCmd) waitReplica(ctx context.Context, timeout time.Duration, run *api.Replication, progress func(*api.Replication)) (*api.Replication, error) {
 	wctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
@@ -455,14 +470,18 @@ func (k *keyCmd) waitReplica(ctx context.Context, timeout time.Duration, run *ap
 	delay := 10 * time.Millisecond
 	for {
 		switch run.State {
-		case api.StateCompleted:
-			return run, nil
-		case api.StateFailed:
+		case api.StateCompleted, api.StateFailed:
 			key, err := do(wctx, k, func(ctx context.Context) (*api.Key, error) { return k.c.DescribeKey(ctx, run.KeyID) })
 			if err != nil {
 				return run, stillWaiting(err)
 			}
-			switch outcome, next, reason := afterFailure(run, key); outcome {
+			decide := afterFailure
+			if run.State == api.StateCompleted {
+				decide = afterCompletion
+			}
+			switch outcome, next, reason := decide(run, key); outcome {
+			case replicaReady:
+				return run, nil
 			case gaveUp:
 				return run, fmt.Errorf("replication %s to %s FAILED: %s", run.ReplicationID, run.Peer, reason)
 			case followRun:
@@ -498,10 +517,32 @@ func (k *keyCmd) waitReplica(ctx context.Context, timeout time.Duration, run *ap
 type failureOutcome int
 
 const (
-	keepPolling failureOutcome = iota // the primary has not decided yet (or a late receipt is completing the run)
-	followRun                         // the primary started another run for the replica
-	gaveUp                            // the replica is FAILED: no more runs
+	keepPolling  failureOutcome = iota // the primary has not decided yet (or a late receipt is completing the run)
+	followRun                          // the primary started another run for the replica
+	gaveUp                             // the replica is FAILED: no more runs
+	replicaReady                       // the replica holds every version
 )
+
+// afterCompletion decides from the primary's record of the replica what to
+// do once run has COMPLETED (pure, for tests): a new replica of a key with
+// several versions gets one run per version, so the replica may still be
+// CREATING, with a later run.
+func afterCompletion(run *api.Replication, key *api.Key) (outcome failureOutcome, next, reason string) {
+	i := slices.IndexFunc(key.Replicas, func(r api.Replica) bool { return r.Region == run.Peer })
+	if i < 0 {
+		return replicaReady, "", "" // nothing more to follow (the replica was dropped since)
+	}
+	r := key.Replicas[i]
+	switch {
+	case r.ReplicationID != "" && r.ReplicationID != run.ReplicationID:
+		return followRun, r.ReplicationID, "" // show the later run, even if it is over already
+	case r.State != api.ReplicaCreating && r.State != api.ReplicaFailed:
+		return replicaReady, "", ""
+	case r.State == api.ReplicaFailed:
+		return gaveUp, "", r.Reason
+	}
+	return keepPolling, "", ""
+}
 
 // afterFailure decides from the primary's record of the replica what to do
 // once run has ended FAILED (pure, for tests).
@@ -689,8 +730,9 @@ func keyGenerateDataKey(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args [
 	return printFields(k.stdout, fields)
 }
 
-// printKey shows a key: its properties, then its replicas (on the
-// primary) in a table.
+// printKey shows a key: its properties, then (on the primary) its
+// versions with their state and the regions holding each, and its replicas,
+// in tables.
 func (k *keyCmd) printKey(key *api.Key) error {
 	if k.flags.output == outputJSON {
 		return printJSON(k.stdout, key)
@@ -699,12 +741,24 @@ func (k *keyCmd) printKey(key *api.Key) error {
 	for i, v := range key.Versions {
 		versions[i] = strconv.FormatUint(uint64(v), 10)
 	}
+	if staged := stagedVersions(key); len(staged) > 0 {
+		versions = append(versions[:0:0], versions...)
+		for i, v := range key.Versions {
+			if slices.Contains(staged, v) {
+				versions[i] += " staged"
+			}
+		}
+	}
 	fields := []field{
 		{"key id", key.KeyID},
 		{"description", key.Description},
 		{"region", key.Region},
 		{"role", key.Role},
 		{"primary", key.PrimaryRegion},
+		{"pending primary", key.PendingPrimary},
+		{"key state", key.KeyState},
+		{"deletion date", timePtrText(key.DeletionDate)},
+		{"epoch", strconv.FormatUint(key.Epoch, 10)},
 		{"partition", key.Partition},
 		{"spec", key.KeySpec},
 		{"usage", key.KeyUsage},
@@ -721,15 +775,39 @@ func (k *keyCmd) printKey(key *api.Key) error {
 	if err := printFields(k.stdout, fields); err != nil {
 		return err
 	}
+	if len(key.VersionDetails) > 0 {
+		fmt.Fprintln(k.stdout)
+		rows := make([][]string, len(key.VersionDetails))
+		for i, v := range key.VersionDetails {
+			rows[i] = []string{strconv.FormatUint(uint64(v.Version), 10), v.State,
+				timeText(v.CreatedAt), timePtrText(v.ActivatedAt), strings.Join(v.ReplicatedTo, ", ")}
+		}
+		if err := printTable(k.stdout, []string{"VERSION", "STATE", "CREATED", "ACTIVATED", "REPLICATED TO"}, rows); err != nil {
+			return err
+		}
+	}
 	if len(key.Replicas) == 0 {
 		return nil
 	}
 	fmt.Fprintln(k.stdout)
 	rows := make([][]string, len(key.Replicas))
 	for i, r := range key.Replicas {
-		rows[i] = []string{r.Region, r.State, r.ReplicationID, timeText(r.UpdatedAt), r.Reason}
+		rows[i] = []string{r.Region, r.State, strconv.FormatUint(r.SyncedEpoch, 10), r.ReplicationID,
+			timeText(r.UpdatedAt), timePtrText(r.DeletionDate), r.Reason}
 	}
-	return printTable(k.stdout, []string{"REPLICA", "STATE", "REPLICATION", "UPDATED", "REASON"}, rows)
+	return printTable(k.stdout, []string{"REPLICA", "STATE", "EPOCH", "REPLICATION", "UPDATED", "DELETION DATE", "REASON"}, rows)
+}
+
+// stagedVersions returns the key's STAGED versions (known on the primary
+// only).
+func stagedVersions(key *api.Key) []uint32 {
+	var vs []uint32
+	for _, v := range key.VersionDetails {
+		if v.State == api.VersionStaged {
+			vs = append(vs, v.Version)
+		}
+	}
+	return vs
 }
 
 // printReplication shows a run, naming both ends.

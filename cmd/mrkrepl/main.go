@@ -5,8 +5,8 @@
 //	mrkrepl worker     a region's HSM worker against the region's NATS cluster
 //	mrkrepl proxy      the bridge between the regions' NATS clusters
 //	mrkrepl inspect    decode (and optionally verify) a protocol message
-//	mrkrepl rsk        print a region's RSK as a trust-bundle fragment
-//	mrkrepl bundle     merge fragments into the partition's trust bundle
+//	mrkrepl rsk        print a region's RSK as a trust-bundle fragment; rsk create: a new one (rotation)
+//	mrkrepl bundle     merge fragments into the partition's trust bundle; add, retire, remove, list keys
 //	mrkrepl hsm init   create the region's RSK inside a PKCS#11 token
 //	mrkrepl key        create, describe, replicate keys; encrypt and decrypt (the request API)
 //	mrkrepl events     show a region's audit events, or follow them
@@ -37,8 +37,8 @@ var commands = []command{
 	{"worker", "run a region's HSM worker", runWorker},
 	{"proxy", "run the bridge between regions", runProxy},
 	{"inspect", "decode and optionally verify a protocol message", runInspect},
-	{"rsk", "print a region's RSK as a trust-bundle fragment", runRSK},
-	{"bundle", "merge trust-bundle fragments into a partition's bundle", runBundle},
+	{"rsk", "print a region's RSK as a trust-bundle fragment (rsk create: make a new one)", runRSK},
+	{"bundle", "merge trust-bundle fragments; add, retire, remove, list a bundle's keys", runBundle},
 	{"hsm", "hsm init: create the region's RSK inside a PKCS#11 token", runHSM},
 	{"bench", "measure replication throughput, latency and cost against the crypto bound", runBench},
 	{"key", "create, describe and replicate keys; encrypt, decrypt, generate data keys", runKey},

@@ -26,7 +26,7 @@ func TestMain(m *testing.M) {
 func TestScripts(t *testing.T) {
 	testscript.Run(t, testscript.Params{
 		Dir:  "testdata/script",
-		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){"capture": capture},
+		Cmds: map[string]func(ts *testscript.TestScript, neg bool, args []string){"capture": capture, "partition": partitionCmd},
 		Setup: func(env *testscript.Env) error {
 			// The demo may use SoftHSM2; pass its switches through.
 			for _, k := range []string{"MRKREPL_REQUIRE_SOFTHSM", "SOFTHSM2_CONF"} {
@@ -38,6 +38,15 @@ func TestScripts(t *testing.T) {
 			case name == "key_wait_failed":
 				// No proxy: no run gets anywhere; runs time out fast.
 				return startPartition(env, mrkrepltest.Options{NoProxy: true,
+					RunTimeout: time.Second, MaxAttempts: 2, SweepInterval: 50 * time.Millisecond})
+			case name == "key_deletion":
+				// Deletion after a short waiting period (a request's
+				// --days still counts in days), found by a fast sweeper.
+				return startPartition(env, mrkrepltest.Options{
+					SweepInterval: 50 * time.Millisecond, DeletionWaitingPeriod: 2 * time.Second})
+			case name == "key_rotate_down":
+				// Runs time out fast and give up after two attempts.
+				return startPartition(env, mrkrepltest.Options{
 					RunTimeout: time.Second, MaxAttempts: 2, SweepInterval: 50 * time.Millisecond})
 			case strings.HasPrefix(name, "key_") || strings.HasPrefix(name, "events"):
 				return startPartition(env, mrkrepltest.Options{})
@@ -61,7 +70,29 @@ func startPartition(env *testscript.Env, opts mrkrepltest.Options) error {
 		env.Setenv(v, p.Region(region).URL)
 	}
 	env.Setenv("MRKREPL_SERVER", p.Region("us-east-1").URL)
+	env.Values[partitionKey{}] = p
 	return nil
+}
+
+// partitionKey finds the script's partition in its values.
+type partitionKey struct{}
+
+// partitionCmd is the script command "partition stop-proxy|start-proxy":
+// it cuts the regions of the script's partition off from each other, or
+// joins them again.
+func partitionCmd(ts *testscript.TestScript, neg bool, args []string) {
+	p, _ := ts.Value(partitionKey{}).(*mrkrepltest.Partition)
+	if neg || len(args) != 1 || p == nil {
+		ts.Fatalf("usage: partition stop-proxy|start-proxy (in a script with a partition)")
+	}
+	switch args[0] {
+	case "stop-proxy":
+		p.KillProxy()
+	case "start-proxy":
+		ts.Check(p.StartProxy(context.Background()))
+	default:
+		ts.Fatalf("partition: unknown action %q", args[0])
+	}
 }
 
 // startAuthServer runs one nats-server for region us-east-1 with the

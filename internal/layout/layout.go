@@ -40,6 +40,17 @@ const ClientTokenTTL = 24 * time.Hour
 // DedupWindow is the inbox and outbox Nats-Msg-Id de-duplication window.
 const DedupWindow = 20 * time.Minute
 
+// NoPerSubjectLimit is the per-subject message limit of the requests,
+// inbox, outbox, events and dead-letter streams: far above anything they
+// can hold, so it never removes a message. It is set for its side effect on
+// memory: nats-server gives a limits-retention stream with no limit 8 MB
+// blocks and one with a per-subject limit 4 MB blocks (the KV size), and it
+// keeps the block being written in memory, up to a block, for as long as
+// the stream is written to. Four busy streams per region thus hold 16 MB
+// instead of 32 MB (docs/PERFORMANCE.md). Existing streams keep their
+// blocks and use 4 MB ones from their next block (or server restart) on.
+const NoPerSubjectLimit = 1_000_000_000_000
+
 func upper(region string) string {
 	return strings.ToUpper(strings.ReplaceAll(region, "-", "_"))
 }
@@ -115,6 +126,8 @@ func EnsureOutbox(ctx context.Context, js jetstream.JetStream, region string, pa
 		Duplicates: DedupWindow,
 		MaxAge:     24 * time.Hour,
 		Retention:  jetstream.LimitsPolicy,
+
+		MaxMsgsPerSubject: NoPerSubjectLimit,
 	})
 	if err != nil {
 		return fmt.Errorf("create stream %s: %w", OutboxStream(region), err)
@@ -130,6 +143,8 @@ func EnsureDLQ(ctx context.Context, js jetstream.JetStream, region string, o Opt
 		Storage:  o.Storage,
 		Replicas: o.replicas(),
 		MaxAge:   30 * 24 * time.Hour,
+
+		MaxMsgsPerSubject: NoPerSubjectLimit,
 	})
 	if err != nil {
 		return fmt.Errorf("create stream %s: %w", DLQStream(region), err)
@@ -170,6 +185,7 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 		}},
 	}
 	for _, s := range streams {
+		s.cfg.MaxMsgsPerSubject = NoPerSubjectLimit
 		s.cfg.Storage = o.Storage
 		s.cfg.Replicas = o.replicas()
 		st, err := js.CreateOrUpdateStream(ctx, s.cfg)

@@ -1,0 +1,115 @@
+package mrkrepltest
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/messages"
+)
+
+// RSK rotation, as an operator does it (docs/OPERATIONS.md, "RSK rotation"),
+// with the bundle pushed to the running components instead of written to a
+// file they reload.
+
+// SetBundle makes b the partition's trust bundle: it gives it to every
+// running worker and to the proxy (SetBundle of each), and keeps it for
+// the workers and proxy started later. It stops at the first component
+// that refuses b; p.Bundle is then unchanged, but components that accepted
+// b keep it.
+func (p *Partition) SetBundle(b *messages.Bundle) error {
+	for _, r := range p.regions {
+		if r.Worker == nil {
+			continue
+		}
+		if err := r.Worker.SetBundle(b); err != nil {
+			return fmt.Errorf("worker of %s: %w", r.Name, err)
+		}
+	}
+	if p.Proxy != nil {
+		if err := p.Proxy.SetBundle(b); err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
+	}
+	p.Bundle = b
+	return nil
+}
+
+// RotateRSK makes a new RSK in region's HSM (hsmsvc.RSKRotator), adds it to
+// the trust bundle valid from now for a year, and pushes the bundle to every
+// component (SetBundle). It returns the new kid. From then on the region's
+// worker signs with the new RSK (the newest valid one); the old RSKs stay in
+// the bundle, so messages they signed keep verifying until RetireRSK or
+// RemoveRSK.
+func (p *Partition) RotateRSK(ctx context.Context, region string) (kid []byte, err error) {
+	r := p.Region(region)
+	if r == nil {
+		return nil, fmt.Errorf("rotate rsk: no region %q", region)
+	}
+	rot, ok := r.HSM.(hsmsvc.RSKRotator)
+	if !ok {
+		return nil, fmt.Errorf("rotate rsk of %s: the %s hsm cannot hold a second rsk", region, r.HSM.Backend())
+	}
+	s, err := rot.CreateRSK(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("rotate rsk of %s: %w", region, err)
+	}
+	if kid, err = messages.KID(s.Public()); err != nil {
+		return nil, fmt.Errorf("rotate rsk of %s: %w", region, err)
+	}
+	now := time.Now().Truncate(time.Millisecond)
+	keys := append(p.Bundle.Keys(), messages.BundleKey{
+		Region: region, KID: kid, PublicKey: s.Public(), NotBefore: now, NotAfter: now.Add(365 * 24 * time.Hour),
+	})
+	b, err := messages.NewBundle(p.Bundle.Partition(), p.Bundle.Regions(), keys)
+	if err != nil {
+		return nil, fmt.Errorf("rotate rsk of %s: %w", region, err)
+	}
+	if err := p.SetBundle(b); err != nil {
+		return nil, fmt.Errorf("rotate rsk of %s: %w", region, err)
+	}
+	return kid, nil
+}
+
+// RetireRSK sets the not_after of kid's bundle entry to notAfter and pushes
+// the bundle to every component: messages it signs with a later sent_at are
+// refused (kid_not_valid), and the region's worker no longer picks it.
+func (p *Partition) RetireRSK(kid []byte, notAfter time.Time) error {
+	return p.editBundle(kid, func(k *messages.BundleKey) bool {
+		k.NotAfter = notAfter
+		return true
+	})
+}
+
+// RemoveRSK removes kid from the trust bundle and pushes the bundle to every
+// component: messages it signs are refused (unknown_kid).
+func (p *Partition) RemoveRSK(kid []byte) error {
+	return p.editBundle(kid, func(*messages.BundleKey) bool { return false })
+}
+
+// editBundle rebuilds the bundle with edit applied to kid's entry (false
+// drops it) and pushes it.
+func (p *Partition) editBundle(kid []byte, edit func(*messages.BundleKey) bool) error {
+	var keys []messages.BundleKey
+	found := false
+	for _, k := range p.Bundle.Keys() {
+		if bytes.Equal(k.KID, kid) {
+			found = true
+			if !edit(&k) {
+				continue
+			}
+		}
+		keys = append(keys, k)
+	}
+	if !found {
+		return errors.New("kid not in the trust bundle")
+	}
+	b, err := messages.NewBundle(p.Bundle.Partition(), p.Bundle.Regions(), keys)
+	if err != nil {
+		return err
+	}
+	return p.SetBundle(b)
+}
