@@ -198,7 +198,6 @@ func transient(err error, connected func() bool) bool {
 
 func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := config.DefaultWorker()
-	reloadEvery := defaultBundleReloadInterval
 	path, err := daemonFlags("worker", "[--config FILE] --region NAME --bundle FILE --hsm URI [flags]", args, stderr,
 		func(path string) error { return config.Load(path, &cfg) },
 		func(fs *flag.FlagSet) {
@@ -212,7 +211,8 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fs.DurationVar(&cfg.ClockSkew, "clock-skew", cfg.ClockSkew, "allowance for clocks between regions (0: the protocol's default)")
 			fs.DurationVar(&cfg.RunTimeout, "run-timeout", cfg.RunTimeout, "a source run not completed by then fails and is retried with a fresh run (0: default)")
 			fs.IntVar(&cfg.MaxAttempts, "max-attempts", cfg.MaxAttempts, "runs tried for one replica before it is marked FAILED (0: default)")
-			addBundleReloadFlag(fs, &reloadEvery)
+			fs.DurationVar(&cfg.DeletionWaitingPeriod, "deletion-waiting-period", cfg.DeletionWaitingPeriod, "how long a key stays PENDING_DELETION when a request names no pending window")
+			addBundleReloadFlag(fs, &cfg.BundleReloadInterval)
 			addCommonFlags(fs, &cfg.JetStream.Replicas, &cfg.Concurrency, &cfg.Metrics, &cfg.Log)
 		})
 	if err != nil {
@@ -220,9 +220,6 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	if err := cfg.Validate(); err != nil {
 		return invalid(stderr, "worker", err)
-	}
-	if reloadEvery < 0 {
-		return invalid(stderr, "worker", fmt.Errorf("--bundle-reload-interval: %v is negative", reloadEvery))
 	}
 	logger, err := obs.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
@@ -261,11 +258,12 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		Region: cfg.Region, Bundle: bundle, HSM: hsm, Conn: nc, Logger: logger, Registerer: reg,
 		Layout: layout.Options{Replicas: cfg.JetStream.Replicas}, Concurrency: cfg.Concurrency,
 		ClockSkew: cfg.ClockSkew, RunTimeout: cfg.RunTimeout, MaxAttempts: cfg.MaxAttempts,
+		DeletionWaitingPeriod: cfg.DeletionWaitingPeriod,
 	})
 	if err != nil {
 		return err
 	}
-	defer watchBundle(cfg.Bundle, reloadEvery, bundleData, w, logger)()
+	defer watchBundle(cfg.Bundle, cfg.BundleReloadInterval, bundleData, w, logger)()
 	if err := startWithRetry(ctx, "worker", logger, nc.IsConnected, w.Start); err != nil {
 		if ctx.Err() != nil {
 			return nil // interrupted while waiting: a clean stop
@@ -316,7 +314,6 @@ func (r *regionURLs) Set(v string) error {
 
 func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	cfg := config.DefaultProxy()
-	reloadEvery := defaultBundleReloadInterval
 	path, err := daemonFlags("proxy", "[--config FILE] --bundle FILE --region NAME=URL ... [flags]", args, stderr,
 		func(path string) error { return config.Load(path, &cfg) },
 		func(fs *flag.FlagSet) {
@@ -333,7 +330,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			fs.DurationVar(&cfg.Heartbeat.Interval, "heartbeat-interval", cfg.Heartbeat.Interval, "time between heartbeat probes of every region pair")
 			fs.DurationVar(&cfg.Heartbeat.Timeout, "heartbeat-timeout", cfg.Heartbeat.Timeout, "bound on one heartbeat probe")
 			fs.BoolVar(&cfg.Heartbeat.Disabled, "heartbeat-disabled", cfg.Heartbeat.Disabled, "send no heartbeat probes")
-			addBundleReloadFlag(fs, &reloadEvery)
+			addBundleReloadFlag(fs, &cfg.BundleReloadInterval)
 			addCommonFlags(fs, &cfg.JetStream.Replicas, &cfg.Concurrency, &cfg.Metrics, &cfg.Log)
 		}, "region")
 	if err != nil {
@@ -341,9 +338,6 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	if err := cfg.Validate(); err != nil {
 		return invalid(stderr, "proxy", err)
-	}
-	if reloadEvery < 0 {
-		return invalid(stderr, "proxy", fmt.Errorf("--bundle-reload-interval: %v is negative", reloadEvery))
 	}
 	logger, err := obs.NewLogger(stderr, cfg.Log.Level, cfg.Log.Format)
 	if err != nil {
@@ -387,7 +381,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	if err != nil {
 		return err
 	}
-	defer watchBundle(cfg.Bundle, reloadEvery, bundleData, p, logger)()
+	defer watchBundle(cfg.Bundle, cfg.BundleReloadInterval, bundleData, p, logger)()
 	allConnected := func() bool {
 		for _, nc := range conns {
 			if !nc.IsConnected() {
@@ -409,9 +403,6 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	logger.Info("proxy stopping")
 	return nil
 }
-
-// defaultBundleReloadInterval is how often a daemon looks at its bundle file.
-const defaultBundleReloadInterval = 10 * time.Second
 
 // addBundleReloadFlag binds --bundle-reload-interval.
 func addBundleReloadFlag(fs *flag.FlagSet, d *time.Duration) {

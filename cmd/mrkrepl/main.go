@@ -33,7 +33,7 @@ type command struct {
 }
 
 var commands = []command{
-	{"demo", "run a whole partition in one process and replicate a key across it", runDemo},
+	{"demo", "run a whole partition in one process: replicate, rotate and move a key across it", runDemo},
 	{"worker", "run a region's HSM worker", runWorker},
 	{"proxy", "run the bridge between regions", runProxy},
 	{"inspect", "decode and optionally verify a protocol message", runInspect},
@@ -41,7 +41,7 @@ var commands = []command{
 	{"bundle", "merge trust-bundle fragments; add, retire, remove, list a bundle's keys", runBundle},
 	{"hsm", "hsm init: create the region's RSK inside a PKCS#11 token", runHSM},
 	{"bench", "measure replication throughput, latency and cost against the crypto bound", runBench},
-	{"key", "create, describe and replicate keys; encrypt, decrypt, generate data keys", runKey},
+	{"key", "create, replicate, rotate, move and delete keys; encrypt, decrypt, generate data keys", runKey},
 	{"events", "show a region's audit events (--follow to keep following)", runEvents},
 }
 

@@ -102,8 +102,14 @@ type Worker struct {
 	// fresh runs (0: the worker's defaults).
 	RunTimeout  time.Duration `yaml:"run_timeout,omitempty"`
 	MaxAttempts int           `yaml:"max_attempts,omitempty"`
-	Metrics     Metrics       `yaml:"metrics,omitempty"`
-	Log         Log           `yaml:"log,omitempty"`
+	// DeletionWaitingPeriod is how long a key stays PENDING_DELETION when
+	// a request names no pending window (docs/LIFECYCLE.md).
+	DeletionWaitingPeriod time.Duration `yaml:"deletion_waiting_period,omitempty"`
+	// BundleReloadInterval is how often the bundle file is read again (0:
+	// only on SIGHUP).
+	BundleReloadInterval time.Duration `yaml:"bundle_reload_interval,omitempty"`
+	Metrics              Metrics       `yaml:"metrics,omitempty"`
+	Log                  Log           `yaml:"log,omitempty"`
 }
 
 // Heartbeat configures the proxy's end-to-end probes (docs/METRICS.md).
@@ -128,17 +134,22 @@ type Proxy struct {
 	Concurrency int             `yaml:"concurrency,omitempty"`
 	JetStream   JetStream       `yaml:"jetstream,omitempty"`
 	Heartbeat   Heartbeat       `yaml:"heartbeat,omitempty"`
-	Metrics     Metrics         `yaml:"metrics,omitempty"`
-	Log         Log             `yaml:"log,omitempty"`
+	// BundleReloadInterval is how often the bundle file is read again (0:
+	// only on SIGHUP).
+	BundleReloadInterval time.Duration `yaml:"bundle_reload_interval,omitempty"`
+	Metrics              Metrics       `yaml:"metrics,omitempty"`
+	Log                  Log           `yaml:"log,omitempty"`
 }
 
 // DefaultWorker returns the worker's defaults.
 func DefaultWorker() Worker {
 	return Worker{
-		NATS:        NATS{URL: "nats://127.0.0.1:4222"},
-		JetStream:   JetStream{Replicas: 1},
-		Concurrency: 16,
-		Log:         Log{Level: "info", Format: "text"},
+		NATS:                  NATS{URL: "nats://127.0.0.1:4222"},
+		JetStream:             JetStream{Replicas: 1},
+		Concurrency:           16,
+		DeletionWaitingPeriod: 7 * 24 * time.Hour,
+		BundleReloadInterval:  10 * time.Second,
+		Log:                   Log{Level: "info", Format: "text"},
 	}
 }
 
@@ -151,6 +162,8 @@ func DefaultProxy() Proxy {
 		JetStream:   JetStream{Replicas: 1},
 		Heartbeat:   Heartbeat{Interval: 10 * time.Second, Timeout: 5 * time.Second},
 		Log:         Log{Level: "info", Format: "text"},
+
+		BundleReloadInterval: 10 * time.Second,
 	}
 }
 
@@ -398,6 +411,12 @@ func (w *Worker) Validate() error {
 	if w.MaxAttempts < 0 || w.MaxAttempts > 100 {
 		c.fail("max_attempts", "--max-attempts", "want 0 (default) to 100, got %d", w.MaxAttempts)
 	}
+	if w.DeletionWaitingPeriod <= 0 {
+		c.fail("deletion_waiting_period", "--deletion-waiting-period", "want more than 0, got %s", w.DeletionWaitingPeriod)
+	}
+	if w.BundleReloadInterval < 0 {
+		c.fail("bundle_reload_interval", "--bundle-reload-interval", "negative")
+	}
 	c.common(w.JetStream.Replicas, w.Concurrency, w.Metrics, w.Log)
 	return c.err()
 }
@@ -436,6 +455,9 @@ func (p *Proxy) Validate() error {
 		c.fail("loss", "--loss", "want a probability from 0 to 1, got %v", p.Loss)
 	}
 	c.skew(p.ClockSkew)
+	if p.BundleReloadInterval < 0 {
+		c.fail("bundle_reload_interval", "--bundle-reload-interval", "negative")
+	}
 	if !p.Heartbeat.Disabled {
 		switch {
 		case p.Heartbeat.Interval < 100*time.Millisecond:
