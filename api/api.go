@@ -291,6 +291,7 @@ const (
 	EventVersionActivated         = "VersionActivated"
 	EventPrimaryUpdateStarted     = "PrimaryUpdateStarted"
 	EventPrimaryUpdated           = "PrimaryUpdated"
+	EventPrimaryUpdateCancelled   = "PrimaryUpdateCancelled"
 	EventReplicaDeletionScheduled = "ReplicaDeletionScheduled"
 	EventReplicaDeletionCancelled = "ReplicaDeletionCancelled"
 	EventReplicaDeleted           = "ReplicaDeleted"

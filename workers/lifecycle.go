@@ -191,22 +191,46 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	if !messages.IsKeyID(req.KeyID) {
 		return nil, badRequest("invalid key id %q", req.KeyID)
 	}
-	k, err := w.loadKey(ctx, req.KeyID)
+	// Written before the change it stands for, like every lifecycle
+	// duty: the sweeper then finishes what a crash cuts short.
+	if err := w.markKeyPending(ctx, req.KeyID); err != nil {
+		return nil, err
+	}
+	// Reserve the version number first (compare-and-set), so that two
+	// rotations never generate the same version: the HSM object of a
+	// reserved number is this request's alone, until the reservation is
+	// old enough to be a crash's leftover (reservationTimeout).
+	now := w.cfg.Now().UTC()
+	var next uint32
+	k, err := w.updateKey(ctx, req.KeyID, func(k *keyRecord) error {
+		if k.Deleted {
+			return notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
+		}
+		if err := w.canChangeShared(k); err != nil {
+			return err
+		}
+		if s := stagedVersion(&k.Key); s != 0 {
+			return conflict("key %s: version %d is still staged, waiting for %s", k.KeyID, s, strings.Join(waitingFor(&k.Key, s), ", "))
+		}
+		if k.Reserved != 0 && now.Sub(k.ReservedAt) < reservationTimeout {
+			return conflict("key %s is being rotated by another request", k.KeyID)
+		}
+		next = slices.Max(k.Versions) + 1
+		k.Reserved, k.ReservedAt = next, now
+		return nil
+	})
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
+	}
 	if err != nil {
 		return nil, err
 	}
-	if err := w.canChangeShared(k); err != nil {
-		return nil, err
-	}
-	if s := stagedVersion(&k.Key); s != 0 {
-		return nil, conflict("key %s: version %d is still staged, waiting for %s", k.KeyID, s, strings.Join(waitingFor(&k.Key, s), ", "))
-	}
-	next := slices.Max(k.Versions) + 1
 	ref := hsmsvc.KeyRef{KeyID: k.KeyID, Version: next}
 	err = w.hsmOp("generate_key", func() error {
 		err := w.cfg.HSM.GenerateKey(ctx, ref)
 		if errors.Is(err, hsmsvc.ErrExists) {
-			// Generated before a crash, never recorded, never used.
+			// Left by a rotation that reserved this number and crashed
+			// before recording it: never recorded, so never used.
 			if err = w.cfg.HSM.DestroyKey(ctx, ref); err == nil {
 				err = w.cfg.HSM.GenerateKey(ctx, ref)
 			}
@@ -216,17 +240,15 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate version %d: %w", next, err)
 	}
-	// Written before the change it stands for, like every lifecycle
-	// duty: the sweeper then finishes what a crash cuts short.
-	if err := w.markKeyPending(ctx, k.KeyID); err != nil {
-		return nil, err
-	}
-	now := w.cfg.Now().UTC()
 	var activated uint32
 	key, err := w.updateKey(ctx, k.KeyID, func(k *keyRecord) error {
-		if stagedVersion(&k.Key) != 0 || slices.Max(k.Versions) >= next {
-			return conflict("key %s was rotated by another request meanwhile", k.KeyID)
+		if k.Reserved != next || slices.Contains(k.Versions, next) {
+			return conflict("key %s: the rotation to version %d was taken over meanwhile", k.KeyID, next)
 		}
+		if err := w.canChangeShared(k); err != nil {
+			return err
+		}
+		k.Reserved, k.ReservedAt = 0, time.Time{}
 		k.Versions = addVersion(k.Versions, next)
 		k.VersionDetails = append(k.VersionDetails, api.KeyVersion{
 			Version: next, State: api.VersionStaged, ReplicatedTo: []string{w.cfg.Region}, CreatedAt: now,
@@ -236,6 +258,19 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 		return nil
 	})
 	if err != nil {
+		// Not recorded (the key changed state meanwhile, say a hand-over
+		// began): the material must not outlive the reservation, or a
+		// later version of the same number would meet it in this HSM.
+		if derr := w.cfg.HSM.DestroyKey(ctx, ref); derr != nil && !errors.Is(derr, hsmsvc.ErrNotFound) {
+			w.log.Warn("unrecorded version not destroyed; the next rotation replaces it", "key_id", req.KeyID, "version", next, "err", derr)
+		}
+		_, _ = w.updateKey(ctx, req.KeyID, func(k *keyRecord) error {
+			if k.Reserved != next {
+				return errNoChange
+			}
+			k.Reserved, k.ReservedAt = 0, time.Time{}
+			return nil
+		})
 		return nil, err
 	}
 	w.event(ctx, api.Event{Type: api.EventVersionStaged, KeyID: k.KeyID, Version: next, Regions: holders(&key.Key)})
@@ -256,6 +291,11 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	}
 	return w.describe(ctx, key.KeyID)
 }
+
+// reservationTimeout is how long a rotation's reservation of a version
+// number holds off other rotations (generating a key takes milliseconds; a
+// reservation this old was left by a crash).
+const reservationTimeout = time.Minute
 
 // canChangeShared checks that k's shared properties may change here: this
 // region is its primary and it is neither changing primary nor being deleted.
@@ -381,13 +421,18 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 	}
 	if _, ok := findReplica(&k.Key, m.Src); !ok {
 		if st.State == messages.ReplicaStateDeleted {
-			return errDuplicate // dropped already
+			// Dropped already; the acknowledgement may have been lost:
+			// send it again, or the tombstone reports forever.
+			if len(st.SyncDigest) == 0 {
+				return w.ackStatus(ctx, k, m.Src, st.StatusSeq)
+			}
+			return errDuplicate
 		}
 		return refuse(reasonWrongPeer, "status from %s, which holds no replica of key %s", m.Src, st.KeyID)
 	}
-	if st.State == messages.ReplicaStateDeleted {
-		// Dropping the replica may activate a staged version: its sync
-		// is a duty the sweeper must find.
+	if stagedVersion(&k.Key) != 0 || k.PendingPrimary != "" {
+		// The status may release a staged version or end a hand-over:
+		// duties the sweeper must find if this worker stops.
 		if err := w.markKeyPending(ctx, k.KeyID); err != nil {
 			return err
 		}
@@ -410,8 +455,14 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 			k.KeyState = api.KeyStateEnabled
 			r.State = replicaState(&k.Key, m.Src, "")
 			evs = append(evs, api.Event{Type: api.EventPrimaryUpdated, KeyID: k.KeyID, Peer: m.Src, Regions: []string{m.Src, w.cfg.Region}})
+			changed = true
 		}
-		if st.PrimaryRegion == w.cfg.Region && st.Epoch > r.SyncedEpoch {
+		if st.PrimaryRegion == w.cfg.Region && st.Epoch != r.SyncedEpoch && (len(st.SyncDigest) > 0 || st.Epoch > r.SyncedEpoch) {
+			// Its epoch as it says: higher after a sync, or lower than
+			// credited (a late sync took it back): then it is synced again.
+			if st.Epoch < r.SyncedEpoch {
+				delete(k.SyncSent, m.Src) // sync it again now
+			}
 			r.SyncedEpoch = min(st.Epoch, k.Epoch)
 			changed = true
 		}
@@ -424,6 +475,9 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 				forget(&k.Key, m.Src)
 				delete(k.SyncSent, m.Src)
 				evs = append(evs, api.Event{Type: api.EventReplicaDeleted, KeyID: k.KeyID, Peer: m.Src})
+				if k.PendingPrimary == m.Src {
+					evs = append(evs, w.abortHandover(k, "the new primary's replica was deleted"))
+				}
 				activated = tryActivate(&k.Key, now) // it may have been the last one waited for
 				k.UpdatedAt = now
 				return nil
@@ -431,6 +485,11 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 				d := time.UnixMilli(st.DeletionDate).UTC()
 				if r.State != api.ReplicaPendingDeletion {
 					evs = append(evs, api.Event{Type: api.EventReplicaDeletionScheduled, KeyID: k.KeyID, Peer: m.Src})
+				}
+				if k.PendingPrimary == m.Src {
+					// It will not take the key over (onHandover refuses
+					// while pending deletion): call the hand-over off.
+					evs = append(evs, w.abortHandover(k, "the new primary's replica is pending deletion"))
 				}
 				r.State, r.DeletionDate = api.ReplicaPendingDeletion, &d
 			default: // ENABLED
@@ -464,6 +523,9 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 		}
 		r.UpdatedAt = now
 		setReplica(&k.Key, r)
+		// A replica that went pending deletion no longer holds a staged
+		// version back (holders).
+		activated = tryActivate(&k.Key, now)
 		k.UpdatedAt = now
 		return nil
 	})
@@ -475,13 +537,15 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 	}
 	if activated != 0 {
 		w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: key.KeyID, Version: activated, Regions: allRegions(&key.Key)})
+	}
+	if slices.ContainsFunc(key.Replicas, func(r api.Replica) bool { return needsSync(&key.Key, r) }) {
 		w.syncReplicas(ctx, key.KeyID)
 	}
 	if len(lost) > 0 {
 		w.log.Warn("replica lacks versions the primary recorded; copying them again", "key_id", key.KeyID, "dst", m.Src, "versions", lost)
 	}
 	if r, ok := findReplica(&key.Key, m.Src); ok && r.State != api.ReplicaFailed && r.State != api.ReplicaPendingDeletion &&
-		len(missingVersions(&key.Key, m.Src)) > 0 {
+		key.KeyState == api.KeyStateEnabled && len(missingVersions(&key.Key, m.Src)) > 0 {
 		// Lost versions, or a rotation that went on while the replica was
 		// pending deletion (now cancelled): copy what it lacks.
 		if err := w.markKeyPending(ctx, key.KeyID); err != nil {
@@ -492,12 +556,36 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 		}
 	}
 	if len(st.SyncDigest) == 0 {
-		// Unprompted: acknowledge it (and send the key's state with it).
 		r, _ := findReplica(&key.Key, m.Src)
-		ack := max(r.StatusSeq, st.StatusSeq)
-		return w.sendSync(ctx, key, m.Src, ack)
+		return w.ackStatus(ctx, key, m.Src, max(r.StatusSeq, st.StatusSeq))
 	}
 	return nil
+}
+
+// ackStatus acknowledges an unprompted status with a sync carrying the
+// key's state. During a hand-over the sync carries the epoch before it: the
+// hand-over's epoch goes out only with the new primary's name (announce).
+func (w *Worker) ackStatus(ctx context.Context, k *keyRecord, dst string, seq uint64) error {
+	if k.PendingPrimary != "" {
+		before := *k
+		before.Epoch--
+		return w.sendSync(ctx, &before, dst, seq)
+	}
+	return w.sendSync(ctx, k, dst, seq)
+}
+
+// abortHandover calls off the hand-over in progress (the new primary
+// cannot take the key): the key is ENABLED here again, still primary, and
+// replicas are synced at the epoch the hand-over took.
+func (w *Worker) abortHandover(k *keyRecord, why string) api.Event {
+	target := k.PendingPrimary
+	if r, ok := findReplica(&k.Key, target); ok && r.State == api.ReplicaUpdating {
+		r.State = replicaState(&k.Key, target, "")
+		setReplica(&k.Key, r)
+	}
+	k.KeyState, k.PendingPrimary, k.HandoverID, k.HandoverDigests = api.KeyStateEnabled, "", "", nil
+	w.log.Warn("hand-over called off", "key_id", k.KeyID, "to", target, "reason", why)
+	return api.Event{Type: api.EventPrimaryUpdateCancelled, KeyID: k.KeyID, Peer: target, Reason: why}
 }
 
 // onAnnounceAck (old primary): a replica confirms it knows the new primary.
@@ -590,7 +678,13 @@ func (w *Worker) handoverReady(ctx context.Context, k *keyRecord, target string)
 	if s := stagedVersion(&k.Key); s != 0 {
 		return conflict("key %s: version %d is staged; wait until it is current", k.KeyID, s)
 	}
+	if k.Reserved != 0 && w.cfg.Now().Sub(k.ReservedAt) < reservationTimeout {
+		return conflict("key %s is being rotated; wait until the new version is staged and current", k.KeyID)
+	}
 	for _, o := range k.Replicas {
+		if handedOver(&k.Key, o) == nil {
+			continue // failed before it held anything: left behind
+		}
 		if o.State == api.ReplicaCreating || o.State == api.ReplicaFailed || !complete(&k.Key, o.Region) {
 			return conflict("the replica of key %s in %s is %s; wait for it or delete it first", k.KeyID, o.Region, o.State)
 		}
@@ -601,10 +695,21 @@ func (w *Worker) handoverReady(ctx context.Context, k *keyRecord, target string)
 	return nil
 }
 
+// handedOver returns r if a hand-over passes it on to the new primary, nil
+// for a replica whose first copy failed (it holds nothing and has no run
+// in flight): that one is left behind, to be replicated again from the new
+// primary if wanted.
+func handedOver(k *api.Key, r api.Replica) *api.Replica {
+	if r.State == api.ReplicaFailed && !holdsAny(k, r.Region) {
+		return nil
+	}
+	return &r
+}
+
 func (w *Worker) sendHandover(ctx context.Context, k *keyRecord) error {
 	replicas := []string{w.cfg.Region}
 	for _, r := range k.Replicas {
-		if r.Region != k.PendingPrimary {
+		if r.Region != k.PendingPrimary && handedOver(&k.Key, r) != nil {
 			replicas = append(replicas, r.Region)
 		}
 	}
@@ -658,6 +763,10 @@ func (w *Worker) onHandover(ctx context.Context, env *messages.Envelope) error {
 	if k.Role != api.RoleReplica || k.PrimaryRegion != m.Src {
 		return refuse(reasonNotPrimary, "hand-over of key %s from %s; its primary is %s", h.KeyID, m.Src, k.PrimaryRegion)
 	}
+	if k.KeyState == api.KeyStatePendingDeletion {
+		// Its status told the old primary, which calls the hand-over off.
+		return refuse(reasonStateMismatch, "hand-over of key %s, which is pending deletion in %s", h.KeyID, w.cfg.Region)
+	}
 	if h.Epoch <= k.Epoch {
 		return refuse(reasonStateMismatch, "hand-over of key %s at epoch %d; this replica holds epoch %d", h.KeyID, h.Epoch, k.Epoch)
 	}
@@ -671,7 +780,7 @@ func (w *Worker) onHandover(ctx context.Context, env *messages.Envelope) error {
 	}
 	now := w.cfg.Now().UTC()
 	key, err := w.updateKey(ctx, h.KeyID, func(k *keyRecord) error {
-		if k.Role != api.RoleReplica || k.PrimaryRegion != m.Src || h.Epoch <= k.Epoch {
+		if k.Role != api.RoleReplica || k.PrimaryRegion != m.Src || h.Epoch <= k.Epoch || k.KeyState != api.KeyStateEnabled {
 			return refuse(reasonStateMismatch, "key %s changed meanwhile", h.KeyID)
 		}
 		holding := append(slices.Clone(h.Replicas), w.cfg.Region)
@@ -746,7 +855,7 @@ func (w *Worker) onAccept(ctx context.Context, env *messages.Envelope) error {
 		}
 		k.Announce = nil
 		for _, r := range k.Replicas {
-			if r.Region != m.Src {
+			if r.Region != m.Src && handedOver(&k.Key, r) != nil {
 				k.Announce = append(k.Announce, r.Region)
 			}
 		}
@@ -933,6 +1042,10 @@ func (w *Worker) deleteNow(ctx context.Context, k *keyRecord) error {
 
 // ---- sweeper ----------------------------------------------------------
 
+// tombstoneLifetime bounds how long a deleted replica keeps reporting its
+// deletion to a primary that does not acknowledge it.
+const tombstoneLifetime = 24 * time.Hour
+
 // sweepKey does the lifecycle work due for one key: resend what was not
 // acknowledged within MessageTTL, delete when the date has come, restart
 // the copy of versions a replica lacks. It reports whether work remains.
@@ -993,10 +1106,36 @@ func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 				}
 			}
 		}
+		if s := stagedVersion(&k.Key); s != 0 {
+			pending = true
+			if len(waitingFor(&k.Key, s)) == 0 {
+				// Nobody left to wait for (a receipt or status that
+				// should have activated it was cut short).
+				var activated uint32
+				key, err := w.updateKey(ctx, keyID, func(k *keyRecord) error {
+					if activated = tryActivate(&k.Key, now); activated == 0 {
+						return errNoChange
+					}
+					return nil
+				})
+				errs = append(errs, err)
+				if err == nil && activated != 0 {
+					w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: keyID, Version: activated, Regions: allRegions(&key.Key)})
+				}
+			}
+		}
 		if pending {
 			w.syncReplicas(ctx, keyID)
 		}
 	case api.RoleReplica:
+		if k.Deleted && now.Sub(k.UpdatedAt) > tombstoneLifetime {
+			// Never acknowledged (the primary is gone too): give up.
+			if err := w.res.Keys.Delete(ctx, keyID); err != nil {
+				return true, err
+			}
+			w.log.Warn("deleted replica's tombstone removed without the primary's acknowledgement", "key_id", keyID)
+			return false, nil
+		}
 		if k.StatusSeq > k.StatusAcked {
 			pending = true
 			if due(k.StatusSentAt) {

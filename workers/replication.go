@@ -230,7 +230,15 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 	}
 	var winner string
 	_, err = w.updateKey(ctx, keyID, func(k *keyRecord) error {
+		// Checked again on the record written: a hand-over or a deletion
+		// may have begun since the read above.
+		if k.Role != api.RolePrimary || k.KeyState != api.KeyStateEnabled {
+			return conflict("key %s is %s in %s (%s) now; no replication starts", keyID, k.KeyState, w.cfg.Region, k.Role)
+		}
 		r, _ := findReplica(&k.Key, dst)
+		if r.State == api.ReplicaPendingDeletion {
+			return conflict("the replica of key %s in %s is pending deletion; cancel the deletion there first", keyID, dst)
+		}
 		if r.ReplicationID != "" && r.ReplicationID != rec.ID {
 			// Another request started a run between our read and now.
 			if other := w.activeRun(ctx, r); other != nil {
@@ -247,6 +255,8 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 		return nil
 	})
 	if err != nil {
+		_ = w.res.Repl.Delete(ctx, rec.ID)
+		_ = w.clearPending(ctx, rec.ID)
 		return nil, err
 	}
 	if winner != "" {
@@ -492,7 +502,10 @@ func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messa
 			KeyUsage: props.KeyUsage, Description: props.Description, Enabled: true,
 			Versions: []uint32{rec.Version}, CurrentVersion: rec.Version,
 			CreatedAt: now, UpdatedAt: now, ReplicatedFrom: rec.ID, UsableAt: &now,
-			KeyState: api.KeyStateEnabled,
+			// The run brings the state of epoch 1 (the init carries no
+			// epoch); if the key changed before this replica existed, the
+			// primary syncs it at once (recordReceipt, needsSync).
+			KeyState: api.KeyStateEnabled, Epoch: 1,
 		}}
 		if old != nil {
 			// Re-created after a deletion: keep numbering status reports
@@ -629,9 +642,11 @@ func (w *Worker) recordReceipt(ctx context.Context, run *replication) (*keyRecor
 			// A sync it could not apply for lack of this version may be
 			// sent again now, without waiting for the resend timer.
 			delete(k.SyncSent, run.Peer)
-			if first && run.WasCurrent {
+			if first && run.WasCurrent && run.Epoch == 1 {
 				// The run that created the replica gave it the state of
-				// its epoch (primary, current version, description).
+				// epoch 1 (the creating primary, version 1, the
+				// description): no sync needed. A key that changed before
+				// it had this replica is synced (needsSync).
 				r.SyncedEpoch = max(r.SyncedEpoch, run.Epoch)
 			}
 			r.State = replicaState(&k.Key, run.Peer, r.State)

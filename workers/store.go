@@ -77,6 +77,9 @@ func (r *replication) ended() bool {
 type keyRecord struct {
 	api.Key
 
+	// Primary: a version number a rotation reserved before generating it.
+	Reserved   uint32    `json:"reserved,omitempty"`
+	ReservedAt time.Time `json:"reserved_at,omitzero"`
 	// Primary: the last key.sync sent to each replica (its epoch and when).
 	SyncSent map[string]syncSent `json:"sync_sent,omitempty"`
 	// Primary while UPDATING: the hand-over in progress.

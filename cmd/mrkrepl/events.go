@@ -34,7 +34,7 @@ var eventTypes = []string{
 	api.EventReplicationCompleted, api.EventReplicationFailed, api.EventRequestRejected,
 	api.EventMessageRefused,
 	api.EventVersionStaged, api.EventVersionActivated,
-	api.EventPrimaryUpdateStarted, api.EventPrimaryUpdated,
+	api.EventPrimaryUpdateStarted, api.EventPrimaryUpdated, api.EventPrimaryUpdateCancelled,
 	api.EventReplicaDeletionScheduled, api.EventReplicaDeletionCancelled, api.EventReplicaDeleted,
 	api.EventKeyDeletionScheduled, api.EventKeyDeletionCancelled, api.EventKeyDeleted,
 }
