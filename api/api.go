@@ -282,6 +282,7 @@ const (
 	EventKeyCreated           = "KeyCreated"
 	EventReplicationStarted   = "ReplicationStarted"
 	EventReplicaCreated       = "ReplicaCreated"
+	EventVersionReplicated    = "VersionReplicated"
 	EventReplicationCompleted = "ReplicationCompleted"
 	EventReplicationFailed    = "ReplicationFailed"
 	EventRequestRejected      = "RequestRejected"

@@ -159,8 +159,15 @@ func TestRotationStagedThenActivated(t *testing.T) {
 	if ev := findEvent(evs, api.EventVersionActivated, key.KeyID); ev == nil || ev.Version != 2 {
 		t.Errorf("VersionActivated event in %s: %+v", us, ev)
 	}
-	if ev := findEvent(readEvents(t, ctx, p, eu), api.EventVersionActivated, key.KeyID); ev == nil || ev.Actor != "region:"+us {
+	euEvents := readEvents(t, ctx, p, eu)
+	if ev := findEvent(euEvents, api.EventVersionActivated, key.KeyID); ev == nil || ev.Actor != "region:"+us {
 		t.Errorf("VersionActivated event in %s: %+v, want actor region:%s", eu, ev, us)
+	}
+	if ev := findEvent(euEvents, api.EventReplicaCreated, key.KeyID); ev == nil || ev.Version != 1 {
+		t.Errorf("ReplicaCreated event in %s: %+v, want version 1", eu, ev)
+	}
+	if ev := findEvent(euEvents, api.EventVersionReplicated, key.KeyID); ev == nil || ev.Version != 2 {
+		t.Errorf("VersionReplicated event in %s: %+v, want version 2", eu, ev)
 	}
 
 	// One rotation at a time is not a limit here (v2 is current), and a

@@ -756,6 +756,9 @@ func (w *Worker) finish(ctx context.Context, rec *replication) {
 		if rec.Role == roleDestination {
 			w.met.duration.WithLabelValues(rec.Role, "usable").Observe(elapsed)
 			ev.Type = api.EventReplicaCreated
+			if !rec.NewReplica {
+				ev.Type = api.EventVersionReplicated // one more version of a replica here
+			}
 		} else {
 			w.met.duration.WithLabelValues(rec.Role, "confirmed").Observe(elapsed)
 			ev.Type = api.EventReplicationCompleted

@@ -30,7 +30,7 @@ import (
 // eventTypes are the types this build knows; others (from newer workers)
 // are shown all the same.
 var eventTypes = []string{
-	api.EventKeyCreated, api.EventReplicationStarted, api.EventReplicaCreated,
+	api.EventKeyCreated, api.EventReplicationStarted, api.EventReplicaCreated, api.EventVersionReplicated,
 	api.EventReplicationCompleted, api.EventReplicationFailed, api.EventRequestRejected,
 	api.EventMessageRefused,
 	api.EventVersionStaged, api.EventVersionActivated,
