@@ -76,7 +76,9 @@ func TestHeartbeat(t *testing.T) {
 	// With per-role users: the proxy role may create and write the
 	// heartbeat streams.
 	p := mrkrepltest.New(t, mrkrepltest.Options{NoProxy: true, Auth: true})
-	_, reg := startProxy(t, p, "hb", proxy.HeartbeatConfig{Interval: 100 * time.Millisecond, Timeout: 500 * time.Millisecond})
+	// A probe times out after the interval: 1 s leaves room for a loaded
+	// machine under the race detector (100 ms did not).
+	_, reg := startProxy(t, p, "hb", proxy.HeartbeatConfig{Interval: time.Second, Timeout: time.Second})
 	pairs := 0
 	for _, a := range p.Regions() {
 		for _, b := range p.Regions() {
@@ -117,8 +119,13 @@ func TestHeartbeat(t *testing.T) {
 		return f["eu-west-1>us-east-1>source"] >= 1 && f["us-east-1>eu-west-1>destination"] >= 1
 	})
 	before := series(t, reg, "mrkrepl_proxy_heartbeat_last_success_timestamp_seconds", "src", "dst")
-	time.Sleep(300 * time.Millisecond)
-	after := series(t, reg, "mrkrepl_proxy_heartbeat_last_success_timestamp_seconds", "src", "dst")
+	// Wait for a pair without eu-west-1 to beat again; by then the pairs
+	// with it had a round to beat in too, and must not have.
+	var after map[string]float64
+	obstest.WaitFor(t, 10*time.Second, "us-east-1>ap-southeast-2 beats again", func() bool {
+		after = series(t, reg, "mrkrepl_proxy_heartbeat_last_success_timestamp_seconds", "src", "dst")
+		return after["us-east-1>ap-southeast-2"] > before["us-east-1>ap-southeast-2"]
+	})
 	for _, k := range []string{"eu-west-1>us-east-1", "us-east-1>eu-west-1", "ap-southeast-2>eu-west-1"} {
 		if after[k] != before[k] {
 			t.Errorf("pair %s still beats with eu-west-1 down", k)

@@ -29,6 +29,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/internal/inflight"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
@@ -82,7 +83,7 @@ type Proxy struct {
 
 	mu       sync.Mutex
 	consumes []jetstream.ConsumeContext
-	inflight sync.WaitGroup
+	inflight inflight.Group // goroutines of messages in flight
 }
 
 // New checks cfg and returns a Proxy that is not yet started.
@@ -180,7 +181,7 @@ func (p *Proxy) Stop() {
 	p.mu.Lock()
 	p.stopLocked()
 	p.mu.Unlock()
-	p.inflight.Wait()
+	p.inflight.Close()
 }
 
 func (p *Proxy) stopLocked() {
@@ -214,13 +215,15 @@ type pair struct {
 
 func (pr *pair) handle(msg jetstream.Msg) {
 	pr.sem <- struct{}{}
-	pr.p.inflight.Add(1)
-	go func() {
-		defer func() { <-pr.sem; pr.p.inflight.Done() }()
+	started := pr.p.inflight.Go(func() {
+		defer func() { <-pr.sem }()
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second+pr.p.delay(pr.src, pr.dst))
 		defer cancel()
 		pr.forward(ctx, msg)
-	}()
+	})
+	if !started {
+		<-pr.sem // stopping: not acked, so redelivered to a running proxy
+	}
 }
 
 // forward is one message's whole life in the proxy; it ends in exactly one

@@ -68,11 +68,14 @@ func (w *Worker) startAPI() (micro.Service, error) {
 func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, error)) micro.HandlerFunc {
 	return func(req micro.Request) {
 		w.apiSem <- struct{}{}
-		w.inflight.Add(1)
-		go func() {
-			defer func() { <-w.apiSem; w.inflight.Done() }()
+		started := w.inflight.Go(func() {
+			defer func() { <-w.apiSem }()
 			w.serve(op, fn, req)
-		}()
+		})
+		if !started {
+			<-w.apiSem
+			_ = req.Error(api.CodeInternal, "worker stopping", nil)
+		}
 	}
 }
 

@@ -187,6 +187,15 @@ func TestWorkerInFlight(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	// A key pending deletion has lifecycle work in the same index
+	// ("lc.<key id>"): it is not a run in flight.
+	other, err := us.CreateKey(ctx, api.CreateKeyRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := us.ScheduleKeyDeletion(ctx, other.KeyID, 7); err != nil {
+		t.Fatal(err)
+	}
 	inst := map[string]string{"instance": "worker-us-east-1"}
 	obstest.WaitFor(t, 10*time.Second, "2 runs in flight", func() bool {
 		v, n := find(t, reg, "mrkrepl_worker_replications_in_flight", inst)

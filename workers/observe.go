@@ -164,7 +164,9 @@ func (s *inflightSet) watch(kv jetstream.KeyValue, log *slog.Logger) {
 		var kw jetstream.KeyWatcher
 		for {
 			var err error
-			if kw, err = kv.WatchAll(ctx, jetstream.MetaOnly()); err == nil {
+			// "*": replication ids only; the lifecycle's "lc.<key id>"
+			// entries (sweep.go) are not runs.
+			if kw, err = kv.Watch(ctx, "*", jetstream.MetaOnly()); err == nil {
 				break
 			}
 			log.Warn("in-flight gauge: cannot watch the pending index; retrying", "err", err)

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/inflight"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
@@ -87,7 +88,7 @@ type Worker struct {
 	consumes  []jetstream.ConsumeContext
 	stopSweep context.CancelFunc
 	svc       micro.Service
-	inflight  sync.WaitGroup
+	inflight  inflight.Group // goroutines of messages, requests and the sweeper
 	sem       chan struct{}
 	apiSem    chan struct{} // API requests in flight
 }
@@ -214,11 +215,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	sctx, cancel := context.WithCancel(context.Background())
 	w.stopSweep = cancel
-	w.inflight.Add(1)
-	go func() {
-		defer w.inflight.Done()
-		w.sweepLoop(sctx)
-	}()
+	w.inflight.Go(func() { w.sweepLoop(sctx) })
 	w.startObservers() // metrics hook (observe.go)
 	_, kid := w.rsk()
 	w.log.Info("worker started", "hsm", w.backend, "kid", fmt.Sprintf("%x", kid[:8]), "partition", w.bundle().Partition())
@@ -230,13 +227,15 @@ func (w *Worker) Start(ctx context.Context) error {
 func (w *Worker) dispatch(fn func(context.Context, jetstream.Msg)) jetstream.MessageHandler {
 	return func(msg jetstream.Msg) {
 		w.sem <- struct{}{}
-		w.inflight.Add(1)
-		go func() {
-			defer func() { <-w.sem; w.inflight.Done() }()
+		started := w.inflight.Go(func() {
+			defer func() { <-w.sem }()
 			ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 			defer cancel()
 			fn(ctx, msg)
-		}()
+		})
+		if !started {
+			<-w.sem // stopping: not acked, so redelivered to a running worker
+		}
 	}
 }
 
@@ -245,7 +244,7 @@ func (w *Worker) Stop() {
 	w.mu.Lock()
 	w.stopLocked()
 	w.mu.Unlock()
-	w.inflight.Wait()
+	w.inflight.Close()
 }
 
 func (w *Worker) stopLocked() {
