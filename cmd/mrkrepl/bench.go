@@ -31,6 +31,11 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.IntVar(&cfg.WorkerConcurrency, "worker-concurrency", 0, "concurrency of the workers and the proxy (0: their defaults)")
 	fs.DurationVar(&cfg.BoundTime, "bound-time", 2*time.Second, "how long to measure the crypto bound")
 	fs.DurationVar(&cfg.Timeout, "timeout", 0, "give up after this long (default: --duration + 2m, or 10m)")
+	fs.Func("memory-limit", "Go soft memory limit of the process while the benchmark runs, as `SIZE`, e.g. 200MiB (default: none, or GOMEMLIMIT); trades GC CPU for peak RSS", func(v string) error {
+		n, err := bench.ParseSize(v)
+		cfg.MemoryLimit = n
+		return err
+	})
 	data := fs.String("data", "", "keep JetStream data and SoftHSM2 tokens in `DIR` (default: a temporary directory, removed at exit)")
 	asJSON := fs.Bool("json", false, "print the result as one JSON object instead of a table")
 	quiet := fs.Bool("quiet", false, "no progress on stderr")

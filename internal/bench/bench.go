@@ -95,6 +95,12 @@ type Config struct {
 	WorkerConcurrency int
 	// BoundTime is how long the crypto bound is measured (default 2s).
 	BoundTime time.Duration
+	// MemoryLimit, if positive, is the Go runtime's soft memory limit
+	// (debug.SetMemoryLimit) while Run runs, in bytes; 0 leaves the limit
+	// alone (GOMEMLIMIT, if set, applies). The whole partition shares this
+	// process's heap: a limit trades GC CPU for peak RSS, and both are
+	// reported.
+	MemoryLimit int64
 	// Timeout ends a run that has not finished (default: Duration + 2
 	// minutes, or 10 minutes).
 	Timeout time.Duration
@@ -169,6 +175,9 @@ func (c *Config) Validate() error {
 	if c.Timeout < 0 {
 		bad("--timeout %s: want a positive duration", c.Timeout)
 	}
+	if c.MemoryLimit < 0 {
+		bad("--memory-limit %d: want a positive size, or 0 for none", c.MemoryLimit)
+	}
 	return errors.Join(errs...)
 }
 
@@ -205,6 +214,9 @@ func regionNames(n int) []string {
 	return names[:n]
 }
 
+// jobID names a job: the key and the destination region.
+type jobID struct{ key, dst string }
+
 // job is one replication: key, from its primary src to dst.
 type job struct {
 	key, src, dst string
@@ -226,13 +238,11 @@ func (j *job) finish() (first bool) {
 type run struct {
 	cfg     Config
 	regions []string
-	jobs    map[string]*job // by key id + "|" + dst
+	jobs    map[jobID]*job
 	started atomic.Int64
 	ended   atomic.Int64
 	failed  atomic.Int64
 }
-
-func jobKey(keyID, dst string) string { return keyID + "|" + dst }
 
 // Run runs one benchmark and returns its result. A result is returned with
 // an error when some replications failed.
@@ -243,7 +253,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	cfg.setDefaults()
 	ctx, cancel := context.WithTimeout(ctx, cfg.Timeout)
 	defer cancel()
-	r := &run{cfg: cfg, regions: regionNames(cfg.Regions), jobs: map[string]*job{}}
+	defer setMemoryLimit(cfg.MemoryLimit)()
+	r := &run{cfg: cfg, regions: regionNames(cfg.Regions), jobs: map[jobID]*job{}}
 
 	dir := cfg.Dir
 	if dir == "" {
@@ -327,7 +338,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		for _, dst := range r.regions {
 			if dst != src {
 				j := &job{key: k, src: src, dst: dst, done: make(chan struct{})}
-				r.jobs[jobKey(k, dst)] = j
+				r.jobs[jobID{k, dst}] = j
 				order = append(order, j)
 			}
 		}
@@ -355,6 +366,8 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	var mem runtime.MemStats
 	runtime.ReadMemStats(&mem)
 	res.HeapInuseBytes, res.GoSysBytes = mem.HeapInuse, mem.Sys
+	st := readGC()
+	res.GOGC, res.MemoryLimitBytes = st.gogc, memoryLimit(st)
 	if cfg.MemProfile != nil && runErr == nil {
 		runtime.GC()
 		if err := pprof.WriteHeapProfile(cfg.MemProfile); err != nil {
@@ -526,20 +539,20 @@ func (r *run) follow(ctx context.Context, p *mrkrepltest.Partition, region strin
 func (r *run) onEvent(ev *api.Event) {
 	switch ev.Type {
 	case api.EventReplicaCreated: // in the destination
-		if j := r.jobs[jobKey(ev.KeyID, ev.Region)]; j != nil && j.src == ev.Peer {
+		if j := r.jobs[jobID{ev.KeyID, ev.Region}]; j != nil && j.src == ev.Peer {
 			j.usable.Store(ev.Time.UnixNano())
 		}
 	case api.EventReplicationCompleted: // in the source
-		if j := r.jobs[jobKey(ev.KeyID, ev.Peer)]; j != nil && j.src == ev.Region {
+		if j := r.jobs[jobID{ev.KeyID, ev.Peer}]; j != nil && j.src == ev.Region {
 			j.confirmed.Store(ev.Time.UnixNano())
 			if j.finish() {
 				r.ended.Add(1)
 			}
 		}
 	case api.EventReplicationFailed: // in either
-		j := r.jobs[jobKey(ev.KeyID, ev.Peer)]
+		j := r.jobs[jobID{ev.KeyID, ev.Peer}]
 		if j == nil || j.src != ev.Region {
-			j = r.jobs[jobKey(ev.KeyID, ev.Region)]
+			j = r.jobs[jobID{ev.KeyID, ev.Region}]
 		}
 		if j != nil {
 			reason := fmt.Sprintf("%s: %s (reported by %s)", j.src+"→"+j.dst, ev.Reason, ev.Region)
@@ -596,6 +609,8 @@ func (r *run) replicate(ctx context.Context, clients map[string]*client.Client, 
 		sampleMu sync.Mutex
 	)
 	phase.Store("replicate")
+	var live liveMax
+	gc0 := readGC()
 	start := time.Now()
 	cpu0 := processCPU()
 	sampleMu.Lock()
@@ -603,6 +618,7 @@ func (r *run) replicate(ctx context.Context, clients map[string]*client.Client, 
 	sampleMu.Unlock()
 	stop := r.ticker(func() Progress {
 		ended := int(r.ended.Load())
+		live.sample()
 		sampleMu.Lock()
 		samples = append(samples, cpuSample{ended, processCPU()})
 		sampleMu.Unlock()
@@ -682,6 +698,7 @@ loop:
 	wg.Wait()
 	cpu1 := processCPU()
 	stop()
+	gc1 := readGC()
 	if e := callErr.Load(); e != nil {
 		return *e
 	}
@@ -696,6 +713,9 @@ loop:
 	res.Started = int(r.started.Load())
 	res.LaunchSeconds = launchEnd.Sub(start).Seconds()
 	res.CPUSeconds = (cpu1 - cpu0).Seconds()
+	res.GCCycles = gc1.cycles - gc0.cycles
+	res.GCCPUSeconds = gc1.cpu - gc0.cpu
+	res.PeakHeapLiveBytes = max(live.get(), gc1.live)
 	sampleMu.Lock()
 	samples = append(samples, cpuSample{int(r.ended.Load()), cpu1})
 	res.CPUMSPerReplicationByDecile = deciles(samples, res.Started)
@@ -767,6 +787,7 @@ func (r *run) collect(order []*job, res *Result) {
 		res.ReplicationsPerSecond = float64(res.Replications) / res.ElapsedSeconds
 		res.CPUMSPerReplication = res.CPUSeconds * 1000 / float64(res.Replications)
 		res.CPUUtilization = res.CPUSeconds / (res.ElapsedSeconds * float64(res.GOMAXPROCS))
+		res.GCCPUMSPerReplication = res.GCCPUSeconds * 1000 / float64(res.Replications)
 	}
 	if res.CryptoBoundPerSecond > 0 {
 		res.RatioToBound = res.ReplicationsPerSecond / res.CryptoBoundPerSecond

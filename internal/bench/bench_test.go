@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"errors"
+	"runtime/debug"
 	"strings"
 	"sync"
 	"testing"
@@ -39,6 +40,7 @@ func TestValidate(t *testing.T) {
 		{Config{Count: 1, WorkerConcurrency: -2}, "--worker-concurrency -2"},
 		{Config{Count: 1, BoundTime: time.Millisecond}, "--bound-time 1ms"},
 		{Config{Count: 1, Timeout: -time.Second}, "--timeout -1s"},
+		{Config{Count: 1, MemoryLimit: -1}, "--memory-limit -1"},
 	} {
 		err := tc.cfg.Validate()
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
@@ -49,6 +51,37 @@ func TestValidate(t *testing.T) {
 	err := (&Config{Count: -1, HSM: "x"}).Validate()
 	if err == nil || !strings.Contains(err.Error(), "--count") || !strings.Contains(err.Error(), "--hsm") {
 		t.Errorf("two problems: %v, want both named", err)
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]int64{
+		"0": 0, "123": 123, "123B": 123, "2KiB": 2 << 10, "200MiB": 200 << 20, "1GiB": 1 << 30, "3TiB": 3 << 40,
+	} {
+		if got, err := ParseSize(in); err != nil || got != want {
+			t.Errorf("ParseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "MiB", "-1", "1.5GiB", "200MB", "12XB", "9999999TiB"} {
+		if _, err := ParseSize(in); err == nil {
+			t.Errorf("ParseSize(%q): no error", in)
+		}
+	}
+}
+
+func TestSetMemoryLimit(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	restore := setMemoryLimit(1 << 40)
+	if got := memoryLimit(readGC()); got != 1<<40 {
+		t.Errorf("limit in effect %d, want %d", got, int64(1<<40))
+	}
+	restore()
+	if got := debug.SetMemoryLimit(-1); got != prev {
+		t.Errorf("limit after restore %d, want %d", got, prev)
+	}
+	setMemoryLimit(0)() // no limit asked: nothing changes
+	if got := debug.SetMemoryLimit(-1); got != prev {
+		t.Errorf("limit after setMemoryLimit(0) %d, want %d", got, prev)
 	}
 }
 
@@ -158,6 +191,9 @@ func runSmall(t *testing.T, cfg Config) *Result {
 			t.Errorf("%s = %v, want > 0", name, v)
 		}
 	}
+	if res.PeakHeapLiveBytes == 0 || res.GCCycles == 0 && res.GCCPUSeconds != 0 {
+		t.Errorf("gc figures: live heap %d, %d cycles, %.3fs", res.PeakHeapLiveBytes, res.GCCycles, res.GCCPUSeconds)
+	}
 	if res.P50UsableMS > res.P50ConfirmedMS {
 		t.Errorf("p50 usable %.1fms after p50 confirmed %.1fms", res.P50UsableMS, res.P50ConfirmedMS)
 	}
@@ -165,7 +201,7 @@ func runSmall(t *testing.T, cfg Config) *Result {
 	if err := res.WriteTable(&sb); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"throughput", "crypto bound", "ratio to bound", "usable", "confirmed", "peak rss"} {
+	for _, want := range []string{"throughput", "crypto bound", "ratio to bound", "usable", "confirmed", "peak rss", "live heap up to"} {
 		if !strings.Contains(sb.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, sb.String())
 		}
@@ -177,6 +213,17 @@ func TestRunCount(t *testing.T) {
 	res := runSmall(t, Config{Count: 5, Concurrency: 3})
 	if res.Replications != 5 || res.Keys != 3 || res.StoppedBy != "count" {
 		t.Errorf("replications %d from %d keys, stopped by %s; want 5 from 3, count", res.Replications, res.Keys, res.StoppedBy)
+	}
+}
+
+func TestRunMemoryLimit(t *testing.T) {
+	prev := debug.SetMemoryLimit(-1)
+	res := runSmall(t, Config{Count: 2, Concurrency: 2, MemoryLimit: 1 << 40})
+	if res.MemoryLimitBytes != 1<<40 {
+		t.Errorf("memory_limit_bytes %d, want %d", res.MemoryLimitBytes, int64(1<<40))
+	}
+	if got := debug.SetMemoryLimit(-1); got != prev {
+		t.Errorf("limit after Run %d, want the previous %d", got, prev)
 	}
 }
 

@@ -82,6 +82,18 @@ type Result struct {
 	PeakRSSBytes   uint64  `json:"peak_rss_bytes"`
 	HeapInuseBytes uint64  `json:"heap_inuse_bytes"` // Go heap in use at the end of the run
 	GoSysBytes     uint64  `json:"go_sys_bytes"`     // memory the Go runtime holds from the OS at the end
+	// PeakHeapLiveBytes is the largest heap the collector found reachable
+	// during the replication phase (runtime/metrics /gc/heap/live:bytes,
+	// sampled with the progress): the floor under the heap, before GOGC's
+	// headroom for garbage.
+	PeakHeapLiveBytes uint64 `json:"peak_heap_live_bytes"`
+	// GC cycles and the collector's CPU during the replication phase (the
+	// runtime's estimate; it is part of cpu_seconds).
+	GCCycles              uint64  `json:"gc_cycles"`
+	GCCPUSeconds          float64 `json:"gc_cpu_seconds"`
+	GCCPUMSPerReplication float64 `json:"gc_cpu_ms_per_replication"`
+	GOGC                  uint64  `json:"gogc"`                         // percent; 0: off
+	MemoryLimitBytes      uint64  `json:"memory_limit_bytes,omitempty"` // the soft limit in effect (--memory-limit or GOMEMLIMIT)
 	// NATS messages the regions' servers received and sent per replication
 	// (client traffic of workers, proxy and benchmark, JetStream API included).
 	NATSInMsgsPerReplication  float64 `json:"nats_in_msgs_per_replication"`
@@ -133,6 +145,11 @@ func (r *Result) WriteTable(w io.Writer) error {
 		p("cpu by tenth\t%s ms per replication", strings.Join(ds, " "))
 	}
 	p("peak rss\t%.1f MiB (at the end: Go heap in use %.1f MiB, held from the OS %.1f MiB)", float64(r.PeakRSSBytes)/(1<<20), float64(r.HeapInuseBytes)/(1<<20), float64(r.GoSysBytes)/(1<<20))
+	limit := "no memory limit"
+	if r.MemoryLimitBytes > 0 {
+		limit = fmt.Sprintf("memory limit %.0f MiB", float64(r.MemoryLimitBytes)/(1<<20))
+	}
+	p("gc\tlive heap up to %.1f MiB; %d cycles, %.2f ms CPU per replication (GOGC %d, %s)", float64(r.PeakHeapLiveBytes)/(1<<20), r.GCCycles, r.GCCPUMSPerReplication, r.GOGC, limit)
 	p("nats\t%.1f messages in, %.1f out per replication (all regions' servers)", r.NATSInMsgsPerReplication, r.NATSOutMsgsPerReplication)
 	if r.LoadAverageStart > 0 || r.LoadAverageEnd > 0 {
 		p("load average\t%.2f at start, %.2f at end (1 min)", r.LoadAverageStart, r.LoadAverageEnd)
