@@ -10,6 +10,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -32,11 +33,11 @@ import (
 // the entry alone).
 const orphanAge = time.Minute
 
-// clearPending removes a run's entry from the pending index. The delete
-// marker it leaves is removed by the sweeper after orphanAge (see
-// sweepLoop), so listing the index costs what is in flight, not history.
+// clearPending removes a run's entry from the pending index with a purge
+// whose marker expires after layout.PendingMarkerTTL, so listing the index
+// costs what is in flight, not history.
 func (w *Worker) clearPending(ctx context.Context, id string) error {
-	if err := w.res.Pending.Delete(ctx, id); err != nil {
+	if err := w.res.Pending.Purge(ctx, id, jetstream.PurgeTTL(layout.PendingMarkerTTL)); err != nil {
 		return fmt.Errorf("pending index: %w", err)
 	}
 	return nil
@@ -54,6 +55,11 @@ func (w *Worker) markPending(ctx context.Context, id string) error {
 const rakbSweepEvery = 12
 
 func (w *Worker) sweepLoop(ctx context.Context) {
+	// Entries are removed by purges whose markers expire by themselves;
+	// delete markers left by older versions (plain deletes) go once here.
+	if err := w.res.Pending.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(orphanAge)); err != nil && ctx.Err() == nil {
+		w.log.Warn("pending index markers not purged", "err", err)
+	}
 	t := time.NewTicker(w.cfg.SweepInterval)
 	defer t.Stop()
 	for n := 1; ; n++ {
@@ -63,13 +69,6 @@ func (w *Worker) sweepLoop(ctx context.Context) {
 		case <-t.C:
 			if err := w.sweep(ctx); err != nil && ctx.Err() == nil {
 				w.log.Warn("sweep failed", "err", err)
-			}
-			if n%rakbSweepEvery == 0 {
-				// Drop the delete markers of runs that ended a while ago.
-				err := w.res.Pending.PurgeDeletes(ctx, jetstream.DeleteMarkersOlderThan(orphanAge))
-				if err != nil && ctx.Err() == nil {
-					w.log.Warn("pending index markers not purged", "err", err)
-				}
 			}
 			if s, ok := w.cfg.HSM.(hsmsvc.AgreementKeySweeper); ok && n%rakbSweepEvery == 0 {
 				if k, err := s.SweepExpired(ctx); err != nil && ctx.Err() == nil {
@@ -119,7 +118,7 @@ func (w *Worker) sweepKeyEntry(ctx context.Context, id, keyID string) error {
 	if err != nil || pending {
 		return err
 	}
-	err = w.res.Pending.Delete(ctx, id, jetstream.LastRevision(e.Revision()))
+	err = w.res.Pending.Purge(ctx, id, jetstream.LastRevision(e.Revision()), jetstream.PurgeTTL(layout.PendingMarkerTTL))
 	if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
 		return fmt.Errorf("pending index: %w", err)
 	}

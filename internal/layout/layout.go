@@ -65,7 +65,12 @@ func KeysBucket(region string) string     { return "MRK_" + upper(region) + "_KE
 func ReplBucket(region string) string     { return "MRK_" + upper(region) + "_REPL" }
 func ReplayBucket(region string) string   { return "MRK_" + upper(region) + "_REPLAY" }
 func PendingBucket(region string) string  { return "MRK_" + upper(region) + "_PENDING" }
-func TokensBucket(region string) string   { return "MRK_" + upper(region) + "_TOKENS" }
+
+// PendingMarkerTTL is how long the marker of a removed pending entry stays
+// (the PENDING bucket's LimitMarkerTTL; needs nats-server 2.11 or later).
+const PendingMarkerTTL = 10 * time.Second
+
+func TokensBucket(region string) string { return "MRK_" + upper(region) + "_TOKENS" }
 
 // Subjects.
 func RequestSubject(region, op string) string  { return "mrk." + region + ".requests." + op }
@@ -209,7 +214,10 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 		{&r.Keys, jetstream.KeyValueConfig{Bucket: KeysBucket(region), History: 5}},
 		{&r.Repl, jetstream.KeyValueConfig{Bucket: ReplBucket(region), History: 1}},
 		{&r.Replay, jetstream.KeyValueConfig{Bucket: ReplayBucket(region), History: 1, TTL: ReplayWindow}},
-		{&r.Pending, jetstream.KeyValueConfig{Bucket: PendingBucket(region), History: 1}},
+		// The sweeper removes entries with a purge whose marker expires
+		// (PendingMarkerTTL): no delete markers pile up, and no periodic
+		// PurgeDeletes (one JetStream API request per marker) is needed.
+		{&r.Pending, jetstream.KeyValueConfig{Bucket: PendingBucket(region), History: 1, LimitMarkerTTL: PendingMarkerTTL}},
 		{&r.Tokens, jetstream.KeyValueConfig{Bucket: TokensBucket(region), History: 1, TTL: ClientTokenTTL}},
 	}
 	for _, b := range buckets {
