@@ -86,15 +86,12 @@ func allRegions(k *api.Key) []string {
 
 // sendSigned signs m and publishes it to the outbox (for lifecycle
 // messages, which are not stored: a lost one is sent again, fresh).
-func (w *Worker) sendSigned(ctx context.Context, m *messages.Message) ([]byte, error) {
+func (w *Worker) sendSigned(ctx context.Context, m *messages.Message) error {
 	raw, _, err := w.sign(m)
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := w.publishSigned(ctx, m, raw); err != nil {
-		return nil, err
-	}
-	return messages.Digest(raw), nil
+	return w.publishSigned(ctx, m, raw)
 }
 
 // publishSigned publishes m, signed as raw, to the outbox.
@@ -114,8 +111,7 @@ func (w *Worker) sendSync(ctx context.Context, k *keyRecord, dst string, ack uin
 		KeyID: k.KeyID, Epoch: k.Epoch, PrimaryRegion: k.PrimaryRegion, CurrentVersion: k.CurrentVersion,
 		Versions: slices.Clone(k.Versions), Description: k.Description, AckStatusSeq: ack,
 	}
-	_, err := w.sendSigned(ctx, m)
-	return err
+	return w.sendSigned(ctx, m)
 }
 
 // sendStatus sends this replica's state to dst: in answer to the sync
@@ -133,8 +129,7 @@ func (w *Worker) sendStatus(ctx context.Context, k *keyRecord, dst string, syncD
 		st.State, st.DeletionDate = messages.ReplicaStatePendingDeletion, k.DeletionDate.UnixMilli()
 	}
 	m.Status = st
-	_, err := w.sendSigned(ctx, m)
-	return err
+	return w.sendSigned(ctx, m)
 }
 
 // syncReplicas sends key.sync to every replica that has not confirmed the
@@ -202,10 +197,7 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	// old enough to be a crash's leftover (reservationTimeout).
 	now := w.cfg.Now().UTC()
 	var next uint32
-	k, err := w.updateKey(ctx, req.KeyID, func(k *keyRecord) error {
-		if k.Deleted {
-			return notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
-		}
+	k, err := w.updateLiveKey(ctx, req.KeyID, func(k *keyRecord) error {
 		if err := w.canChangeShared(k); err != nil {
 			return err
 		}
@@ -219,9 +211,6 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 		k.Reserved, k.ReservedAt = next, now
 		return nil
 	})
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -682,7 +671,7 @@ func (w *Worker) handoverReady(ctx context.Context, k *keyRecord, target string)
 		return conflict("key %s is being rotated; wait until the new version is staged and current", k.KeyID)
 	}
 	for _, o := range k.Replicas {
-		if handedOver(&k.Key, o) == nil {
+		if leftBehind(&k.Key, o) {
 			continue // failed before it held anything: left behind
 		}
 		if o.State == api.ReplicaCreating || o.State == api.ReplicaFailed || !complete(&k.Key, o.Region) {
@@ -695,21 +684,17 @@ func (w *Worker) handoverReady(ctx context.Context, k *keyRecord, target string)
 	return nil
 }
 
-// handedOver returns r if a hand-over passes it on to the new primary, nil
-// for a replica whose first copy failed (it holds nothing and has no run
-// in flight): that one is left behind, to be replicated again from the new
-// primary if wanted.
-func handedOver(k *api.Key, r api.Replica) *api.Replica {
-	if r.State == api.ReplicaFailed && !holdsAny(k, r.Region) {
-		return nil
-	}
-	return &r
+// leftBehind reports whether a hand-over leaves replica r out: one whose
+// first copy failed (it holds nothing and has no run in flight), to be
+// replicated again from the new primary if wanted.
+func leftBehind(k *api.Key, r api.Replica) bool {
+	return r.State == api.ReplicaFailed && !holdsAny(k, r.Region)
 }
 
 func (w *Worker) sendHandover(ctx context.Context, k *keyRecord) error {
 	replicas := []string{w.cfg.Region}
 	for _, r := range k.Replicas {
-		if r.Region != k.PendingPrimary && handedOver(&k.Key, r) != nil {
+		if r.Region != k.PendingPrimary && !leftBehind(&k.Key, r) {
 			replicas = append(replicas, r.Region)
 		}
 	}
@@ -824,8 +809,7 @@ func (w *Worker) onHandover(ctx context.Context, env *messages.Envelope) error {
 func (w *Worker) sendAccept(ctx context.Context, k *keyRecord, handover *messages.Envelope) error {
 	m := w.newMessage(messages.TypeAccept, handover.Message.ReplicationID, handover.Message.Src)
 	m.Accept = &messages.Accept{HandoverDigest: handover.Digest, KeyID: k.KeyID, Epoch: handover.Message.Handover.Epoch}
-	_, err := w.sendSigned(ctx, m)
-	return err
+	return w.sendSigned(ctx, m)
 }
 
 // onAccept (old primary): become a replica of the new primary and tell the
@@ -855,7 +839,7 @@ func (w *Worker) onAccept(ctx context.Context, env *messages.Envelope) error {
 		}
 		k.Announce = nil
 		for _, r := range k.Replicas {
-			if r.Region != m.Src && handedOver(&k.Key, r) != nil {
+			if r.Region != m.Src && !leftBehind(&k.Key, r) {
 				k.Announce = append(k.Announce, r.Region)
 			}
 		}
@@ -909,10 +893,7 @@ func (w *Worker) apiScheduleKeyDeletion(ctx context.Context, data []byte) (any, 
 		return nil, err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateKey(ctx, req.KeyID, func(k *keyRecord) error {
-		if k.Deleted {
-			return notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
-		}
+	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *keyRecord) error {
 		switch k.KeyState {
 		case api.KeyStatePendingDeletion:
 			return conflict("key %s is already pending deletion (on %s)", k.KeyID, k.DeletionDate.Format(time.RFC3339))
@@ -938,9 +919,6 @@ func (w *Worker) apiScheduleKeyDeletion(ctx context.Context, data []byte) (any, 
 		k.KeyState, k.DeletionDate, k.UpdatedAt = api.KeyStatePendingDeletion, &d, now
 		return nil
 	})
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
-	}
 	if err != nil {
 		return nil, err
 	}
@@ -967,10 +945,7 @@ func (w *Worker) apiCancelKeyDeletion(ctx context.Context, data []byte) (any, er
 		return nil, err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateKey(ctx, req.KeyID, func(k *keyRecord) error {
-		if k.Deleted {
-			return notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
-		}
+	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *keyRecord) error {
 		if k.KeyState != api.KeyStatePendingDeletion {
 			return conflict("key %s is not pending deletion", k.KeyID)
 		}
@@ -981,9 +956,6 @@ func (w *Worker) apiCancelKeyDeletion(ctx context.Context, data []byte) (any, er
 		k.KeyState, k.DeletionDate, k.UpdatedAt = api.KeyStateEnabled, nil, now
 		return nil
 	})
-	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
-	}
 	if err != nil {
 		return nil, err
 	}

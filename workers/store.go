@@ -209,3 +209,18 @@ func (w *Worker) updateKey(ctx context.Context, keyID string, fn func(*keyRecord
 		return fn(k)
 	})
 }
+
+// updateLiveKey is updateKey for API requests: a key absent or deleted
+// here is an API "not found", like loadKey.
+func (w *Worker) updateLiveKey(ctx context.Context, keyID string, fn func(*keyRecord) error) (*keyRecord, error) {
+	k, err := w.updateKey(ctx, keyID, func(k *keyRecord) error {
+		if k.Deleted {
+			return jetstream.ErrKeyNotFound
+		}
+		return fn(k)
+	})
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return nil, notFound("key %s not found in region %s", keyID, w.cfg.Region)
+	}
+	return k, err
+}
