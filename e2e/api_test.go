@@ -45,6 +45,16 @@ func TestBadRequests(t *testing.T) {
 		{"decrypt garbage", us, api.OpDecrypt, api.DecryptRequest{CiphertextBlob: []byte("garbage")}, api.CodeBadRequest, "malformed ciphertext"},
 		{"decrypt in region without key", p.Region("ap-southeast-2").Client, api.OpEncrypt, api.EncryptRequest{KeyID: key.KeyID, Plaintext: []byte("x")}, api.CodeNotFound, "not found"},
 		{"describe unknown replication", us, api.OpDescribeReplication, api.ReplicationRequest{ReplicationID: messages.NewID()}, api.CodeNotFound, "not found"},
+		{"rotate malformed key id", us, api.OpRotateKey, api.RotateKeyRequest{KeyID: "mrk-XYZ"}, api.CodeBadRequest, "invalid key id"},
+		{"rotate unknown key", us, api.OpRotateKey, api.RotateKeyRequest{KeyID: unknown}, api.CodeNotFound, "not found"},
+		{"rotate unknown field", us, api.OpRotateKey, map[string]any{"key_id": key.KeyID, "version": 2}, api.CodeBadRequest, "unknown field"},
+		{"update primary to a region outside the partition", us, api.OpUpdatePrimaryRegion, api.UpdatePrimaryRegionRequest{KeyID: key.KeyID, PrimaryRegion: "mars-1"}, api.CodeBadRequest, "not in partition"},
+		{"update primary to itself", us, api.OpUpdatePrimaryRegion, api.UpdatePrimaryRegionRequest{KeyID: key.KeyID, PrimaryRegion: "us-east-1"}, api.CodeBadRequest, "already primary"},
+		{"update primary of an unknown key", us, api.OpUpdatePrimaryRegion, api.UpdatePrimaryRegionRequest{KeyID: unknown, PrimaryRegion: "eu-west-1"}, api.CodeNotFound, "not found"},
+		{"schedule deletion of an unknown key", us, api.OpScheduleKeyDeletion, api.ScheduleKeyDeletionRequest{KeyID: unknown}, api.CodeNotFound, "not found"},
+		{"schedule deletion with a negative window", eu, api.OpScheduleKeyDeletion, api.ScheduleKeyDeletionRequest{KeyID: key.KeyID, PendingWindowDays: -1}, api.CodeBadRequest, "pending_window_days"},
+		{"cancel deletion of an unknown key", us, api.OpCancelKeyDeletion, api.KeyRequest{KeyID: unknown}, api.CodeNotFound, "not found"},
+		{"cancel deletion with malformed key id", us, api.OpCancelKeyDeletion, api.KeyRequest{KeyID: "x"}, api.CodeBadRequest, "invalid key id"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {

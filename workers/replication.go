@@ -634,8 +634,11 @@ func (w *Worker) recordReceipt(ctx context.Context, run *replication) (*keyRecor
 			return errNoChange // the replica was deleted meanwhile
 		}
 		if run.State == api.StateCompleted {
-			if holds(&k.Key, run.Peer, run.Version) && r.ReplicationID != run.ID {
-				return errNoChange // a later run already recorded it
+			if holds(&k.Key, run.Peer, run.Version) {
+				// Recorded already (by this run, redelivered, or a later
+				// one), with the replica's state and any activation in
+				// the same write: nothing to write again.
+				return errNoChange
 			}
 			first := !holdsAny(&k.Key, run.Peer)
 			markHeld(&k.Key, run.Peer, run.Version)
