@@ -16,6 +16,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nats.go/micro"
 )
@@ -65,12 +66,18 @@ func (w *Worker) startAPI() (micro.Service, error) {
 // own goroutine instead (at most 2×Concurrency at once, then the
 // subscription waits), so that one slow HSM call or KV round trip does not
 // hold up every other request of the endpoint.
+//
+// The micro.Request stays on micro's goroutine: micro reads what Respond
+// and Error record in it (for its endpoint stats) as soon as the handler
+// returns, so the work gets a copy of the request and answers on the reply
+// subject itself, in micro's format (reply).
 func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, error)) micro.HandlerFunc {
 	return func(req micro.Request) {
+		in := apiRequest{data: req.Data(), actor: req.Headers().Get(api.ActorHeader), reply: req.Reply()}
 		w.apiSem <- struct{}{}
 		started := w.inflight.Go(func() {
 			defer func() { <-w.apiSem }()
-			w.serve(op, fn, req)
+			w.serve(op, fn, in)
 		})
 		if !started {
 			<-w.apiSem
@@ -79,16 +86,23 @@ func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, erro
 	}
 }
 
-func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req micro.Request) {
+// apiRequest is what serve needs of a micro.Request.
+type apiRequest struct {
+	data  []byte
+	actor string // the api.ActorHeader
+	reply string
+}
+
+func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req apiRequest) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	ctx = withActor(ctx, requestActor(req.Headers().Get(api.ActorHeader)))
+	ctx = withActor(ctx, requestActor(req.actor))
 	var resp any
 	var err error
-	if len(req.Data()) > maxRequest {
-		err = badRequest("request of %d bytes exceeds %d", len(req.Data()), maxRequest)
+	if len(req.data) > maxRequest {
+		err = badRequest("request of %d bytes exceeds %d", len(req.data), maxRequest)
 	} else {
-		resp, err = fn(ctx, req.Data())
+		resp, err = fn(ctx, req.data)
 	}
 	if err != nil {
 		w.met.requests.WithLabelValues(op, "error").Inc()
@@ -97,11 +111,35 @@ func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error),
 			w.log.Error("request failed", "op", op, "err", err)
 			ae = &apiError{Code: api.CodeInternal, Detail: "internal error"}
 		}
-		_ = req.Error(ae.Code, ae.Detail, nil)
+		w.reply(op, req.reply, &nats.Msg{Header: nats.Header{
+			micro.ErrorHeader:     []string{ae.Detail},
+			micro.ErrorCodeHeader: []string{ae.Code},
+		}})
 		return
 	}
 	w.met.requests.WithLabelValues(op, "ok").Inc()
-	_ = req.RespondJSON(resp)
+	data, err := json.Marshal(resp)
+	if err != nil {
+		w.log.Error("response not encoded", "op", op, "err", err)
+		w.reply(op, req.reply, &nats.Msg{Header: nats.Header{
+			micro.ErrorHeader:     []string{"internal error"},
+			micro.ErrorCodeHeader: []string{api.CodeInternal},
+		}})
+		return
+	}
+	w.reply(op, req.reply, &nats.Msg{Data: data})
+}
+
+// reply publishes m on the request's reply subject (none: the requester
+// asked for no answer).
+func (w *Worker) reply(op, subject string, m *nats.Msg) {
+	if subject == "" {
+		return
+	}
+	m.Subject = subject
+	if err := w.cfg.Conn.PublishMsg(m); err != nil {
+		w.log.Warn("response not sent", "op", op, "err", err)
+	}
 }
 
 // decodeRequest parses a JSON request strictly.
