@@ -88,6 +88,12 @@ type Options struct {
 	// DeletionWaitingPeriod is the workers' default waiting period before
 	// a scheduled deletion (0: the workers' default, 7 days).
 	DeletionWaitingPeriod time.Duration
+	// ServerURLs, if set, names a running JetStream server for each region
+	// (by region name): the partition connects to it instead of starting
+	// an embedded one, and leaves it running at Close. Such a region has
+	// no Server, and StopServer/StartServer do nothing for it. Not with
+	// ClusterSize, Auth or TLS.
+	ServerURLs map[string]string
 }
 
 // Region is one running region.
@@ -158,23 +164,33 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 		}
 	}
 
+	if opts.ServerURLs != nil && (opts.ClusterSize > 1 || opts.Auth || opts.TLS) {
+		return p, errors.New("mrkrepltest: ServerURLs cannot be combined with ClusterSize, Auth or TLS")
+	}
+
 	var keys []messages.BundleKey
 	now := time.Now()
 	for _, name := range opts.Regions {
 		r := &Region{Name: name, storeDir: filepath.Join(p.dir, name, "jetstream")}
-		r.nodes = make([]node, max(opts.ClusterSize, 1))
-		if len(r.nodes) == 1 {
-			r.nodes[0].port = server.RANDOM_PORT
-		} else {
-			// A cluster's route ports must be known before its servers
-			// start; choose client ports too, so that no server's random
-			// client port lands on a route port not yet bound.
-			ports, err := freePorts(2 * len(r.nodes))
-			if err != nil {
-				return p, err
+		if opts.ServerURLs != nil {
+			if r.URL = opts.ServerURLs[name]; r.URL == "" {
+				return p, fmt.Errorf("region %s: no server url", name)
 			}
-			for i := range r.nodes {
-				r.nodes[i].port, r.nodes[i].clusterPort = ports[2*i], ports[2*i+1]
+		} else {
+			r.nodes = make([]node, max(opts.ClusterSize, 1))
+			if len(r.nodes) == 1 {
+				r.nodes[0].port = server.RANDOM_PORT
+			} else {
+				// A cluster's route ports must be known before its servers
+				// start; choose client ports too, so that no server's random
+				// client port lands on a route port not yet bound.
+				ports, err := freePorts(2 * len(r.nodes))
+				if err != nil {
+					return p, err
+				}
+				for i := range r.nodes {
+					r.nodes[i].port, r.nodes[i].clusterPort = ports[2*i], ports[2*i+1]
+				}
 			}
 		}
 		p.regions = append(p.regions, r)

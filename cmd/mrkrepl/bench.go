@@ -36,6 +36,7 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		cfg.MemoryLimit = n
 		return err
 	})
+	fs.BoolVar(&cfg.SeparateServers, "separate-servers", false, "run each region's nats-server in a process of its own, as in a deployment, and report its peak RSS and CPU apart (default: embedded in this process)")
 	data := fs.String("data", "", "keep JetStream data and SoftHSM2 tokens in `DIR` (default: a temporary directory, removed at exit)")
 	asJSON := fs.Bool("json", false, "print the result as one JSON object instead of a table")
 	quiet := fs.Bool("quiet", false, "no progress on stderr")

@@ -19,6 +19,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"github.com/mrkrepl/mrkrepl/internal/bench"
 	"io"
 	"log/slog"
 	"os"
@@ -59,6 +60,9 @@ func usage(w io.Writer) {
 }
 
 func main() {
+	// "mrkrepl bench --separate-servers" starts this executable again as
+	// each region's nats-server: such a process serves and never returns.
+	bench.ServeNATSIfChild()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/internal/bench"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
@@ -19,6 +20,9 @@ import (
 )
 
 func TestMain(m *testing.M) {
+	// The test binary, run again by "bench --separate-servers" as a region's
+	// server, serves instead of running the tests.
+	bench.ServeNATSIfChild()
 	testscript.Main(m, map[string]func(){"mrkrepl": main})
 }
 

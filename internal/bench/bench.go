@@ -101,6 +101,13 @@ type Config struct {
 	// process's heap: a limit trades GC CPU for peak RSS, and both are
 	// reported.
 	MemoryLimit int64
+	// SeparateServers runs each region's nats-server in a process of its
+	// own (this executable started again; its main must call
+	// ServeNATSIfChild first), as in a deployment, instead of embedding
+	// them: PeakRSSBytes is then this process's alone (workers, proxy,
+	// benchmark) and each server's peak RSS is reported apart. CPU figures
+	// include the servers' CPU either way.
+	SeparateServers bool
 	// Timeout ends a run that has not finished (default: Duration + 2
 	// minutes, or 10 minutes).
 	Timeout time.Duration
@@ -242,6 +249,26 @@ type run struct {
 	started atomic.Int64
 	ended   atomic.Int64
 	failed  atomic.Int64
+	servers []*serverProc // with SeparateServers
+}
+
+// serverCPU returns the CPU time used so far by the server processes.
+func (r *run) serverCPU() time.Duration {
+	var t time.Duration
+	for _, s := range r.servers {
+		t += s.cpu()
+	}
+	return t
+}
+
+// cpu returns the CPU time used so far by the partition: this process, and
+// the server processes with SeparateServers.
+func (r *run) cpu() time.Duration {
+	t := processCPU()
+	for _, s := range r.servers {
+		t += s.cpu()
+	}
+	return t
 }
 
 // Run runs one benchmark and returns its result. A result is returned with
@@ -304,10 +331,24 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	hopts.Logger = cfg.Logger
+	var urls map[string]string
+	if cfg.SeparateServers {
+		urls = map[string]string{}
+		for _, name := range r.regions {
+			s, err := startServerProc(ctx, name, filepath.Join(dir, "servers"))
+			if err != nil {
+				return nil, err
+			}
+			defer s.stop()
+			r.servers = append(r.servers, s)
+			urls[name] = s.hello.URL
+		}
+	}
 	p, err := mrkrepltest.Start(ctx, mrkrepltest.Options{
 		Partition: "bench", Regions: r.regions, Dir: filepath.Join(dir, "partition"),
 		HSM: hsmFor, HSMOptions: hopts, Logger: cfg.Logger,
 		ProxyDelay: cfg.Delay, Concurrency: cfg.WorkerConcurrency,
+		ServerURLs: urls,
 	})
 	if err != nil {
 		return nil, fmt.Errorf("start partition: %w", err)
@@ -360,9 +401,9 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			return nil, fmt.Errorf("cpu profile: %w", err)
 		}
 	}
-	in0, out0 := natsMsgs(p)
+	in0, out0 := r.natsMsgs(p)
 	runErr := r.replicate(ctx, clients, order, res)
-	in1, out1 := natsMsgs(p)
+	in1, out1 := r.natsMsgs(p)
 	var mem runtime.MemStats
 	runtime.ReadMemStats(&mem)
 	res.HeapInuseBytes, res.GoSysBytes = mem.HeapInuse, mem.Sys
@@ -393,6 +434,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		res.NATSOutMsgsPerReplication = float64(out1-out0) / float64(res.Replications)
 	}
 	res.PeakRSSBytes = peakRSS()
+	if len(r.servers) > 0 {
+		res.SeparateServers = true
+		res.ServerPeakRSSBytes = map[string]uint64{}
+		for _, s := range r.servers {
+			res.ServerPeakRSSBytes[s.region] = s.peakRSS()
+		}
+	}
 	if res.Failed > 0 {
 		return res, fmt.Errorf("%d of %d replications failed (first: %s)", res.Failed, res.Started, res.FirstFailure)
 	}
@@ -402,7 +450,13 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 // natsMsgs sums the messages the regions' servers received from and sent
 // to their clients: JetStream API calls, publishes, acks and deliveries
 // all count, which makes it a measure of how chatty a replication is.
-func natsMsgs(p *mrkrepltest.Partition) (in, out int64) {
+func (r *run) natsMsgs(p *mrkrepltest.Partition) (in, out int64) {
+	for _, s := range r.servers {
+		if i, o, err := s.msgs(); err == nil {
+			in += i
+			out += o
+		}
+	}
 	for _, r := range p.Regions() {
 		if r.Server == nil {
 			continue
@@ -612,7 +666,7 @@ func (r *run) replicate(ctx context.Context, clients map[string]*client.Client, 
 	var live liveMax
 	gc0 := readGC()
 	start := time.Now()
-	cpu0 := processCPU()
+	cpu0, srv0 := r.cpu(), r.serverCPU()
 	sampleMu.Lock()
 	samples = append(samples, cpuSample{0, cpu0})
 	sampleMu.Unlock()
@@ -620,7 +674,7 @@ func (r *run) replicate(ctx context.Context, clients map[string]*client.Client, 
 		ended := int(r.ended.Load())
 		live.sample()
 		sampleMu.Lock()
-		samples = append(samples, cpuSample{ended, processCPU()})
+		samples = append(samples, cpuSample{ended, r.cpu()})
 		sampleMu.Unlock()
 		p := Progress{
 			Phase: phase.Load().(string), Done: ended, Total: total,
@@ -696,7 +750,7 @@ loop:
 	launchEnd := time.Now()
 	phase.Store("drain")
 	wg.Wait()
-	cpu1 := processCPU()
+	cpu1, srv1 := r.cpu(), r.serverCPU()
 	stop()
 	gc1 := readGC()
 	if e := callErr.Load(); e != nil {
@@ -713,6 +767,7 @@ loop:
 	res.Started = int(r.started.Load())
 	res.LaunchSeconds = launchEnd.Sub(start).Seconds()
 	res.CPUSeconds = (cpu1 - cpu0).Seconds()
+	res.ServerCPUSeconds = (srv1 - srv0).Seconds()
 	res.GCCycles = gc1.cycles - gc0.cycles
 	res.GCCPUSeconds = gc1.cpu - gc0.cpu
 	res.PeakHeapLiveBytes = max(live.get(), gc1.live)

@@ -3,6 +3,8 @@ package bench
 import (
 	"fmt"
 	"io"
+	"maps"
+	"slices"
 	"strings"
 	"text/tabwriter"
 )
@@ -79,9 +81,17 @@ type Result struct {
 	// crypto. It is what ratio_to_bound would be with every core busy, and it
 	// hardly moves when other processes share the machine.
 	CryptoCPUShare float64 `json:"crypto_cpu_share"`
-	PeakRSSBytes   uint64  `json:"peak_rss_bytes"`
-	HeapInuseBytes uint64  `json:"heap_inuse_bytes"` // Go heap in use at the end of the run
-	GoSysBytes     uint64  `json:"go_sys_bytes"`     // memory the Go runtime holds from the OS at the end
+	// PeakRSSBytes is this process's peak RSS: the whole partition, or,
+	// with separate_servers, the workers, the proxy and the benchmark
+	// (each server's is in server_peak_rss_bytes).
+	PeakRSSBytes       uint64            `json:"peak_rss_bytes"`
+	SeparateServers    bool              `json:"separate_servers"`
+	ServerPeakRSSBytes map[string]uint64 `json:"server_peak_rss_bytes,omitempty"` // by region
+	// ServerCPUSeconds is the server processes' part of cpu_seconds (with
+	// separate_servers).
+	ServerCPUSeconds float64 `json:"server_cpu_seconds,omitempty"`
+	HeapInuseBytes   uint64  `json:"heap_inuse_bytes"` // Go heap in use at the end of the run
+	GoSysBytes       uint64  `json:"go_sys_bytes"`     // memory the Go runtime holds from the OS at the end
 	// PeakHeapLiveBytes is the largest heap the collector found reachable
 	// during the replication phase (runtime/metrics /gc/heap/live:bytes,
 	// sampled with the progress): the floor under the heap, before GOGC's
@@ -144,7 +154,17 @@ func (r *Result) WriteTable(w io.Writer) error {
 		}
 		p("cpu by tenth\t%s ms per replication", strings.Join(ds, " "))
 	}
-	p("peak rss\t%.1f MiB (at the end: Go heap in use %.1f MiB, held from the OS %.1f MiB)", float64(r.PeakRSSBytes)/(1<<20), float64(r.HeapInuseBytes)/(1<<20), float64(r.GoSysBytes)/(1<<20))
+	if r.SeparateServers {
+		p("cpu of servers\t%.2fs of it in the %d nats-server processes", r.ServerCPUSeconds, len(r.ServerPeakRSSBytes))
+		p("peak rss\t%.1f MiB in this process: workers, proxy, benchmark (at the end: Go heap in use %.1f MiB, held from the OS %.1f MiB)", float64(r.PeakRSSBytes)/(1<<20), float64(r.HeapInuseBytes)/(1<<20), float64(r.GoSysBytes)/(1<<20))
+		var ss []string
+		for _, name := range slices.Sorted(maps.Keys(r.ServerPeakRSSBytes)) {
+			ss = append(ss, fmt.Sprintf("%s %.1f MiB", name, float64(r.ServerPeakRSSBytes[name])/(1<<20)))
+		}
+		p("peak rss servers\t%s (each its own process)", strings.Join(ss, ", "))
+	} else {
+		p("peak rss\t%.1f MiB (at the end: Go heap in use %.1f MiB, held from the OS %.1f MiB)", float64(r.PeakRSSBytes)/(1<<20), float64(r.HeapInuseBytes)/(1<<20), float64(r.GoSysBytes)/(1<<20))
+	}
 	limit := "no memory limit"
 	if r.MemoryLimitBytes > 0 {
 		limit = fmt.Sprintf("memory limit %.0f MiB", float64(r.MemoryLimitBytes)/(1<<20))

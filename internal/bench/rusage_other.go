@@ -12,3 +12,9 @@ func peakRSS() uint64 { return 0 }
 
 // loadAverage is not measured on this platform: it reads 0.
 func loadAverage() float64 { return 0 }
+
+// procPeakRSS is not measured on this platform: it reads 0.
+func procPeakRSS(int) uint64 { return 0 }
+
+// procCPU is not measured on this platform: it reads 0.
+func procCPU(int) time.Duration { return 0 }
