@@ -13,6 +13,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
@@ -238,8 +239,8 @@ func TestAdversarialWorker(t *testing.T) {
 	}
 	// Replay: a valid init delivered twice is one run; the same msg_id with
 	// other bytes is refused.
-	valid := hostileValidInit(t, p, src, dst, "")
-	replayed := hostileValidInit(t, p, src, dst, valid.msgID)
+	valid := hostileValidInit(t, p, src, dst, nil)
+	replayed := hostileValidInit(t, p, src, dst, &valid)
 	for _, raw := range [][]byte{valid.raw, valid.raw} {
 		if _, err := js.Publish(ctx, messages.InboxSubject(dst, src, messages.TypeInit), raw); err != nil {
 			t.Fatal(err)
@@ -277,21 +278,24 @@ func outboxCount(t *testing.T, ctx context.Context, nc *nats.Conn, region string
 }
 
 type sealed struct {
-	raw   []byte
-	msgID string
+	raw           []byte
+	msgID         string
+	replicationID string
 }
 
-// hostileValidInit returns a correctly signed init from src; if msgID is
-// set, it reuses it (with a fresh replication id, so other bytes).
-func hostileValidInit(t *testing.T, p *mrkrepltest.Partition, src, dst, msgID string) sealed {
+// hostileValidInit returns a correctly signed init from src for a new key;
+// with reuse, it carries reuse's msg_id and replication_id (other bytes,
+// same ids: what a signer reusing a msg_id would send).
+func hostileValidInit(t *testing.T, p *mrkrepltest.Partition, src, dst string, reuse *sealed) sealed {
 	t.Helper()
-	if msgID == "" {
-		msgID = messages.NewID()
+	msgID, replicationID := messages.NewID(), messages.NewID()
+	if reuse != nil {
+		msgID, replicationID = reuse.msgID, reuse.replicationID
 	}
 	now := time.Now()
 	m := &messages.Message{
 		Header: messages.Header{
-			V: 1, Type: messages.TypeInit, MsgID: msgID, ReplicationID: messages.NewID(),
+			V: 1, Type: messages.TypeInit, MsgID: msgID, ReplicationID: replicationID,
 			Partition: p.Bundle.Partition(), Src: src, Dst: dst,
 			SentAt: now.UnixMilli(), ExpiresAt: now.Add(5 * time.Minute).UnixMilli(),
 		},
@@ -301,7 +305,7 @@ func hostileValidInit(t *testing.T, p *mrkrepltest.Partition, src, dst, msgID st
 	if err != nil {
 		t.Fatal(err)
 	}
-	return sealed{raw, msgID}
+	return sealed{raw, msgID, replicationID}
 }
 
 // waitFor polls cond until it holds or ctx ends.
@@ -353,7 +357,7 @@ func TestAdversarialReflected(t *testing.T) {
 	p := mrkrepltest.New(t, mrkrepltest.Options{})
 	ctx := ctxT(t, time.Minute)
 	const a, b = "us-east-1", "eu-west-1"
-	msg := hostileValidInit(t, p, a, b, "")
+	msg := hostileValidInit(t, p, a, b, nil)
 	bnc, _ := p.Connect(b, "attacker")
 	bjs, _ := jetstream.New(bnc)
 	if _, err := bjs.Publish(ctx, messages.OutboxSubject(b, a, messages.TypeInit), msg.raw); err != nil {
@@ -372,5 +376,109 @@ func TestAdversarialReflected(t *testing.T) {
 	}
 	if n := streamMsgs(t, ctx, anc, layout.InboxStream(a)); n != 1 {
 		t.Errorf("%s inbox holds %d messages, want only the one injected directly", a, n)
+	}
+}
+
+// TestReplayedMsgIDInRun: within a replication, a message carrying the
+// msg_id of a message the run already accepted, with other bytes, is
+// refused as replayed_msg_id, at the source (an offer) and at the
+// destination (a material); a message of the same type with a fresh msg_id
+// is refused as not fitting the run's state. The run records keep each
+// accepted message's msg_id (the check no longer needs the replay cache
+// for the four run messages). Nothing changes in either region.
+func TestReplayedMsgIDInRun(t *testing.T) {
+	p := mrkrepltest.New(t, mrkrepltest.Options{})
+	ctx := ctxT(t, time.Minute)
+	const a, b = "us-east-1", "eu-west-1"
+	key, rep := newReplicatedKey(t, ctx, p.Region(a).Client, b)
+	nc, err := p.Connect(a, "check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	bnc, err := p.Connect(b, "check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The run's offer (sent by b) and material (sent by a), from the outboxes.
+	accepted := func(nc *nats.Conn, region string, typ messages.Type) *messages.Envelope {
+		t.Helper()
+		js, _ := jetstream.New(nc)
+		st, err := js.Stream(ctx, layout.OutboxStream(region))
+		if err != nil {
+			t.Fatal(err)
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
+			m, err := st.GetMsg(ctx, seq)
+			if err != nil {
+				continue
+			}
+			env, err := messages.Parse(m.Data)
+			if err == nil && env.Message.Type == typ && env.Message.ReplicationID == rep.ReplicationID {
+				return env
+			}
+		}
+		t.Fatalf("no %s of replication %s in %s's outbox", typ, rep.ReplicationID, region)
+		return nil
+	}
+	offer := accepted(bnc, b, messages.TypeOffer)
+	material := accepted(nc, a, messages.TypeMaterial)
+
+	// resealed returns env's message with a later sent_at (other bytes),
+	// the same or a fresh msg_id, signed again by signer.
+	resealed := func(env *messages.Envelope, sameID bool, signer crypto.Signer) []byte {
+		t.Helper()
+		m := env.Message
+		m.SentAt++
+		if !sameID {
+			m.MsgID = messages.NewID()
+		}
+		raw, err := messages.Seal(&m, signer)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return raw
+	}
+	for _, tc := range []struct {
+		name   string
+		to     string
+		conn   *nats.Conn
+		raw    []byte
+		reason string
+	}{
+		{"offer with the accepted offer's msg_id", a, nc, resealed(offer, true, p.Region(b).HSM.Signer()), "replayed_msg_id"},
+		{"offer with a fresh msg_id", a, nc, resealed(offer, false, p.Region(b).HSM.Signer()), "state_mismatch"},
+		{"material with the accepted material's msg_id", b, bnc, resealed(material, true, p.Region(a).HSM.Signer()), "replayed_msg_id"},
+		{"material with a fresh msg_id", b, bnc, resealed(material, false, p.Region(a).HSM.Signer()), "state_mismatch"},
+	} {
+		from := b
+		if tc.to == b {
+			from = a
+		}
+		typ := messages.TypeOffer
+		if tc.to == b {
+			typ = messages.TypeMaterial
+		}
+		js, _ := jetstream.New(tc.conn)
+		if _, err := js.Publish(ctx, messages.InboxSubject(tc.to, from, typ), tc.raw); err != nil {
+			t.Fatal(err)
+		}
+		if comp, reason := deadLetterOf(t, ctx, tc.conn, layout.DLQStream(tc.to), tc.raw); comp != "worker" || reason != tc.reason {
+			t.Errorf("%s: refused by %q as %q, want worker, %s", tc.name, comp, reason, tc.reason)
+		}
+	}
+	// Both ends still see one completed run and one replica.
+	for _, r := range []string{a, b} {
+		got, err := p.Region(r).Client.DescribeReplication(ctx, rep.ReplicationID)
+		if err != nil || got.State != api.StateCompleted {
+			t.Errorf("replication in %s after the replays: %v %+v", r, err, got)
+		}
+	}
+	k, err := p.Region(a).Client.DescribeKey(ctx, key.KeyID)
+	if err != nil || len(k.Replicas) != 1 {
+		t.Errorf("key in %s after the replays: %v, replicas %+v", a, err, k)
 	}
 }

@@ -13,6 +13,8 @@
 // JetStream) instead of making new keys.
 //
 // Every inbox message passes messages.Verify (with this region as receiver)
-// and the replay cache before anything else happens; a refused message is
-// dead-lettered on mrk.<region>.dlq.worker with its reason and terminated.
+// before anything else happens, then the replay check (a run's messages
+// against the msg_ids its run record keeps, lifecycle messages against the
+// replay cache) before any side effect; a refused message is dead-lettered
+// on mrk.<region>.dlq.worker with its reason and terminated.
 package workers

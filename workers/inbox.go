@@ -92,18 +92,14 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 	*typ = string(env.Message.Type)
 	// Audit events caused by this message name its signer's region.
 	ctx = withActor(ctx, "region:"+env.Message.Src)
-	// Replay cache: a msg_id is accepted once; the same bytes again are a
+	// Replay check: a msg_id is accepted once; the same bytes again are a
 	// redelivery (handled idempotently below), other bytes are refused.
-	if _, err := w.res.Replay.Create(ctx, env.Message.MsgID, env.Digest); err != nil {
-		if !errors.Is(err, jetstream.ErrKeyExists) {
-			return fmt.Errorf("replay cache: %w", err)
-		}
-		e, gerr := w.res.Replay.Get(ctx, env.Message.MsgID)
-		if gerr != nil {
-			return fmt.Errorf("replay cache: %w", gerr)
-		}
-		if !bytes.Equal(e.Value(), env.Digest) {
-			return refuse(reasonReplayedMsgID, "msg_id %s seen before with other content", env.Message.MsgID)
+	// The four messages of a run are checked against the run record, which
+	// keeps each accepted message's msg_id beside its digest (checkRunMsg);
+	// the lifecycle messages against the replay cache.
+	if !runMessage(env.Message.Type) {
+		if err := w.checkReplayCache(ctx, env); err != nil {
+			return err
 		}
 	}
 	switch env.Message.Type {
@@ -125,6 +121,46 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 		return w.onAccept(ctx, env)
 	}
 	return refuse(string(messages.ReasonMalformed), "unexpected type %q", env.Message.Type)
+}
+
+// runMessage reports whether t is one of the four messages of a run.
+func runMessage(t messages.Type) bool {
+	switch t {
+	case messages.TypeInit, messages.TypeOffer, messages.TypeMaterial, messages.TypeReceipt:
+		return true
+	}
+	return false
+}
+
+// checkReplayCache records a lifecycle message's msg_id with its digest in
+// the replay cache (TTL layout.ReplayWindow) and refuses a msg_id seen
+// before with other bytes.
+func (w *Worker) checkReplayCache(ctx context.Context, env *messages.Envelope) error {
+	if _, err := w.res.Replay.Create(ctx, env.Message.MsgID, env.Digest); err != nil {
+		if !errors.Is(err, jetstream.ErrKeyExists) {
+			return fmt.Errorf("replay cache: %w", err)
+		}
+		e, gerr := w.res.Replay.Get(ctx, env.Message.MsgID)
+		if gerr != nil {
+			return fmt.Errorf("replay cache: %w", gerr)
+		}
+		if !bytes.Equal(e.Value(), env.Digest) {
+			return refuse(reasonReplayedMsgID, "msg_id %s seen before with other content", env.Message.MsgID)
+		}
+	}
+	return nil
+}
+
+// checkRunMsg is the replay check of a run's message that does not fit the
+// run's state: when the run accepted a message of this type with the same
+// msg_id (seenID) and other bytes (seenDigest), it is a replayed msg_id;
+// otherwise the caller refuses it as not fitting the state. (The same
+// bytes are a redelivery, which the caller answers before.)
+func checkRunMsg(m *messages.Message, digest []byte, seenID string, seenDigest []byte, mismatch error) error {
+	if seenID != "" && seenID == m.MsgID && !bytes.Equal(seenDigest, digest) {
+		return refuse(reasonReplayedMsgID, "msg_id %s seen before in replication %s with other content", m.MsgID, m.ReplicationID)
+	}
+	return mismatch
 }
 
 // ack acknowledges without waiting for the server's confirmation: every

@@ -289,7 +289,8 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 		if rec.Role == roleDestination && bytes.Equal(rec.InitDigest, env.Digest) {
 			return w.republish(ctx, rec)
 		}
-		return refuse(reasonStateMismatch, "replication %s already exists with another init", m.ReplicationID)
+		return checkRunMsg(m, env.Digest, rec.InitMsgID, rec.InitDigest,
+			refuse(reasonStateMismatch, "replication %s already exists with another init", m.ReplicationID))
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return err
 	}
@@ -309,7 +310,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	rec := &replication{
 		ID: m.ReplicationID, Role: roleDestination, KeyID: in.KeyID, Version: in.Version,
 		Peer: m.Src, State: api.StateOfferSent, KeySpec: in.KeySpec, KeyUsage: in.KeyUsage,
-		PrimaryRegion: in.PrimaryRegion, SrcKID: env.KID, InitDigest: env.Digest,
+		PrimaryRegion: in.PrimaryRegion, SrcKID: env.KID, InitDigest: env.Digest, InitMsgID: m.MsgID,
 		CreatedAt: m.SentTime(), UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL),
 	}
 	err := w.hsmOp("create_agreement_key", func() (err error) {
@@ -358,7 +359,8 @@ func (w *Worker) onOffer(ctx context.Context, env *messages.Envelope) error {
 		if bytes.Equal(rec.OfferDigest, env.Digest) {
 			return w.republish(ctx, rec)
 		}
-		return refuse(reasonStateMismatch, "offer for replication %s in state %s", rec.ID, rec.State)
+		return checkRunMsg(m, env.Digest, rec.OfferMsgID, rec.OfferDigest,
+			refuse(reasonStateMismatch, "offer for replication %s in state %s", rec.ID, rec.State))
 	}
 	if !bytes.Equal(m.Offer.InitDigest, rec.InitDigest) {
 		return refuse(reasonStateMismatch, "offer answers another init")
@@ -386,7 +388,7 @@ func (w *Worker) onOffer(ctx context.Context, env *messages.Envelope) error {
 	}
 	next := *rec
 	next.State = api.StateMaterialSent
-	next.OfferDigest = env.Digest
+	next.OfferDigest, next.OfferMsgID = env.Digest, m.MsgID
 	next.DstKID = env.KID
 	if next.MaterialDigest, _, err = w.seal(&next, reply); err != nil {
 		return err
@@ -417,7 +419,8 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 		if bytes.Equal(rec.MaterialDigest, env.Digest) {
 			return w.republish(ctx, rec)
 		}
-		return refuse(reasonStateMismatch, "material for replication %s in state %s", rec.ID, rec.State)
+		return checkRunMsg(m, env.Digest, rec.MaterialMsgID, rec.MaterialDigest,
+			refuse(reasonStateMismatch, "material for replication %s in state %s", rec.ID, rec.State))
 	}
 	if !bytes.Equal(m.Material.OfferDigest, rec.OfferDigest) {
 		return refuse(reasonStateMismatch, "material answers another offer")
@@ -450,7 +453,7 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 		status = messages.StatusUnwrapFailed
 	}
 	next := *rec
-	next.MaterialDigest = env.Digest
+	next.MaterialDigest, next.MaterialMsgID = env.Digest, m.MsgID
 	next.UpdatedAt = w.cfg.Now()
 	reply := w.newMessage(messages.TypeReceipt, rec.ID, rec.Peer)
 	reply.Receipt = &messages.Receipt{MaterialDigest: env.Digest, Status: status}
@@ -559,7 +562,8 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 			}
 			return errDuplicate
 		}
-		return refuse(reasonStateMismatch, "receipt for replication %s in state %s", rec.ID, rec.State)
+		return checkRunMsg(m, env.Digest, rec.ReceiptMsgID, rec.ReceiptDigest,
+			refuse(reasonStateMismatch, "receipt for replication %s in state %s", rec.ID, rec.State))
 	}
 	if !bytes.Equal(m.Receipt.MaterialDigest, rec.MaterialDigest) {
 		return refuse(reasonStateMismatch, "receipt answers another material")
@@ -567,7 +571,7 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	next := *rec
 	now := w.cfg.Now()
 	next.Reason, next.TimedOut = "", false
-	next.ReceiptDigest = env.Digest
+	next.ReceiptDigest, next.ReceiptMsgID = env.Digest, m.MsgID
 	next.UpdatedAt = now
 	next.CompletedAt = &now
 	next.LastSent, next.LastSentSubject, next.LastSentMsgID = nil, "", ""

@@ -46,7 +46,14 @@ type replication struct {
 	OfferDigest    []byte `json:"offer_digest,omitempty"`
 	MaterialDigest []byte `json:"material_digest,omitempty"`
 	ReceiptDigest  []byte `json:"receipt_digest,omitempty"`
-	ExpectedKC     []byte `json:"expected_kc,omitempty"` // source: its own key confirmation
+	// The msg_id of each message the run accepted (destination: init and
+	// material; source: offer and receipt), for the replay check: the same
+	// msg_id with other bytes is refused as replayed_msg_id (checkRunMsg).
+	InitMsgID     string `json:"init_msg_id,omitempty"`
+	OfferMsgID    string `json:"offer_msg_id,omitempty"`
+	MaterialMsgID string `json:"material_msg_id,omitempty"`
+	ReceiptMsgID  string `json:"receipt_msg_id,omitempty"`
+	ExpectedKC    []byte `json:"expected_kc,omitempty"` // source: its own key confirmation
 
 	LastSent        []byte `json:"last_sent,omitempty"`
 	LastSentSubject string `json:"last_sent_subject,omitempty"`

@@ -12,7 +12,7 @@
 //	stream MRK_<R>_DLQ       mrk.r.dlq.>             refused messages, with reason
 //	kv     MRK_<R>_KEYS      key metadata
 //	kv     MRK_<R>_REPL      replication state
-//	kv     MRK_<R>_REPLAY    msg_ids seen (TTL = replay window)
+//	kv     MRK_<R>_REPLAY    lifecycle msg_ids seen (TTL = replay window)
 //	kv     MRK_<R>_PENDING   ids of runs in flight, for the sweeper
 //	kv     MRK_<R>_TOKENS    replicate-key client tokens (TTL 24 h)
 //
@@ -30,8 +30,10 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// ReplayWindow is how long a msg_id is remembered. It must exceed the
-// longest message validity plus the clock skew allowance.
+// ReplayWindow is how long the replay cache remembers a lifecycle
+// message's msg_id (a run's record remembers its messages' msg_ids for the
+// run's life). It must exceed the longest message validity plus the clock
+// skew allowance.
 const ReplayWindow = 30 * time.Minute
 
 // ClientTokenTTL is how long a replicate-key client token is remembered.
