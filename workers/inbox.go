@@ -93,15 +93,32 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 	// Audit events caused by this message name its signer's region.
 	ctx = withActor(ctx, "region:"+env.Message.Src)
 	// Replay check: a msg_id is accepted once; the same bytes again are a
-	// redelivery (handled idempotently below), other bytes are refused.
-	// The four messages of a run are checked against the run record, which
-	// keeps each accepted message's msg_id beside its digest (checkRunMsg);
-	// the lifecycle messages against the replay cache.
+	// redelivery (handled idempotently), other bytes are refused. The four
+	// messages of a run are checked against the run record, which keeps
+	// each accepted message's msg_id beside its digest (checkRunMsg); the
+	// lifecycle messages against the replay cache.
 	if !runMessage(env.Message.Type) {
 		if err := w.checkReplayCache(ctx, env); err != nil {
 			return err
 		}
+		return w.handle(ctx, env)
 	}
+	// A refusal judged on the run cache is judged again on the KV's record
+	// before anything is dead-lettered: another worker of the region may
+	// have moved the run on (runCache).
+	cctx, use := withCacheUse(ctx)
+	err = w.handle(cctx, env)
+	var ref *refusal
+	if use.hit && errors.As(err, &ref) {
+		w.met.runCache.WithLabelValues("stale").Inc()
+		w.runs.drop(env.Message.ReplicationID)
+		err = w.handle(context.WithValue(ctx, noCacheKey{}, true), env)
+	}
+	return err
+}
+
+// handle runs the state machine on a verified message.
+func (w *Worker) handle(ctx context.Context, env *messages.Envelope) error {
 	switch env.Message.Type {
 	case messages.TypeInit:
 		return w.onInit(ctx, env)

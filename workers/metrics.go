@@ -34,6 +34,7 @@ type metrics struct {
 	retried       prometheus.Counter
 	gaveUp        prometheus.Counter
 	bundleReloads *prometheus.CounterVec // result (SetBundle)
+	runCache      *prometheus.CounterVec // result (runFor: hit, miss; stale)
 
 	view     *workerCollector     // scrape-time state, attached at Start
 	bundle   *obs.BundleCollector // the trust bundle's RSK expiry, set at Start
@@ -143,7 +144,14 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "bundle_reloads_total", ConstLabels: cl,
 			Help: "Trust bundles given to the running worker (SetBundle: a reload of the bundle file), by result: ok (in force) or error (refused or unreadable; the previous one stays in force).",
 		}, []string{"result"}),
+		runCache: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "run_cache_lookups_total", ConstLabels: cl,
+			Help: "Run records looked up for an inbox message, by result: hit (taken from the worker's run cache, no KV read), miss (read from the KV), stale (a cached record turned out outdated: another worker of the region wrote the run; read again from the KV).",
+		}, []string{"result"}),
 		view: newWorkerCollector(region),
+	}
+	for _, r := range []string{"hit", "miss", "stale"} {
+		m.runCache.WithLabelValues(r)
 	}
 	m.bundleReloads.WithLabelValues("ok")
 	m.bundleReloads.WithLabelValues("error")
@@ -175,7 +183,7 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 	m.duration.WithLabelValues(roleSource, "confirmed")
 	m.duration.WithLabelValues(roleDestination, "usable")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests.vec, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted, m.timedOut, m.retried, m.gaveUp, m.bundleReloads, m.view} {
+		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests.vec, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted, m.timedOut, m.retried, m.gaveUp, m.bundleReloads, m.runCache, m.view} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

@@ -225,7 +225,7 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 	if err := w.markPending(ctx, rec.ID); err != nil {
 		return nil, err
 	}
-	if _, err := createJSON(ctx, w.res.Repl, rec.ID, rec); err != nil {
+	if err := w.createRun(ctx, rec); err != nil {
 		return nil, fmt.Errorf("store replication: %w", err)
 	}
 	var winner string
@@ -255,11 +255,13 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 		return nil
 	})
 	if err != nil {
+		w.runs.drop(rec.ID)
 		_ = w.res.Repl.Delete(ctx, rec.ID)
 		_ = w.clearPending(ctx, rec.ID)
 		return nil, err
 	}
 	if winner != "" {
+		w.runs.drop(rec.ID)
 		_ = w.res.Repl.Delete(ctx, rec.ID)
 		_ = w.clearPending(ctx, rec.ID)
 		other, _, err := getJSON[replication](ctx, w.res.Repl, winner)
@@ -335,7 +337,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	if err := w.markPending(ctx, rec.ID); err != nil {
 		return err
 	}
-	if _, err := createJSON(ctx, w.res.Repl, rec.ID, rec); err != nil {
+	if err := w.createRun(ctx, rec); err != nil {
 		// Another worker took this init first: keep its RAKB, drop ours.
 		_ = w.cfg.HSM.DestroyAgreementKey(ctx, rec.ID)
 		if errors.Is(err, jetstream.ErrKeyExists) {
@@ -705,8 +707,19 @@ func (w *Worker) afterReceipt(ctx context.Context, key *keyRecord, run *replicat
 	return nil
 }
 
-// runFor loads the run a message belongs to and checks role and peer.
+// runFor loads the run a message belongs to (from the run cache when this
+// worker wrote it last, see runCache) and checks role and peer.
 func (w *Worker) runFor(ctx context.Context, m *messages.Message, role string) (*replication, uint64, error) {
+	if ctx.Value(noCacheKey{}) == nil {
+		if rec, rev, ok := w.runs.get(m.ReplicationID); ok {
+			if u, _ := ctx.Value(cacheUseKey{}).(*cacheUse); u != nil {
+				u.hit = true
+			}
+			w.met.runCache.WithLabelValues("hit").Inc()
+			return w.checkRun(rec, rev, m, role)
+		}
+	}
+	w.met.runCache.WithLabelValues("miss").Inc()
 	rec, rev, err := getJSON[replication](ctx, w.res.Repl, m.ReplicationID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, 0, refuse(reasonUnknownRun, "no replication %s in %s", m.ReplicationID, w.cfg.Region)
@@ -714,6 +727,11 @@ func (w *Worker) runFor(ctx context.Context, m *messages.Message, role string) (
 	if err != nil {
 		return nil, 0, err
 	}
+	return w.checkRun(rec, rev, m, role)
+}
+
+// checkRun checks that m comes from the run's peer and fits our role in it.
+func (w *Worker) checkRun(rec *replication, rev uint64, m *messages.Message, role string) (*replication, uint64, error) {
 	if rec.Role != role {
 		return nil, 0, refuse(reasonStateMismatch, "%s for a run where %s is %s", m.Type, w.cfg.Region, rec.Role)
 	}
@@ -729,8 +747,29 @@ func (w *Worker) casRun(ctx context.Context, rec *replication, rev uint64) error
 	if err != nil {
 		return err
 	}
-	_, err = w.res.Repl.Update(ctx, rec.ID, b, rev)
-	return err
+	next, err := w.res.Repl.Update(ctx, rec.ID, b, rev)
+	if err != nil {
+		if w.runs.drop(rec.ID) && errors.Is(err, jetstream.ErrKeyExists) {
+			w.met.runCache.WithLabelValues("stale").Inc()
+		}
+		return err
+	}
+	w.runs.put(rec, b, next)
+	return nil
+}
+
+// createRun stores a new run; jetstream.ErrKeyExists if its id is taken.
+func (w *Worker) createRun(ctx context.Context, rec *replication) error {
+	b, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	rev, err := w.res.Repl.Create(ctx, rec.ID, b)
+	if err != nil {
+		return err
+	}
+	w.runs.put(rec, b, rev)
+	return nil
 }
 
 // lostRace handles a failed compare-and-set: if another worker already

@@ -83,6 +83,7 @@ type Worker struct {
 	trust   atomic.Pointer[trustState] // the bundle in force and the RSKs it lets the worker sign with
 	setMu   sync.Mutex                 // one SetBundle at a time
 	signing atomic.Pointer[string]     // hex kid rsk() last returned, to log a change of RSK
+	runs    *runCache                  // runs in flight as this worker last wrote them
 
 	mu        sync.Mutex
 	consumes  []jetstream.ConsumeContext
@@ -159,6 +160,7 @@ func New(cfg Config) (*Worker, error) {
 		backend: cfg.HSM.Backend(),
 		sem:     make(chan struct{}, 2*cfg.Concurrency),
 		apiSem:  make(chan struct{}, 2*cfg.Concurrency),
+		runs:    newRunCache(maxCachedRuns),
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), hsmListTimeout)
 	defer cancel()
