@@ -167,7 +167,7 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 	if dst == w.cfg.Region {
 		return nil, badRequest("cannot replicate key %s to its own region %s", keyID, dst)
 	}
-	key, err := w.loadKey(ctx, keyID)
+	key, keyRev, err := w.loadKeyRev(ctx, keyID)
 	if err != nil {
 		return nil, err
 	}
@@ -214,22 +214,28 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL), Attempt: attempt,
 		Epoch: key.Epoch, WasCurrent: version == key.CurrentVersion,
 	}
+	// The pending entry is written while the init is signed; both are
+	// done before the run is stored.
+	pending := w.markPendingAsync(ctx, rec.ID)
 	m := w.newMessage(messages.TypeInit, rec.ID, dst)
 	m.Init = &messages.Init{
 		KeyID: keyID, KeySpec: key.KeySpec, KeyUsage: key.KeyUsage,
 		Version: version, PrimaryRegion: w.cfg.Region,
 	}
 	if rec.InitDigest, rec.SrcKID, err = w.seal(rec, m); err != nil {
+		<-pending
 		return nil, err
 	}
-	if err := w.markPending(ctx, rec.ID); err != nil {
+	if err := <-pending; err != nil {
 		return nil, err
 	}
 	if err := w.createRun(ctx, rec); err != nil {
 		return nil, fmt.Errorf("store replication: %w", err)
 	}
 	var winner string
-	_, err = w.updateKey(ctx, keyID, func(k *keyRecord) error {
+	// From the record read above (no second read unless another writer
+	// came in between); key is not used after this.
+	_, err = w.updateKeyFrom(ctx, keyID, key, keyRev, func(k *keyRecord) error {
 		// Checked again on the record written: a hand-over or a deletion
 		// may have begun since the read above.
 		if k.Role != api.RolePrimary || k.KeyState != api.KeyStateEnabled {
@@ -287,7 +293,20 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	if in.PrimaryRegion != m.Src {
 		return refuse(reasonNotPrimary, "init from %s names primary %s", m.Src, in.PrimaryRegion)
 	}
-	if rec, _, err := getJSON[replication](ctx, w.res.Repl, m.ReplicationID); err == nil {
+	// The run (a redelivery finds it) and the key (held here already?),
+	// read at once: one round trip instead of two.
+	var (
+		key    *keyRecord
+		keyErr error
+		read   = make(chan struct{})
+	)
+	go func() {
+		defer close(read)
+		key, _, keyErr = getJSON[keyRecord](ctx, w.res.Keys, in.KeyID)
+	}()
+	rec, _, err := getJSON[replication](ctx, w.res.Repl, m.ReplicationID)
+	<-read
+	if err == nil {
 		if rec.Role == roleDestination && bytes.Equal(rec.InitDigest, env.Digest) {
 			return w.republish(ctx, rec)
 		}
@@ -300,22 +319,25 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	// reports the key as present at unwrap time, and the key confirmation
 	// in the receipt lets the source check that it is the same key (this is
 	// how a source that lost a receipt, or retried, learns of the replica).
-	if key, _, err := getJSON[keyRecord](ctx, w.res.Keys, in.KeyID); err == nil && !key.Deleted {
+	if keyErr == nil && !key.Deleted {
 		if key.Role == api.RolePrimary || key.PrimaryRegion != m.Src {
 			return refuse(reasonKeyExists, "key %s exists in %s with primary %s", in.KeyID, w.cfg.Region, key.PrimaryRegion)
 		}
-	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return err
+	} else if keyErr != nil && !errors.Is(keyErr, jetstream.ErrKeyNotFound) {
+		return keyErr
 	}
 
 	now := w.cfg.Now()
-	rec := &replication{
+	rec = &replication{
 		ID: m.ReplicationID, Role: roleDestination, KeyID: in.KeyID, Version: in.Version,
 		Peer: m.Src, State: api.StateOfferSent, KeySpec: in.KeySpec, KeyUsage: in.KeyUsage,
 		PrimaryRegion: in.PrimaryRegion, SrcKID: env.KID, InitDigest: env.Digest, InitMsgID: m.MsgID,
 		CreatedAt: m.SentTime(), UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL),
 	}
-	err := w.hsmOp("create_agreement_key", func() (err error) {
+	// The pending entry is written while the RAKB is made and the offer
+	// signed; both are done before the run is stored.
+	pending := w.markPendingAsync(ctx, rec.ID)
+	err = w.hsmOp("create_agreement_key", func() (err error) {
 		rec.RAKB, err = w.cfg.HSM.CreateAgreementKey(ctx, rec.ID, rec.ExpiresAt)
 		if errors.Is(err, hsmsvc.ErrExists) {
 			// Made before a crash, before any offer was stored or sent:
@@ -327,14 +349,16 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 		return err
 	})
 	if err != nil {
+		<-pending
 		return fmt.Errorf("create rakb: %w", err)
 	}
 	reply := w.newMessage(messages.TypeOffer, rec.ID, m.Src)
 	reply.Offer = &messages.Offer{InitDigest: env.Digest, RAKB: rec.RAKB}
 	if rec.OfferDigest, rec.DstKID, err = w.seal(rec, reply); err != nil {
+		<-pending
 		return err
 	}
-	if err := w.markPending(ctx, rec.ID); err != nil {
+	if err := <-pending; err != nil {
 		return err
 	}
 	if err := w.createRun(ctx, rec); err != nil {

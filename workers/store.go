@@ -144,10 +144,21 @@ func createJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string, v
 // compare-and-set, retrying when another worker wrote in between. fn may
 // return errNoChange to leave the value as it is.
 func updateJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn func(*T) error) (*T, error) {
+	return updateJSONFrom(ctx, kv, key, nil, 0, fn)
+}
+
+// updateJSONFrom is updateJSON starting from a value the caller has just
+// read (first, at revision rev), which saves a read when nobody wrote in
+// between; first is handed over (fn changes it). A nil first reads.
+func updateJSONFrom[T any](ctx context.Context, kv jetstream.KeyValue, key string, first *T, rev uint64, fn func(*T) error) (*T, error) {
 	for attempt := 0; ; attempt++ {
-		v, rev, err := getJSON[T](ctx, kv, key)
-		if err != nil {
-			return nil, err
+		v := first
+		first = nil
+		if v == nil {
+			var err error
+			if v, rev, err = getJSON[T](ctx, kv, key); err != nil {
+				return nil, err
+			}
 		}
 		if err := fn(v); err != nil {
 			if errors.Is(err, errNoChange) {
@@ -198,20 +209,32 @@ func findReplica(k *api.Key, region string) (api.Replica, bool) {
 // loadKey reads a key's record; a key absent or deleted here is an API
 // "not found".
 func (w *Worker) loadKey(ctx context.Context, keyID string) (*keyRecord, error) {
-	k, _, err := getJSON[keyRecord](ctx, w.res.Keys, keyID)
+	k, _, err := w.loadKeyRev(ctx, keyID)
+	return k, err
+}
+
+// loadKeyRev is loadKey, also returning the record's revision.
+func (w *Worker) loadKeyRev(ctx context.Context, keyID string) (*keyRecord, uint64, error) {
+	k, rev, err := getJSON[keyRecord](ctx, w.res.Keys, keyID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) || err == nil && k.Deleted {
-		return nil, notFound("key %s not found in region %s", keyID, w.cfg.Region)
+		return nil, 0, notFound("key %s not found in region %s", keyID, w.cfg.Region)
 	}
 	if err != nil {
-		return nil, err
+		return nil, 0, err
 	}
 	normalize(k)
-	return k, nil
+	return k, rev, nil
 }
 
 // updateKey is updateJSON for key records, normalised before fn sees them.
 func (w *Worker) updateKey(ctx context.Context, keyID string, fn func(*keyRecord) error) (*keyRecord, error) {
-	return updateJSON(ctx, w.res.Keys, keyID, func(k *keyRecord) error {
+	return w.updateKeyFrom(ctx, keyID, nil, 0, fn)
+}
+
+// updateKeyFrom is updateKey starting from a record just read (see
+// updateJSONFrom).
+func (w *Worker) updateKeyFrom(ctx context.Context, keyID string, first *keyRecord, rev uint64, fn func(*keyRecord) error) (*keyRecord, error) {
+	return updateJSONFrom(ctx, w.res.Keys, keyID, first, rev, func(k *keyRecord) error {
 		normalize(k)
 		return fn(k)
 	})

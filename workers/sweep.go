@@ -50,6 +50,15 @@ func (w *Worker) markPending(ctx context.Context, id string) error {
 	return nil
 }
 
+// markPendingAsync starts markPending and returns where its result will
+// be; the caller receives it (on every path) before the change the entry
+// stands for, and may do other work meanwhile.
+func (w *Worker) markPendingAsync(ctx context.Context, id string) <-chan error {
+	ch := make(chan error, 1)
+	go func() { ch <- w.markPending(ctx, id) }()
+	return ch
+}
+
 // rakbSweepEvery is how often (in sweeps) the HSM is asked to destroy
 // expired RAKBs, where it keeps them (hsmsvc.AgreementKeySweeper).
 const rakbSweepEvery = 12
