@@ -441,6 +441,21 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 			res.ServerPeakRSSBytes[s.region] = s.peakRSS()
 		}
 	}
+	// 6. Where the usable latency went, from the streams' time stamps.
+	r.progress(Progress{Phase: "stages"})
+	var since int64 = math.MaxInt64
+	for _, j := range order[:res.Started] {
+		if s := j.start.Load(); s != 0 {
+			since = min(since, s)
+		}
+	}
+	if since != math.MaxInt64 {
+		st, err := r.stages(ctx, p, order[:res.Started], time.Unix(0, since).Add(-time.Second))
+		if err != nil {
+			return nil, fmt.Errorf("latency stages: %w", err)
+		}
+		res.UsableStages = st
+	}
 	if res.Failed > 0 {
 		return res, fmt.Errorf("%d of %d replications failed (first: %s)", res.Failed, res.Started, res.FirstFailure)
 	}

@@ -194,6 +194,14 @@ func runSmall(t *testing.T, cfg Config) *Result {
 	if res.PeakHeapLiveBytes == 0 || res.GCCycles == 0 && res.GCCPUSeconds != 0 {
 		t.Errorf("gc figures: live heap %d, %d cycles, %.3fs", res.PeakHeapLiveBytes, res.GCCycles, res.GCCPUSeconds)
 	}
+	if len(res.UsableStages) != len(usableStages) {
+		t.Errorf("%d usable stages, want %d", len(res.UsableStages), len(usableStages))
+	}
+	for _, s := range res.UsableStages {
+		if s.N != res.Replications || s.P50 < 0 {
+			t.Errorf("stage %q: %d replications (want %d), p50 %.2fms", s.Stage, s.N, res.Replications, s.P50)
+		}
+	}
 	if res.P50UsableMS > res.P50ConfirmedMS {
 		t.Errorf("p50 usable %.1fms after p50 confirmed %.1fms", res.P50UsableMS, res.P50ConfirmedMS)
 	}
@@ -201,7 +209,7 @@ func runSmall(t *testing.T, cfg Config) *Result {
 	if err := res.WriteTable(&sb); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"throughput", "crypto bound", "ratio to bound", "usable", "confirmed", "peak rss", "live heap up to"} {
+	for _, want := range []string{"throughput", "crypto bound", "ratio to bound", "usable", "confirmed", "peak rss", "live heap up to", "usable, by stage"} {
 		if !strings.Contains(sb.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, sb.String())
 		}
@@ -236,6 +244,21 @@ func TestRunKeysWithDelay(t *testing.T) {
 	// Three crossings before the replica is usable, four before confirmed.
 	if res.Usable.P50 < 3*20 || res.Confirmed.P50 < 4*20 {
 		t.Errorf("latency usable %.1fms, confirmed %.1fms: below the floors 60ms and 80ms", res.Usable.P50, res.Confirmed.P50)
+	}
+	// The delay is in the proxy's three hops, not in the regions' steps.
+	var hops float64
+	for _, s := range res.UsableStages {
+		if strings.HasPrefix(s.Stage, "proxy:") {
+			if s.P50 < 20 {
+				t.Errorf("stage %q p50 %.1fms, below the injected 20ms", s.Stage, s.P50)
+			}
+			hops++
+		} else if s.Max >= float64(res.Usable.Max) {
+			t.Errorf("stage %q max %.1fms, not below the whole usable latency's max %.1fms", s.Stage, s.Max, res.Usable.Max)
+		}
+	}
+	if hops != 3 {
+		t.Errorf("%v proxy stages, want 3", hops)
 	}
 }
 

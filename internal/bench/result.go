@@ -58,15 +58,20 @@ type Result struct {
 	CryptoOpsUS                   OpsUS   `json:"crypto_ops_us"`
 
 	// Latency from the replicate call, in milliseconds.
-	P50UsableMS      float64     `json:"p50_usable_ms"`
-	P90UsableMS      float64     `json:"p90_usable_ms"`
-	P99UsableMS      float64     `json:"p99_usable_ms"`
-	MaxUsableMS      float64     `json:"max_usable_ms"`
-	P50ConfirmedMS   float64     `json:"p50_confirmed_ms"`
-	P90ConfirmedMS   float64     `json:"p90_confirmed_ms"`
-	P99ConfirmedMS   float64     `json:"p99_confirmed_ms"`
-	MaxConfirmedMS   float64     `json:"max_confirmed_ms"`
-	Usable           Percentiles `json:"usable"`
+	P50UsableMS    float64     `json:"p50_usable_ms"`
+	P90UsableMS    float64     `json:"p90_usable_ms"`
+	P99UsableMS    float64     `json:"p99_usable_ms"`
+	MaxUsableMS    float64     `json:"max_usable_ms"`
+	P50ConfirmedMS float64     `json:"p50_confirmed_ms"`
+	P90ConfirmedMS float64     `json:"p90_confirmed_ms"`
+	P99ConfirmedMS float64     `json:"p99_confirmed_ms"`
+	MaxConfirmedMS float64     `json:"max_confirmed_ms"`
+	Usable         Percentiles `json:"usable"`
+	// UsableStages splits the usable latency at the times the run's
+	// messages were stored in the outboxes and inboxes (JetStream's time
+	// stamps, read after the run): the source's and destination's steps
+	// and the proxy's hops (with the injected delay).
+	UsableStages     []Stage     `json:"usable_stages,omitempty"`
 	Confirmed        Percentiles `json:"confirmed"`
 	UsableFloorMS    float64     `json:"usable_floor_ms"`    // 3 × delay
 	ConfirmedFloorMS float64     `json:"confirmed_floor_ms"` // 4 × delay
@@ -186,6 +191,18 @@ func (r *Result) WriteTable(w io.Writer) error {
 		floor float64
 	}{{"usable", r.Usable, r.UsableFloorMS}, {"confirmed", r.Confirmed, r.ConfirmedFloorMS}} {
 		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.1f\t%.1f\t%.0f\t\n", l.name, l.p.P50, l.p.P90, l.p.P99, l.p.Max, l.floor)
+	}
+	if err := tw.Flush(); err != nil {
+		return err
+	}
+	if len(r.UsableStages) == 0 {
+		return nil
+	}
+	fmt.Fprintln(w)
+	tw = tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
+	fmt.Fprintln(tw, "usable, by stage (ms)\tp50\tp90\tp99\tmax\t")
+	for _, s := range r.UsableStages {
+		fmt.Fprintf(tw, "%s\t%.1f\t%.1f\t%.1f\t%.1f\t\n", s.Stage, s.P50, s.P90, s.P99, s.Max)
 	}
 	return tw.Flush()
 }
