@@ -402,22 +402,9 @@ func TestReplayedMsgIDInRun(t *testing.T) {
 	// The run's offer (sent by b) and material (sent by a), from the outboxes.
 	accepted := func(nc *nats.Conn, region string, typ messages.Type) *messages.Envelope {
 		t.Helper()
-		js, _ := jetstream.New(nc)
-		st, err := js.Stream(ctx, layout.OutboxStream(region))
-		if err != nil {
-			t.Fatal(err)
-		}
-		info, err := st.Info(ctx)
-		if err != nil {
-			t.Fatal(err)
-		}
-		for seq := uint64(1); seq <= info.State.LastSeq; seq++ {
-			m, err := st.GetMsg(ctx, seq)
-			if err != nil {
-				continue
-			}
-			env, err := messages.Parse(m.Data)
-			if err == nil && env.Message.Type == typ && env.Message.ReplicationID == rep.ReplicationID {
+		envs, _ := outboxMessages(t, ctx, nc, region, 0)
+		for _, env := range envs {
+			if env.Message.Type == typ && env.Message.ReplicationID == rep.ReplicationID {
 				return env
 			}
 		}

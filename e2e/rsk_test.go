@@ -17,9 +17,9 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// outboxKIDs returns the kid of every message in region's outbox after
-// sequence after, and the stream's last sequence.
-func outboxKIDs(t *testing.T, ctx context.Context, nc *nats.Conn, region string, after uint64) (kids [][]byte, last uint64) {
+// outboxMessages returns every message in region's outbox after sequence
+// after, parsed, and the stream's last sequence.
+func outboxMessages(t *testing.T, ctx context.Context, nc *nats.Conn, region string, after uint64) (envs []*messages.Envelope, last uint64) {
 	t.Helper()
 	js, _ := jetstream.New(nc)
 	st, err := js.Stream(ctx, layout.OutboxStream(region))
@@ -39,9 +39,20 @@ func outboxKIDs(t *testing.T, ctx context.Context, nc *nats.Conn, region string,
 		if err != nil {
 			t.Fatalf("outbox message %d: %v", seq, err)
 		}
+		envs = append(envs, env)
+	}
+	return envs, info.State.LastSeq
+}
+
+// outboxKIDs returns the kid of every message in region's outbox after
+// sequence after, and the stream's last sequence.
+func outboxKIDs(t *testing.T, ctx context.Context, nc *nats.Conn, region string, after uint64) (kids [][]byte, last uint64) {
+	t.Helper()
+	envs, last := outboxMessages(t, ctx, nc, region, after)
+	for _, env := range envs {
 		kids = append(kids, env.KID)
 	}
-	return kids, info.State.LastSeq
+	return kids, last
 }
 
 // deadLetterOf waits until stream holds a dead letter of exactly raw and
