@@ -110,9 +110,12 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 	err = w.handle(cctx, env)
 	var ref *refusal
 	if use.hit && errors.As(err, &ref) {
-		w.met.runCache.WithLabelValues("stale").Inc()
 		w.runs.drop(env.Message.ReplicationID)
+		first := ref.Reason
 		err = w.handle(context.WithValue(ctx, noCacheKey{}, true), env)
+		if !errors.As(err, &ref) || ref.Reason != first {
+			w.met.runCache.WithLabelValues("stale").Inc()
+		}
 	}
 	return err
 }

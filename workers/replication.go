@@ -8,6 +8,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
@@ -735,7 +736,7 @@ func (w *Worker) afterReceipt(ctx context.Context, key *keyRecord, run *replicat
 // worker wrote it last, see runCache) and checks role and peer.
 func (w *Worker) runFor(ctx context.Context, m *messages.Message, role string) (*replication, uint64, error) {
 	if ctx.Value(noCacheKey{}) == nil {
-		if rec, rev, ok := w.runs.get(m.ReplicationID); ok {
+		if rec, rev, ok := w.runs.get(m.ReplicationID, w.cfg.Now()); ok {
 			if u, _ := ctx.Value(cacheUseKey{}).(*cacheUse); u != nil {
 				u.hit = true
 			}
@@ -778,8 +779,17 @@ func (w *Worker) casRun(ctx context.Context, rec *replication, rev uint64) error
 		}
 		return err
 	}
-	w.runs.put(rec, b, next)
+	w.runs.put(rec, b, next, w.runDeadline(rec))
 	return nil
+}
+
+// runDeadline is when the sweeper may end rec: a source run after
+// RunTimeout, a destination run when it expires.
+func (w *Worker) runDeadline(rec *replication) time.Time {
+	if rec.Role == roleSource {
+		return rec.CreatedAt.Add(w.cfg.RunTimeout)
+	}
+	return rec.ExpiresAt
 }
 
 // createRun stores a new run; jetstream.ErrKeyExists if its id is taken.
@@ -792,7 +802,7 @@ func (w *Worker) createRun(ctx context.Context, rec *replication) error {
 	if err != nil {
 		return err
 	}
-	w.runs.put(rec, b, rev)
+	w.runs.put(rec, b, rev, w.runDeadline(rec))
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"sync"
+	"time"
 )
 
 // runCache keeps, for the runs in flight that this worker wrote last, the
@@ -18,9 +19,10 @@ import (
 // falls back to a read, as when two workers race without a cache); and a
 // message refused on the strength of a cached record is judged again on a
 // fresh read before it is dead-lettered (processInbox). With one worker per
-// region the cache is exact. Entries go when the run ends here, and the
-// cache holds at most maxRuns (an arbitrary entry goes first: a miss only
-// costs a read).
+// region the cache is exact. Entries go when the run ends here; a run
+// another worker ended stays until its deadline (after which it is read
+// from the KV, as the sweeper may have ended it) or until the cache holds
+// maxRuns (an arbitrary entry goes first: a miss only costs a read).
 type runCache struct {
 	mu   sync.Mutex
 	runs map[string]cachedRun
@@ -28,8 +30,9 @@ type runCache struct {
 }
 
 type cachedRun struct {
-	raw []byte // the record's JSON as written
-	rev uint64
+	raw      []byte // the record's JSON as written
+	rev      uint64
+	deadline time.Time // after it the sweeper may end the run
 }
 
 // maxCachedRuns bounds the cache: about 2 KB a run, so at most ~16 MB.
@@ -37,12 +40,14 @@ const maxCachedRuns = 8192
 
 func newRunCache(max int) *runCache { return &runCache{runs: map[string]cachedRun{}, max: max} }
 
-// get returns a fresh copy of the cached record of run id.
-func (c *runCache) get(id string) (*replication, uint64, bool) {
+// get returns a fresh copy of the cached record of run id, unless the run
+// is past its deadline (now after deadline): such a run may have been
+// ended by another worker's sweeper, so it is read from the KV.
+func (c *runCache) get(id string, now time.Time) (*replication, uint64, bool) {
 	c.mu.Lock()
 	e, ok := c.runs[id]
 	c.mu.Unlock()
-	if !ok {
+	if !ok || now.After(e.deadline) {
 		return nil, 0, false
 	}
 	rec := new(replication)
@@ -52,22 +57,27 @@ func (c *runCache) get(id string) (*replication, uint64, bool) {
 	return rec, e.rev, true
 }
 
-// put records what this worker just wrote for run id; an ended run is
-// dropped instead.
-func (c *runCache) put(rec *replication, raw []byte, rev uint64) {
+// put records what this worker just wrote for run id at revision rev (an
+// older revision than the one cached is ignored: two writes of this worker
+// may return out of order); an ended run is dropped instead.
+func (c *runCache) put(rec *replication, raw []byte, rev uint64, deadline time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	old, ok := c.runs[rec.ID]
+	if ok && old.rev >= rev {
+		return
+	}
 	if rec.ended() {
 		delete(c.runs, rec.ID)
 		return
 	}
-	if _, ok := c.runs[rec.ID]; !ok && len(c.runs) >= c.max {
+	if !ok && len(c.runs) >= c.max {
 		for id := range c.runs {
 			delete(c.runs, id)
 			break
 		}
 	}
-	c.runs[rec.ID] = cachedRun{raw: raw, rev: rev}
+	c.runs[rec.ID] = cachedRun{raw: raw, rev: rev, deadline: deadline}
 }
 
 // drop forgets run id; it reports whether it was cached.

@@ -144,7 +144,12 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 		}
 		ms, _ := strconv.ParseInt(string(e.Value()), 10, 64)
 		if now.Sub(time.UnixMilli(ms)) > orphanAge {
-			return w.clearPending(ctx, id)
+			// Only the entry read: a run started again meanwhile (a
+			// redelivered init) has written a new one, which stays.
+			err := w.res.Pending.Purge(ctx, id, jetstream.LastRevision(e.Revision()), jetstream.PurgeTTL(layout.PendingMarkerTTL))
+			if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+				return fmt.Errorf("pending index: %w", err)
+			}
 		}
 		return nil
 	}
