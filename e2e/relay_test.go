@@ -6,6 +6,7 @@ import (
 	"crypto/ecdh"
 	"crypto/rand"
 	"slices"
+	"strconv"
 	"sync"
 	"testing"
 	"time"
@@ -27,6 +28,7 @@ type relay struct {
 	mu     sync.Mutex
 	tamper func(env *messages.Envelope) []byte // nil: deliver as is
 	seen   []*messages.Envelope                // every genuine message, in order
+	twice  messages.Type                       // deliver messages of this type twice at once, under two Nats-Msg-Ids
 }
 
 func startRelay(t *testing.T, p *mrkrepltest.Partition) *relay {
@@ -50,7 +52,7 @@ func startRelay(t *testing.T, p *mrkrepltest.Partition) *relay {
 			}
 			rl.mu.Lock()
 			rl.seen = append(rl.seen, env)
-			tamper := rl.tamper
+			tamper, twice := rl.tamper, rl.twice == env.Message.Type
 			rl.mu.Unlock()
 			raw := env.Raw
 			if tamper != nil {
@@ -67,6 +69,13 @@ func startRelay(t *testing.T, p *mrkrepltest.Partition) *relay {
 			}
 			ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 			defer cancel()
+			if twice {
+				dup := nats.NewMsg(out.Subject)
+				dup.Data = raw
+				if _, err := js[env.Message.Dst].PublishMsgAsync(dup, jetstream.WithMsgID(id+"-copy")); err != nil {
+					t.Errorf("relay: second copy: %v", err)
+				}
+			}
 			_, _ = js[env.Message.Dst].PublishMsg(ctx, out, jetstream.WithMsgID(id))
 		})
 		if err != nil {
@@ -263,3 +272,74 @@ func TestAdversarialRelay(t *testing.T) {
 }
 
 func hsmKeyRef(keyID string) hsmsvc.KeyRef { return hsmsvc.KeyRef{KeyID: keyID, Version: 1} }
+
+// TestInitDeliveredTwiceAtOnce: the same init reaches the destination's
+// inbox twice at once (a relay that does not de-duplicate, or a delivery
+// redelivered while the first copy still waits for a worker): the two
+// copies are handled concurrently, and the run must still complete — one
+// handler makes the RAKB and the offer, the other answers with that offer;
+// neither may destroy the RAKB the other's offer names.
+func TestInitDeliveredTwiceAtOnce(t *testing.T) {
+	p := mrkrepltest.New(t, mrkrepltest.Options{NoProxy: true, Regions: []string{"us-east-1", "eu-west-1"}})
+	rl := startRelay(t, p)
+	rl.mu.Lock()
+	rl.twice = messages.TypeInit
+	rl.mu.Unlock()
+	ctx := ctxT(t, time.Minute)
+	c := p.Region("us-east-1").Client
+	var wg sync.WaitGroup
+	for range 12 {
+		wg.Go(func() {
+			key, err := c.CreateKey(ctx, api.CreateKeyRequest{})
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			rep, err := c.ReplicateKey(ctx, key.KeyID, "eu-west-1")
+			if err != nil {
+				t.Error(err)
+				return
+			}
+			if rep, err = c.WaitReplication(ctx, rep.ReplicationID); err != nil || rep.State != api.StateCompleted {
+				t.Errorf("replication of %s with its init delivered twice: %v %+v", key.KeyID, err, rep)
+			}
+		})
+	}
+	wg.Wait()
+}
+
+// TestInitClaimTakenOver: a destination handler that crashed after
+// claiming an init (its pending entry written, no run stored) does not
+// block the init for good: a later delivery finds the claim older than a
+// handler can live, takes it over, and answers with an offer.
+func TestInitClaimTakenOver(t *testing.T) {
+	p := mrkrepltest.New(t, mrkrepltest.Options{NoProxy: true, Regions: []string{"us-east-1", "eu-west-1"}})
+	ctx := ctxT(t, time.Minute)
+	const a, b = "us-east-1", "eu-west-1"
+	nc, err := p.Connect(b, "check")
+	if err != nil {
+		t.Fatal(err)
+	}
+	js, _ := jetstream.New(nc)
+	pending, err := js.KeyValue(ctx, layout.PendingBucket(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	init := hostileValidInit(t, p, a, b, nil)
+	// The claim a crashed handler left 40 s ago.
+	old := time.Now().Add(-40 * time.Second).UnixMilli()
+	if _, err := pending.Create(ctx, init.replicationID, []byte(strconv.FormatInt(old, 10))); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := js.Publish(ctx, messages.InboxSubject(b, a, messages.TypeInit), init.raw); err != nil {
+		t.Fatal(err)
+	}
+	waitOffer(t, ctx, nc, b, init.replicationID)
+	e, err := pending.Get(ctx, init.replicationID)
+	if err != nil {
+		t.Fatalf("the run's pending entry: %v", err)
+	}
+	if ms, _ := strconv.ParseInt(string(e.Value()), 10, 64); ms <= old {
+		t.Errorf("pending entry still the crashed handler's (%d), want a fresh claim", ms)
+	}
+}

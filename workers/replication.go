@@ -335,14 +335,25 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 		PrimaryRegion: in.PrimaryRegion, SrcKID: env.KID, InitDigest: env.Digest, InitMsgID: m.MsgID,
 		CreatedAt: m.SentTime(), UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL),
 	}
-	// The pending entry is written while the RAKB is made and the offer
-	// signed; both are done before the run is stored.
-	pending := w.markPendingAsync(ctx, rec.ID)
+	// The pending entry is also this handler's claim on the init: a second
+	// handler of the same init (a copy delivered at the same time, or a
+	// redelivery while this one still runs) must not touch our RAKB.
+	release, err := w.claimRun(ctx, rec.ID)
+	if err != nil {
+		return err
+	}
+	stored := false
+	defer func() {
+		if !stored {
+			release()
+		}
+	}()
 	err = w.hsmOp("create_agreement_key", func() (err error) {
 		rec.RAKB, err = w.cfg.HSM.CreateAgreementKey(ctx, rec.ID, rec.ExpiresAt)
 		if errors.Is(err, hsmsvc.ErrExists) {
-			// Made before a crash, before any offer was stored or sent:
-			// nobody has seen its public key, so replace it.
+			// Made by a handler that ended (crashed) before any offer was
+			// stored or sent (claimRun let us take its claim over): nobody
+			// has seen its public key, so replace it.
 			if err = w.cfg.HSM.DestroyAgreementKey(ctx, rec.ID); err == nil || errors.Is(err, hsmsvc.ErrNotFound) {
 				rec.RAKB, err = w.cfg.HSM.CreateAgreementKey(ctx, rec.ID, rec.ExpiresAt)
 			}
@@ -350,19 +361,17 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 		return err
 	})
 	if err != nil {
-		<-pending
 		return fmt.Errorf("create rakb: %w", err)
 	}
 	reply := w.newMessage(messages.TypeOffer, rec.ID, m.Src)
 	reply.Offer = &messages.Offer{InitDigest: env.Digest, RAKB: rec.RAKB}
 	if rec.OfferDigest, rec.DstKID, err = w.seal(rec, reply); err != nil {
-		<-pending
 		return err
 	}
-	if err := <-pending; err != nil {
-		return err
-	}
-	if err := w.createRun(ctx, rec); err != nil {
+	err = w.createRun(ctx, rec)
+	// The entry stays with a stored run, ours or (ErrKeyExists) another's.
+	stored = err == nil || errors.Is(err, jetstream.ErrKeyExists)
+	if err != nil {
 		// Another worker took this init first: keep its RAKB, drop ours.
 		_ = w.cfg.HSM.DestroyAgreementKey(ctx, rec.ID)
 		if errors.Is(err, jetstream.ErrKeyExists) {

@@ -59,6 +59,54 @@ func (w *Worker) markPendingAsync(ctx context.Context, id string) <-chan error {
 	return ch
 }
 
+// claimTimeout is how old a destination run's claim (its pending entry,
+// claimRun) must be before another handler may take it over: longer than
+// a message handler may run (dispatch's 25 s), so its owner has ended.
+const claimTimeout = 30 * time.Second
+
+// errClaimed: another handler is working on this init; the message is
+// retried (and then answered from the run it stored).
+var errClaimed = errors.New("another handler is working on this init")
+
+// claimRun writes a destination run's pending entry with Create: the
+// handler that writes it is the one that handles the init. A handler that
+// finds an entry younger than claimTimeout retries later (errClaimed); an
+// older one was left by a handler that crashed before storing the run,
+// and is taken over (compare-and-set on its revision, so only one takes
+// it).
+//
+// It returns release, which gives the claim up (the entry goes, if it is
+// still ours) for a handler that fails before it stores the run, so that
+// the retry need not wait for claimTimeout.
+func (w *Worker) claimRun(ctx context.Context, id string) (release func(), err error) {
+	now := w.cfg.Now()
+	stamp := []byte(strconv.FormatInt(now.UnixMilli(), 10))
+	rev, err := w.res.Pending.Create(ctx, id, stamp)
+	if errors.Is(err, jetstream.ErrKeyExists) {
+		e, gerr := w.res.Pending.Get(ctx, id)
+		if gerr != nil {
+			return nil, fmt.Errorf("pending index: %w", gerr) // gone meanwhile: retried
+		}
+		ms, _ := strconv.ParseInt(string(e.Value()), 10, 64)
+		if now.Sub(time.UnixMilli(ms)) < claimTimeout {
+			return nil, errClaimed
+		}
+		rev, err = w.res.Pending.Update(ctx, id, stamp, e.Revision())
+		if errors.Is(err, jetstream.ErrKeyExists) {
+			return nil, errClaimed
+		}
+	}
+	if err != nil {
+		return nil, fmt.Errorf("pending index: %w", err)
+	}
+	return func() {
+		err := w.res.Pending.Purge(context.WithoutCancel(ctx), id, jetstream.LastRevision(rev), jetstream.PurgeTTL(layout.PendingMarkerTTL))
+		if err != nil && !errors.Is(err, jetstream.ErrKeyExists) {
+			w.log.Warn("claim not released; another handler takes it over later", "replication_id", id, "err", err)
+		}
+	}, nil
+}
+
 // rakbSweepEvery is how often (in sweeps) the HSM is asked to destroy
 // expired RAKBs, where it keeps them (hsmsvc.AgreementKeySweeper).
 const rakbSweepEvery = 12
