@@ -192,9 +192,10 @@ func runSmall(t *testing.T, cfg Config) *Result {
 		}
 	}
 	// (A short run may end inside a GC cycle: collector CPU without a
-	// completed cycle is possible, so the two are not checked together.)
-	if res.PeakHeapLiveBytes == 0 || res.GCCPUSeconds < 0 || res.GCCPUSeconds > res.CPUSeconds {
-		t.Errorf("gc figures: live heap %d, %d cycles, %.3fs of GC CPU in %.3fs", res.PeakHeapLiveBytes, res.GCCycles, res.GCCPUSeconds, res.CPUSeconds)
+	// completed cycle is possible; and the runtime's GC CPU is an estimate
+	// that runtime/metrics says not to compare with the process's CPU.)
+	if res.PeakHeapLiveBytes == 0 || res.GCCPUSeconds < 0 {
+		t.Errorf("gc figures: live heap %d, %d cycles, %.3fs of GC CPU", res.PeakHeapLiveBytes, res.GCCycles, res.GCCPUSeconds)
 	}
 	if len(res.UsableStages) != len(usableStages) {
 		t.Errorf("%d usable stages, want %d", len(res.UsableStages), len(usableStages))
