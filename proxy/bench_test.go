@@ -17,9 +17,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/internal/natstest"
+
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -80,23 +81,7 @@ func startForwardBench(b *testing.B) *forwardBench {
 	}
 	conns := map[string]*nats.Conn{}
 	for _, r := range regions {
-		s, err := server.NewServer(&server.Options{
-			ServerName: r, Host: "127.0.0.1", Port: server.RANDOM_PORT,
-			JetStream: true, StoreDir: b.TempDir(), NoLog: true, NoSigs: true,
-		})
-		if err != nil {
-			b.Fatal(err)
-		}
-		go s.Start()
-		if !s.ReadyForConnections(10 * time.Second) {
-			b.Fatalf("server %s not ready", r)
-		}
-		b.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-		nc, err := nats.Connect(s.ClientURL())
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(nc.Close)
+		_, nc := natstest.Start(b, r)
 		js, err := jetstream.New(nc)
 		if err != nil {
 			b.Fatal(err)

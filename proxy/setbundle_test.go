@@ -9,8 +9,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/internal/natstest"
+
 	"github.com/mrkrepl/mrkrepl/messages"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -39,20 +40,7 @@ func testBundle(t *testing.T, partition string, regions ...string) *messages.Bun
 // every region it bridges (one it does not bridge may be added), refuses
 // any other, counts both, and keeps bridging the regions it started with.
 func TestSetBundle(t *testing.T) {
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	_, nc := natstest.Start(t, "setbundle")
 	first := testBundle(t, "p", "a-1", "b-1")
 	p, err := New(Config{Bundle: first, Conns: map[string]*nats.Conn{"a-1": nc, "b-1": nc}, Registerer: prometheus.NewRegistry()})
 	if err != nil {

@@ -142,6 +142,23 @@ func (w *Worker) reply(op, subject string, m *nats.Msg) {
 	}
 }
 
+// decodeKeyRequest is decodeRequest for a request that names a key
+// (*keyID, a field of v): the key id must be well formed too.
+func decodeKeyRequest(data []byte, v any, keyID *string) error {
+	if err := decodeRequest(data, v); err != nil {
+		return err
+	}
+	return checkKeyID(*keyID)
+}
+
+// checkKeyID refuses a malformed key id as a bad request.
+func checkKeyID(id string) error {
+	if !messages.IsKeyID(id) {
+		return badRequest("invalid key id %q", id)
+	}
+	return nil
+}
+
 // decodeRequest parses a JSON request strictly.
 func decodeRequest(data []byte, v any) error {
 	dec := json.NewDecoder(strings.NewReader(string(data)))
@@ -197,11 +214,8 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 
 func (w *Worker) apiDescribeKey(ctx context.Context, data []byte) (any, error) {
 	var req api.KeyRequest
-	if err := decodeRequest(data, &req); err != nil {
+	if err := decodeKeyRequest(data, &req, &req.KeyID); err != nil {
 		return nil, err
-	}
-	if !messages.IsKeyID(req.KeyID) {
-		return nil, badRequest("invalid key id %q", req.KeyID)
 	}
 	return w.describe(ctx, req.KeyID)
 }
@@ -350,8 +364,8 @@ func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, 
 
 // usableKey returns the key's metadata if it can be used in this region.
 func (w *Worker) usableKey(ctx context.Context, keyID string) (*api.Key, error) {
-	if !messages.IsKeyID(keyID) {
-		return nil, badRequest("invalid key id %q", keyID)
+	if err := checkKeyID(keyID); err != nil {
+		return nil, err
 	}
 	key, err := w.loadKey(ctx, keyID)
 	if err != nil {

@@ -13,11 +13,12 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/internal/natstest"
+
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/messages"
-	"github.com/nats-io/nats-server/v2/server"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -40,23 +41,6 @@ type benchRegion struct {
 	w      *Worker
 	out    *nats.Subscription // core subscription to the region's outbox
 	client *client.Client
-}
-
-func startBenchServer(b *testing.B, name string) *server.Server {
-	b.Helper()
-	s, err := server.NewServer(&server.Options{
-		ServerName: name, Host: "127.0.0.1", Port: server.RANDOM_PORT,
-		JetStream: true, StoreDir: b.TempDir(), NoLog: true, NoSigs: true,
-	})
-	if err != nil {
-		b.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		b.Fatalf("server %s not ready", name)
-	}
-	b.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	return s
 }
 
 // startBenchPair starts regions "bench-a" and "bench-b" of partition
@@ -90,12 +74,7 @@ func startBenchPair(b *testing.B) (a, bb *benchRegion) {
 	}
 	var rs []*benchRegion
 	for i, name := range names {
-		s := startBenchServer(b, name)
-		nc, err := nats.Connect(s.ClientURL())
-		if err != nil {
-			b.Fatal(err)
-		}
-		b.Cleanup(nc.Close)
+		_, nc := natstest.Start(b, name)
 		w, err := New(Config{Region: name, Bundle: bundle, HSM: hsms[i], Conn: nc})
 		if err != nil {
 			b.Fatal(err)

@@ -180,11 +180,8 @@ func (w *Worker) syncReplicas(ctx context.Context, keyID string) {
 
 func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	var req api.RotateKeyRequest
-	if err := decodeRequest(data, &req); err != nil {
+	if err := decodeKeyRequest(data, &req, &req.KeyID); err != nil {
 		return nil, err
-	}
-	if !messages.IsKeyID(req.KeyID) {
-		return nil, badRequest("invalid key id %q", req.KeyID)
 	}
 	// Written before the change it stands for, like every lifecycle
 	// duty: the sweeper then finishes what a crash cuts short.
@@ -600,11 +597,8 @@ func (w *Worker) onAnnounceAck(ctx context.Context, k *keyRecord, m *messages.Me
 
 func (w *Worker) apiUpdatePrimaryRegion(ctx context.Context, data []byte) (any, error) {
 	var req api.UpdatePrimaryRegionRequest
-	if err := decodeRequest(data, &req); err != nil {
+	if err := decodeKeyRequest(data, &req, &req.KeyID); err != nil {
 		return nil, err
-	}
-	if !messages.IsKeyID(req.KeyID) {
-		return nil, badRequest("invalid key id %q", req.KeyID)
 	}
 	if !w.bundle().HasRegion(req.PrimaryRegion) {
 		return nil, badRequest("region %q is not in partition %q", req.PrimaryRegion, w.bundle().Partition())
@@ -876,11 +870,8 @@ func (w *Worker) announce(ctx context.Context, k *keyRecord) {
 
 func (w *Worker) apiScheduleKeyDeletion(ctx context.Context, data []byte) (any, error) {
 	var req api.ScheduleKeyDeletionRequest
-	if err := decodeRequest(data, &req); err != nil {
+	if err := decodeKeyRequest(data, &req, &req.KeyID); err != nil {
 		return nil, err
-	}
-	if !messages.IsKeyID(req.KeyID) {
-		return nil, badRequest("invalid key id %q", req.KeyID)
 	}
 	wait := w.cfg.DeletionWaitingPeriod
 	if req.PendingWindowDays != 0 {
@@ -935,11 +926,8 @@ func (w *Worker) apiScheduleKeyDeletion(ctx context.Context, data []byte) (any, 
 
 func (w *Worker) apiCancelKeyDeletion(ctx context.Context, data []byte) (any, error) {
 	var req api.KeyRequest
-	if err := decodeRequest(data, &req); err != nil {
+	if err := decodeKeyRequest(data, &req, &req.KeyID); err != nil {
 		return nil, err
-	}
-	if !messages.IsKeyID(req.KeyID) {
-		return nil, badRequest("invalid key id %q", req.KeyID)
 	}
 	if err := w.markKeyPending(ctx, req.KeyID); err != nil {
 		return nil, err

@@ -159,8 +159,8 @@ func (w *Worker) activeRun(ctx context.Context, r api.Replica) *replication {
 // same version (the sweeper starts attempts after the first). One run at a
 // time is in flight per replica: while one is, startRun returns it.
 func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32, attempt int) (*replication, error) {
-	if !messages.IsKeyID(keyID) {
-		return nil, badRequest("invalid key id %q", keyID)
+	if err := checkKeyID(keyID); err != nil {
+		return nil, err
 	}
 	if !w.bundle().HasRegion(dst) {
 		return nil, badRequest("region %q is not in partition %q", dst, w.bundle().Partition())

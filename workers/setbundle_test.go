@@ -11,10 +11,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/internal/natstest"
+
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/messages"
-	"github.com/nats-io/nats-server/v2/server"
-	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -67,20 +67,7 @@ func (f *rotationFixture) entry(t *testing.T, region string, pub crypto.PublicKe
 func newRotationFixture(t *testing.T, wrap func(hsmsvc.HSM) hsmsvc.HSM) *rotationFixture {
 	t.Helper()
 	ctx := t.Context()
-	s, err := server.NewServer(&server.Options{Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	go s.Start()
-	if !s.ReadyForConnections(10 * time.Second) {
-		t.Fatal("nats-server not ready")
-	}
-	t.Cleanup(func() { s.Shutdown(); s.WaitForShutdown() })
-	nc, err := nats.Connect(s.ClientURL())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(nc.Close)
+	_, nc := natstest.Start(t, "setbundle")
 	h, err := hsmsvc.Open(ctx, "soft:", hsmsvc.Options{})
 	if err != nil {
 		t.Fatal(err)
