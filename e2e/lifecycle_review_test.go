@@ -99,6 +99,24 @@ func gate(t *testing.T, ctx context.Context, p *mrkrepltest.Partition, region st
 // gateChan returns a channel and the func that closes it (once); it is
 // closed when the test ends too (before the partition stops), so that no
 // HSM call stays blocked.
+// holdNextSign makes the next signature through g wait until the returned
+// release is called (or the test ends); entered is closed when it waits.
+func (g *gateHSM) holdNextSign(t *testing.T) (entered chan struct{}, release func()) {
+	entered = make(chan struct{})
+	wait, release := gateChan(t)
+	var armed atomic.Bool
+	armed.Store(true)
+	g.set(func(g *gateHSM) {
+		g.sign = func() {
+			if armed.CompareAndSwap(true, false) {
+				close(entered)
+				<-wait
+			}
+		}
+	})
+	return entered, release
+}
+
 func gateChan(t *testing.T) (chan struct{}, func()) {
 	ch := make(chan struct{})
 	var once sync.Once
@@ -316,18 +334,7 @@ func TestReview_ReplicateRacingUpdatePrimary(t *testing.T) {
 	waitKey(t, ctx, c, key.KeyID, "eu synced", settledReplicas)
 
 	// The next signature us makes (the init of the replicate request) waits.
-	entered := make(chan struct{})
-	release, releaseSign := gateChan(t)
-	var armed atomic.Bool
-	armed.Store(true)
-	g.set(func(g *gateHSM) {
-		g.sign = func() {
-			if armed.CompareAndSwap(true, false) {
-				close(entered)
-				<-release
-			}
-		}
-	})
+	entered, releaseSign := g.holdNextSign(t)
 	replicated := make(chan error, 1)
 	go func() {
 		_, err := c.ReplicateKey(ctx, key.KeyID, ap)
@@ -643,18 +650,7 @@ func TestReview_AckSyncLeaksHandoverEpoch(t *testing.T) {
 	waitKey(t, ctx, c, key.KeyID, "replicas synced", settledReplicas)
 
 	// eu's next signature (its accept of the hand-over) waits.
-	entered := make(chan struct{})
-	release, releaseSign := gateChan(t)
-	var armed atomic.Bool
-	armed.Store(true)
-	g.set(func(g *gateHSM) {
-		g.sign = func() {
-			if armed.CompareAndSwap(true, false) {
-				close(entered)
-				<-release
-			}
-		}
-	})
+	entered, releaseSign := g.holdNextSign(t)
 	if _, err := c.UpdatePrimaryRegion(ctx, key.KeyID, eu); err != nil {
 		t.Fatal(err)
 	}
