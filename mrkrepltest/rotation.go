@@ -15,23 +15,43 @@ import (
 // with the bundle pushed to the running components instead of written to a
 // file they reload.
 
-// SetBundle makes b the partition's trust bundle: it gives it to every
-// running worker and to the proxy (SetBundle of each), and keeps it for
+// SetBundle makes b the partition's trust bundle: it gives it to the proxy
+// and then to every running worker (SetBundle of each), and keeps it for
 // the workers and proxy started later. It stops at the first component
 // that refuses b; p.Bundle is then unchanged, but components that accepted
 // b keep it.
 func (p *Partition) SetBundle(b *messages.Bundle) error {
+	return p.pushBundle(b, "")
+}
+
+// pushBundle gives b to the proxy, then to the workers of every region but
+// signer, then to signer's worker: the order of OPERATIONS.md's rotation
+// steps, where every verifier knows a new RSK before its region signs with
+// it. (Pushed the other way, a receipt signed with the new RSK can reach
+// the proxy or the peer's worker before they know it, and is dead-lettered
+// as unknown_kid; CI's race run once caught exactly that.)
+func (p *Partition) pushBundle(b *messages.Bundle, signer string) error {
+	if p.Proxy != nil {
+		if err := p.Proxy.SetBundle(b); err != nil {
+			return fmt.Errorf("proxy: %w", err)
+		}
+	}
+	var last *Region
 	for _, r := range p.regions {
 		if r.Worker == nil {
+			continue
+		}
+		if r.Name == signer {
+			last = r
 			continue
 		}
 		if err := r.Worker.SetBundle(b); err != nil {
 			return fmt.Errorf("worker of %s: %w", r.Name, err)
 		}
 	}
-	if p.Proxy != nil {
-		if err := p.Proxy.SetBundle(b); err != nil {
-			return fmt.Errorf("proxy: %w", err)
+	if last != nil {
+		if err := last.Worker.SetBundle(b); err != nil {
+			return fmt.Errorf("worker of %s: %w", last.Name, err)
 		}
 	}
 	p.Bundle = b
@@ -68,7 +88,7 @@ func (p *Partition) RotateRSK(ctx context.Context, region string) (kid []byte, e
 	if err != nil {
 		return nil, fmt.Errorf("rotate rsk of %s: %w", region, err)
 	}
-	if err := p.SetBundle(b); err != nil {
+	if err := p.pushBundle(b, region); err != nil {
 		return nil, fmt.Errorf("rotate rsk of %s: %w", region, err)
 	}
 	return kid, nil
