@@ -679,7 +679,7 @@ func (r *run) replicate(ctx context.Context, clients map[string]*client.Client, 
 	)
 	phase.Store("replicate")
 	var live liveMax
-	gc0 := readGC()
+	gc0, sched0 := readGC(), schedLatencies()
 	start := time.Now()
 	cpu0, srv0 := r.cpu(), r.serverCPU()
 	sampleMu.Lock()
@@ -767,7 +767,7 @@ loop:
 	wg.Wait()
 	cpu1, srv1 := r.cpu(), r.serverCPU()
 	stop()
-	gc1 := readGC()
+	gc1, sched1 := readGC(), schedLatencies()
 	if e := callErr.Load(); e != nil {
 		return *e
 	}
@@ -786,6 +786,9 @@ loop:
 	res.GCCycles = gc1.cycles - gc0.cycles
 	res.GCCPUSeconds = gc1.cpu - gc0.cpu
 	res.PeakHeapLiveBytes = max(live.get(), gc1.live)
+	if w := schedWaitBetween(sched0, sched1); w.Count > 0 {
+		res.SchedWait = &SchedWait{P50MS: w.P50, P99MS: w.P99, P999MS: w.P999, Count: w.Count}
+	}
 	sampleMu.Lock()
 	samples = append(samples, cpuSample{int(r.ended.Load()), cpu1})
 	res.CPUMSPerReplicationByDecile = deciles(samples, res.Started)

@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"errors"
+	"math"
 	"runtime/debug"
+	"runtime/metrics"
 	"strings"
 	"sync"
 	"testing"
@@ -160,6 +162,28 @@ func TestMeasureOpCosts(t *testing.T) {
 	}
 }
 
+func TestSchedWaitBetween(t *testing.T) {
+	// Buckets in seconds: [0,1ms) [1ms,2ms) [2ms,4ms) [4ms,+Inf).
+	buckets := []float64{0, 0.001, 0.002, 0.004, math.Inf(1)}
+	a := &metrics.Float64Histogram{Buckets: buckets, Counts: []uint64{100, 5, 5, 5}}
+	b := &metrics.Float64Histogram{Buckets: buckets, Counts: []uint64{1090, 6, 5, 6}}
+	// Between them: 990, 1, 0, 1 — 992 waits.
+	w := schedWaitBetween(a, b)
+	if w.Count != 992 || w.P50 != 1 || w.P99 != 1 || w.P999 != 4 {
+		t.Errorf("got %+v, want 992 waits, p50 1 ms, p99 1 ms, p99.9 4 ms (the open bucket's lower bound)", w)
+	}
+	b.Counts = []uint64{1000, 50, 50, 16}
+	if w := schedWaitBetween(a, b); w.Count != 1001 || w.P50 != 1 || w.P99 != 4 || w.P999 != 4 {
+		t.Errorf("got %+v, want 1001 waits, p50 1, p99 4, p99.9 4", w)
+	}
+	if w := schedWaitBetween(a, a); w.Count != 0 {
+		t.Errorf("no waits between equal readings: got %+v", w)
+	}
+	if w := schedWaitBetween(nil, b); w.Count != 0 {
+		t.Errorf("no reading: got %+v", w)
+	}
+}
+
 // runSmall runs a few replications and checks that every figure is there.
 func runSmall(t *testing.T, cfg Config) *Result {
 	t.Helper()
@@ -197,6 +221,9 @@ func runSmall(t *testing.T, cfg Config) *Result {
 	if res.PeakHeapLiveBytes == 0 || res.GCCPUSeconds < 0 {
 		t.Errorf("gc figures: live heap %d, %d cycles, %.3fs of GC CPU", res.PeakHeapLiveBytes, res.GCCycles, res.GCCPUSeconds)
 	}
+	if w := res.SchedWait; w == nil || w.Count == 0 || w.P50MS > w.P99MS || w.P99MS > w.P999MS {
+		t.Errorf("sched_wait %+v, want wake-ups counted and ordered quantiles", w)
+	}
 	if len(res.UsableStages) != len(usableStages) {
 		t.Errorf("%d usable stages, want %d", len(res.UsableStages), len(usableStages))
 	}
@@ -212,7 +239,7 @@ func runSmall(t *testing.T, cfg Config) *Result {
 	if err := res.WriteTable(&sb); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"throughput", "crypto bound", "ratio to bound", "usable", "confirmed", "peak rss", "live heap up to", "usable, by stage"} {
+	for _, want := range []string{"throughput", "crypto bound", "ratio to bound", "usable", "confirmed", "peak rss", "live heap up to", "wait for a core", "usable, by stage"} {
 		if !strings.Contains(sb.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, sb.String())
 		}

@@ -102,3 +102,52 @@ func ParseSize(s string) (int64, error) {
 	}
 	return n * mult, nil
 }
+
+// schedLatencies reads the Go scheduler's histogram of the time goroutines
+// spent runnable before they ran (runtime/metrics /sched/latencies:seconds):
+// the wait for a core, cumulative since the process started.
+func schedLatencies() *metrics.Float64Histogram {
+	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
+	metrics.Read(s)
+	if s[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return nil
+	}
+	return s[0].Value.Float64Histogram()
+}
+
+// schedWait is the wait for a core between two readings of schedLatencies:
+// the quantiles (0.5, 0.99, 0.999) in milliseconds, each the upper bound of
+// its histogram bucket (the lower for the open last one), and the number of waits. Zero without readings.
+type schedWait struct {
+	P50, P99, P999 float64
+	Count          uint64
+}
+
+func schedWaitBetween(a, b *metrics.Float64Histogram) schedWait {
+	if a == nil || b == nil || len(a.Counts) != len(b.Counts) {
+		return schedWait{}
+	}
+	counts := make([]uint64, len(b.Counts))
+	var total uint64
+	for i := range counts {
+		counts[i] = b.Counts[i] - a.Counts[i]
+		total += counts[i]
+	}
+	if total == 0 {
+		return schedWait{}
+	}
+	q := func(f float64) float64 {
+		want := uint64(math.Ceil(f * float64(total)))
+		var seen uint64
+		for i, c := range counts {
+			if seen += c; seen >= want {
+				if up := b.Buckets[i+1]; !math.IsInf(up, 1) {
+					return up * 1000
+				}
+				return b.Buckets[i] * 1000 // the last bucket's lower bound
+			}
+		}
+		return b.Buckets[len(b.Buckets)-2] * 1000
+	}
+	return schedWait{P50: q(0.5), P99: q(0.99), P999: q(0.999), Count: total}
+}

@@ -5,6 +5,7 @@ import (
 	"io"
 	"maps"
 	"slices"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 )
@@ -107,8 +108,12 @@ type Result struct {
 	GCCycles              uint64  `json:"gc_cycles"`
 	GCCPUSeconds          float64 `json:"gc_cpu_seconds"`
 	GCCPUMSPerReplication float64 `json:"gc_cpu_ms_per_replication"`
-	GOGC                  uint64  `json:"gogc"`                         // percent; 0: off
-	MemoryLimitBytes      uint64  `json:"memory_limit_bytes,omitempty"` // the soft limit in effect (--memory-limit or GOMEMLIMIT)
+	GOGC                  uint64  `json:"gogc"` // percent; 0: off
+	// SchedWait is how long goroutines of this process waited, runnable,
+	// for a core during the replication phase (the Go scheduler's own
+	// histogram): the share of latency that is queueing for CPU.
+	SchedWait        *SchedWait `json:"sched_wait,omitempty"`
+	MemoryLimitBytes uint64     `json:"memory_limit_bytes,omitempty"` // the soft limit in effect (--memory-limit or GOMEMLIMIT)
 	// NATS messages the regions' servers received and sent per replication
 	// (client traffic of workers, proxy and benchmark, JetStream API included).
 	NATSInMsgsPerReplication  float64 `json:"nats_in_msgs_per_replication"`
@@ -124,6 +129,16 @@ type OpsUS struct {
 }
 
 // WriteTable writes r for people.
+// SchedWait summarises runtime/metrics /sched/latencies:seconds over a run.
+// Quantiles are the upper bounds of the histogram's buckets (which are
+// about 6 % wide at these magnitudes).
+type SchedWait struct {
+	P50MS  float64 `json:"p50_ms"`
+	P99MS  float64 `json:"p99_ms"`
+	P999MS float64 `json:"p999_ms"`
+	Count  uint64  `json:"count"` // goroutine wake-ups counted
+}
+
 func (r *Result) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format+"\n", args...) }
@@ -174,6 +189,9 @@ func (r *Result) WriteTable(w io.Writer) error {
 	if r.MemoryLimitBytes > 0 {
 		limit = fmt.Sprintf("memory limit %.0f MiB", float64(r.MemoryLimitBytes)/(1<<20))
 	}
+	if r.SchedWait != nil {
+		p("wait for a core\tp50 %s, p99 %s, p99.9 %s ms (%d goroutine wake-ups; this process's goroutines)", msQ(r.SchedWait.P50MS), msQ(r.SchedWait.P99MS), msQ(r.SchedWait.P999MS), r.SchedWait.Count)
+	}
 	p("gc\tlive heap up to %.1f MiB; %d cycles, %.2f ms CPU per replication (GOGC %d, %s)", float64(r.PeakHeapLiveBytes)/(1<<20), r.GCCycles, r.GCCPUMSPerReplication, r.GOGC, limit)
 	p("nats\t%.1f messages in, %.1f out per replication (all regions' servers)", r.NATSInMsgsPerReplication, r.NATSOutMsgsPerReplication)
 	if r.LoadAverageStart > 0 || r.LoadAverageEnd > 0 {
@@ -213,3 +231,6 @@ func fmtMS(v float64) string {
 	}
 	return fmt.Sprintf("%gms", v)
 }
+
+// msQ formats a quantile in milliseconds with three significant digits.
+func msQ(v float64) string { return strconv.FormatFloat(v, 'g', 3, 64) }
