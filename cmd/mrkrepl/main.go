@@ -19,13 +19,15 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"github.com/mrkrepl/mrkrepl/internal/bench"
 	"io"
 	"log/slog"
 	"os"
 	"os/signal"
 	"strings"
 	"syscall"
+
+	"github.com/mrkrepl/mrkrepl/internal/bench"
+	"github.com/mrkrepl/mrkrepl/internal/procs"
 )
 
 type command struct {
@@ -63,6 +65,9 @@ func main() {
 	// "mrkrepl bench --separate-servers" starts this executable again as
 	// each region's nats-server: such a process serves and never returns.
 	bench.ServeNATSIfChild()
+	// Two Ps per core unless GOMAXPROCS is set: short NATS steps then do
+	// not wait behind P-384 operations (internal/procs).
+	procs.Oversubscribe()
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	code := run(ctx, os.Args[1:], os.Stdout, os.Stderr)
 	stop()

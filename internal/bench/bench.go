@@ -10,8 +10,8 @@
 //     ReplicationCompleted event), both from the client's replicate call;
 //   - process CPU seconds per replication and peak RSS;
 //   - the crypto bound, measured in the same run before the partition
-//     starts: the protocol's cryptography alone (MeasureBound) on GOMAXPROCS
-//     goroutines, through the same HSM backend, and the ratio of the
+//     starts: the protocol's cryptography alone (MeasureBound) on one
+//     goroutine per core (internal/procs.Cores), through the same HSM backend, and the ratio of the
 //     achieved rate to it.
 //
 // Timestamps of the two stages are the ones the workers put in their audit
@@ -47,6 +47,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/procs"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -294,7 +295,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res := &Result{
 		Date: time.Now().UTC().Format(time.RFC3339), GoVersion: runtime.Version(),
 		GOOS: runtime.GOOS, GOARCH: runtime.GOARCH, NumCPU: runtime.NumCPU(),
-		GOMAXPROCS: runtime.GOMAXPROCS(0), Backend: cfg.HSM, Regions: cfg.Regions,
+		GOMAXPROCS: runtime.GOMAXPROCS(0), Cores: procs.Cores(), Backend: cfg.HSM, Regions: cfg.Regions,
 		Concurrency: cfg.Concurrency, WorkerConcurrency: cfg.WorkerConcurrency,
 		DelayMS: ms(cfg.Delay), RateTarget: cfg.Rate,
 		UsableFloorMS: ms(3 * cfg.Delay), ConfirmedFloorMS: ms(4 * cfg.Delay),
@@ -315,7 +316,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 		return nil, err
 	}
 	defer func() { _ = ba.Close(); _ = bb.Close() }()
-	before, err := MeasureBound(ctx, ba, bb, runtime.GOMAXPROCS(0), cfg.BoundTime)
+	before, err := MeasureBound(ctx, ba, bb, procs.Cores(), cfg.BoundTime)
 	if err != nil {
 		return nil, err
 	}
@@ -423,7 +424,7 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	}
 	res.LoadAverageEnd = loadAverage()
 	r.progress(Progress{Phase: "bound"})
-	after, err := MeasureBound(ctx, ba, bb, runtime.GOMAXPROCS(0), cfg.BoundTime)
+	after, err := MeasureBound(ctx, ba, bb, procs.Cores(), cfg.BoundTime)
 	if err != nil {
 		return nil, err
 	}
@@ -500,7 +501,7 @@ func (r *run) measureOps(res *Result) error {
 		Sign: us(ops.Sign), Verify: us(ops.Verify), ECDHKeyGen: us(ops.KeyGen), ECDH: us(ops.ECDH),
 	}
 	res.PrimitivesCPUMSPerReplication = ms(ops.PerReplication())
-	res.PrimitivesBoundPerSecond = float64(runtime.GOMAXPROCS(0)) / ops.PerReplication().Seconds()
+	res.PrimitivesBoundPerSecond = float64(procs.Cores()) / ops.PerReplication().Seconds()
 	return nil
 }
 
@@ -859,7 +860,7 @@ func (r *run) collect(order []*job, res *Result) {
 		res.ElapsedSeconds = time.Duration(last - first).Seconds()
 		res.ReplicationsPerSecond = float64(res.Replications) / res.ElapsedSeconds
 		res.CPUMSPerReplication = res.CPUSeconds * 1000 / float64(res.Replications)
-		res.CPUUtilization = res.CPUSeconds / (res.ElapsedSeconds * float64(res.GOMAXPROCS))
+		res.CPUUtilization = res.CPUSeconds / (res.ElapsedSeconds * float64(res.Cores))
 		res.GCCPUMSPerReplication = res.GCCPUSeconds * 1000 / float64(res.Replications)
 	}
 	if res.CryptoBoundPerSecond > 0 {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/procs"
 	"github.com/mrkrepl/mrkrepl/internal/softhsm"
 )
 
@@ -220,6 +221,9 @@ func runSmall(t *testing.T, cfg Config) *Result {
 	// that runtime/metrics says not to compare with the process's CPU.)
 	if res.PeakHeapLiveBytes == 0 || res.GCCPUSeconds < 0 {
 		t.Errorf("gc figures: live heap %d, %d cycles, %.3fs of GC CPU", res.PeakHeapLiveBytes, res.GCCycles, res.GCCPUSeconds)
+	}
+	if res.Cores != procs.Cores() || res.Cores < 1 || res.GOMAXPROCS < 1 {
+		t.Errorf("cores %d, gomaxprocs %d; want cores = %d (procs.Cores)", res.Cores, res.GOMAXPROCS, procs.Cores())
 	}
 	if w := res.SchedWait; w == nil || w.Count == 0 || w.P50MS > w.P99MS || w.P99MS > w.P999MS {
 		t.Errorf("sched_wait %+v, want wake-ups counted and ordered quantiles", w)

@@ -26,7 +26,7 @@ type Bound struct {
 	// PerSecond is how many replications' worth of crypto Procs goroutines
 	// completed per second.
 	PerSecond float64
-	// Procs is the number of goroutines run in parallel (GOMAXPROCS).
+	// Procs is the number of goroutines run in parallel (the cores).
 	Procs int
 	// Iterations is how many replications' worth of crypto were completed.
 	Iterations int

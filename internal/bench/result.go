@@ -14,12 +14,17 @@ import (
 // --json" prints; the field names are a compatibility promise.
 type Result struct {
 	// The machine and the run.
-	Date              string  `json:"date"` // RFC 3339, UTC
-	GoVersion         string  `json:"go_version"`
-	GOOS              string  `json:"goos"`
-	GOARCH            string  `json:"goarch"`
-	NumCPU            int     `json:"num_cpu"`
-	GOMAXPROCS        int     `json:"gomaxprocs"`
+	Date       string `json:"date"` // RFC 3339, UTC
+	GoVersion  string `json:"go_version"`
+	GOOS       string `json:"goos"`
+	GOARCH     string `json:"goarch"`
+	NumCPU     int    `json:"num_cpu"`
+	GOMAXPROCS int    `json:"gomaxprocs"`
+	// Cores are the CPUs the process may use (internal/procs.Cores: GOMAXPROCS
+	// as the runtime set it at start). The crypto bound runs on that many
+	// goroutines and cpu_utilization is of that many cores; mrkrepl runs
+	// with twice as many Ps unless GOMAXPROCS is set (internal/procs).
+	Cores             int     `json:"cores"`
 	Backend           string  `json:"backend"`
 	Regions           int     `json:"regions"`
 	Concurrency       int     `json:"concurrency"`
@@ -81,7 +86,7 @@ type Result struct {
 	CPUSeconds                  float64   `json:"cpu_seconds"`
 	CPUMSPerReplication         float64   `json:"cpu_ms_per_replication"`
 	CPUMSPerReplicationByDecile []float64 `json:"cpu_ms_per_replication_by_decile,omitempty"`
-	CPUUtilization              float64   `json:"cpu_utilization"` // of GOMAXPROCS cores
+	CPUUtilization              float64   `json:"cpu_utilization"` // of Cores
 	// CryptoCPUShare is bound_cpu_ms_per_replication / cpu_ms_per_replication:
 	// the part of the system's CPU per replication that is the protocol's
 	// crypto. It is what ratio_to_bound would be with every core busy, and it
@@ -142,7 +147,7 @@ type SchedWait struct {
 func (r *Result) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format+"\n", args...) }
-	p("mrkrepl bench\t%s, %s/%s, %s, GOMAXPROCS %d of %d CPUs", r.Date, r.GOOS, r.GOARCH, r.GoVersion, r.GOMAXPROCS, r.NumCPU)
+	p("mrkrepl bench\t%s, %s/%s, %s, %d cores (GOMAXPROCS %d; %d CPUs on the machine)", r.Date, r.GOOS, r.GOARCH, r.GoVersion, r.Cores, r.GOMAXPROCS, r.NumCPU)
 	wc := "default"
 	if r.WorkerConcurrency > 0 {
 		wc = fmt.Sprint(r.WorkerConcurrency)
@@ -162,11 +167,11 @@ func (r *Result) WriteTable(w io.Writer) error {
 	}
 	p("throughput\t%.1f replications/s", r.ReplicationsPerSecond)
 	p("crypto bound\t%.1f replications/s (%s backend, %d goroutines; %.1f before the run, %.1f after; %.2f ms CPU per replication)",
-		r.CryptoBoundPerSecond, r.Backend, r.GOMAXPROCS, r.CryptoBoundBeforePerSecond, r.CryptoBoundAfterPerSecond, r.BoundCPUMSPerReplication)
+		r.CryptoBoundPerSecond, r.Backend, r.Cores, r.CryptoBoundBeforePerSecond, r.CryptoBoundAfterPerSecond, r.BoundCPUMSPerReplication)
 	p("ratio to bound\t%.2f", r.RatioToBound)
 	p("primitives\tsign %.0fµs, verify %.0fµs, ECDH keygen %.0fµs, ECDH %.0fµs on one core: %.2f ms per replication, %.1f/s on %d cores",
-		r.CryptoOpsUS.Sign, r.CryptoOpsUS.Verify, r.CryptoOpsUS.ECDHKeyGen, r.CryptoOpsUS.ECDH, r.PrimitivesCPUMSPerReplication, r.PrimitivesBoundPerSecond, r.GOMAXPROCS)
-	p("cpu\t%.2fs, %.2f ms per replication (%.0f%% of %d cores); crypto is %.0f%% of it", r.CPUSeconds, r.CPUMSPerReplication, 100*r.CPUUtilization, r.GOMAXPROCS, 100*r.CryptoCPUShare)
+		r.CryptoOpsUS.Sign, r.CryptoOpsUS.Verify, r.CryptoOpsUS.ECDHKeyGen, r.CryptoOpsUS.ECDH, r.PrimitivesCPUMSPerReplication, r.PrimitivesBoundPerSecond, r.Cores)
+	p("cpu\t%.2fs, %.2f ms per replication (%.0f%% of %d cores); crypto is %.0f%% of it", r.CPUSeconds, r.CPUMSPerReplication, 100*r.CPUUtilization, r.Cores, 100*r.CryptoCPUShare)
 	if len(r.CPUMSPerReplicationByDecile) > 0 {
 		var ds []string
 		for _, d := range r.CPUMSPerReplicationByDecile {
