@@ -243,7 +243,7 @@ func runSmall(t *testing.T, cfg Config) *Result {
 	if err := res.WriteTable(&sb); err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"throughput", "crypto bound", "ratio to bound", "usable", "confirmed", "peak rss", "live heap up to", "wait for a core", "usable, by stage"} {
+	for _, want := range []string{"throughput", "crypto bound", "ratio to bound", "usable", "confirmed", "peak rss", "live heap up to", "wait for a P", "usable, by stage"} {
 		if !strings.Contains(sb.String(), want) {
 			t.Errorf("table lacks %q:\n%s", want, sb.String())
 		}

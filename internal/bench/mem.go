@@ -105,7 +105,7 @@ func ParseSize(s string) (int64, error) {
 
 // schedLatencies reads the Go scheduler's histogram of the time goroutines
 // spent runnable before they ran (runtime/metrics /sched/latencies:seconds):
-// the wait for a core, cumulative since the process started.
+// the wait for a P, cumulative since the process started.
 func schedLatencies() *metrics.Float64Histogram {
 	s := []metrics.Sample{{Name: "/sched/latencies:seconds"}}
 	metrics.Read(s)
@@ -115,9 +115,10 @@ func schedLatencies() *metrics.Float64Histogram {
 	return s[0].Value.Float64Histogram()
 }
 
-// schedWait is the wait for a core between two readings of schedLatencies:
-// the quantiles (0.5, 0.99, 0.999) in milliseconds, each the upper bound of
-// its histogram bucket (the lower for the open last one), and the number of waits. Zero without readings.
+// schedWait is the wait for a P between two readings of schedLatencies: the
+// quantiles (0.5, 0.99, 0.999) in milliseconds, each the upper bound of its
+// histogram bucket (the lower for the open last one), and the number of
+// waits. Zero without readings.
 type schedWait struct {
 	P50, P99, P999 float64
 	Count          uint64

@@ -115,8 +115,8 @@ type Result struct {
 	GCCPUMSPerReplication float64 `json:"gc_cpu_ms_per_replication"`
 	GOGC                  uint64  `json:"gogc"` // percent; 0: off
 	// SchedWait is how long goroutines of this process waited, runnable,
-	// for a core during the replication phase (the Go scheduler's own
-	// histogram): the share of latency that is queueing for CPU.
+	// for a P during the replication phase (the Go scheduler's own
+	// histogram): the part of latency that is queueing to run.
 	SchedWait        *SchedWait `json:"sched_wait,omitempty"`
 	MemoryLimitBytes uint64     `json:"memory_limit_bytes,omitempty"` // the soft limit in effect (--memory-limit or GOMEMLIMIT)
 	// NATS messages the regions' servers received and sent per replication
@@ -133,7 +133,6 @@ type OpsUS struct {
 	ECDH       float64 `json:"ecdh"`
 }
 
-// WriteTable writes r for people.
 // SchedWait summarises runtime/metrics /sched/latencies:seconds over a run.
 // Quantiles are the upper bounds of the histogram's buckets (which are
 // about 6 % wide at these magnitudes).
@@ -144,6 +143,7 @@ type SchedWait struct {
 	Count  uint64  `json:"count"` // goroutine wake-ups counted
 }
 
+// WriteTable writes r for people.
 func (r *Result) WriteTable(w io.Writer) error {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	p := func(format string, args ...any) { fmt.Fprintf(tw, format+"\n", args...) }
@@ -195,7 +195,7 @@ func (r *Result) WriteTable(w io.Writer) error {
 		limit = fmt.Sprintf("memory limit %.0f MiB", float64(r.MemoryLimitBytes)/(1<<20))
 	}
 	if r.SchedWait != nil {
-		p("wait for a core\tp50 %s, p99 %s, p99.9 %s ms (%d goroutine wake-ups; this process's goroutines)", msQ(r.SchedWait.P50MS), msQ(r.SchedWait.P99MS), msQ(r.SchedWait.P999MS), r.SchedWait.Count)
+		p("wait for a P\tp50 %s, p99 %s, p99.9 %s ms (%d goroutine wake-ups; this process's goroutines)", msQ(r.SchedWait.P50MS), msQ(r.SchedWait.P99MS), msQ(r.SchedWait.P999MS), r.SchedWait.Count)
 	}
 	p("gc\tlive heap up to %.1f MiB; %d cycles, %.2f ms CPU per replication (GOGC %d, %s)", float64(r.PeakHeapLiveBytes)/(1<<20), r.GCCycles, r.GCCPUMSPerReplication, r.GOGC, limit)
 	p("nats\t%.1f messages in, %.1f out per replication (all regions' servers)", r.NATSInMsgsPerReplication, r.NATSOutMsgsPerReplication)
