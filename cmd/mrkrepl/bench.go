@@ -46,7 +46,9 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mrkrepl bench [flags]\n\n")
 		fmt.Fprintf(stderr, "Start a partition in this process, replicate keys across it and report throughput,\n")
-		fmt.Fprintf(stderr, "latency, CPU and memory against the crypto bound measured in the same run.\n\nflags:\n")
+		fmt.Fprintf(stderr, "latency, CPU and memory against the crypto bound measured in the same run.\n")
+		fmt.Fprintf(stderr, "Like every mrkrepl command it runs two Ps per core unless GOMAXPROCS is set or a CPU\n")
+		fmt.Fprintf(stderr, "quota applies (docs/OPERATIONS.md, \"CPU\"); the bound runs on one goroutine per core.\n\nflags:\n")
 		shown := flag.NewFlagSet("", flag.ContinueOnError)
 		shown.SetOutput(stderr)
 		fs.VisitAll(func(f *flag.Flag) {
