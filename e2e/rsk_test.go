@@ -55,6 +55,35 @@ func outboxKIDs(t *testing.T, ctx context.Context, nc *nats.Conn, region string,
 	return kids, last
 }
 
+// logDeadLetters logs every dead letter of the regions' DLQs with the
+// component that refused it and why (for a failing test's output).
+func logDeadLetters(t *testing.T, conns map[string]*nats.Conn) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	for region, nc := range conns {
+		js, _ := jetstream.New(nc)
+		st, err := js.Stream(ctx, layout.DLQStream(region))
+		if err != nil {
+			t.Logf("dead letters of %s: %v", region, err)
+			continue
+		}
+		info, err := st.Info(ctx)
+		if err != nil {
+			t.Logf("dead letters of %s: %v", region, err)
+			continue
+		}
+		for seq := info.State.FirstSeq; seq <= info.State.LastSeq && seq > 0; seq++ {
+			m, err := st.GetMsg(ctx, seq)
+			if err != nil {
+				continue
+			}
+			t.Logf("dead letter %s #%d: %s refused %s: %s (%s)", region, seq, m.Header.Get(layout.HeaderComponent),
+				m.Header.Get(layout.HeaderOriginalSubject), m.Header.Get(layout.HeaderReason), m.Header.Get(layout.HeaderDetail))
+		}
+	}
+}
+
 // deadLetterOf waits until stream holds a dead letter of exactly raw and
 // returns the component that refused it and the reason.
 func deadLetterOf(t *testing.T, ctx context.Context, nc *nats.Conn, stream string, raw []byte) (component, reason string) {
@@ -295,6 +324,7 @@ func testRSKRotation(t *testing.T, p *mrkrepltest.Partition) {
 	for _, id := range reps {
 		if rep, err := aClient.WaitReplication(ctx, id); err != nil || rep.State != api.StateCompleted {
 			t.Errorf("replication %s across B's rotation: %v %+v", id, err, rep)
+			logDeadLetters(t, map[string]*nats.Conn{a: anc, b: bnc})
 		}
 	}
 

@@ -81,9 +81,9 @@ func (w *Worker) seal(rec *replication, m *messages.Message) (digest, kid []byte
 	return messages.Digest(raw), kid, nil
 }
 
-// sign seals m with the region's current RSK.
+// sign seals m with the region's RSK valid at m's sent_at (rskAt).
 func (w *Worker) sign(m *messages.Message) (raw, kid []byte, err error) {
-	signer, kid := w.rsk()
+	signer, kid := w.rskAt(m.SentTime())
 	err = w.hsmOp("sign", func() (err error) {
 		raw, err = messages.Seal(m, signer)
 		return err

@@ -241,3 +241,44 @@ func TestNewNeedsAnRSKOfTheHSM(t *testing.T) {
 		t.Errorf("New with no RSK of the HSM: %v", err)
 	}
 }
+
+// TestSignedWithRSKValidAtSentAt: a message made just before a new RSK's
+// not_before and signed just after it (the HSM work between the two) is
+// signed with the RSK valid at its sent_at, and verifies; signed with the
+// RSK valid at the time of signing it carried a kid not yet valid at its
+// sent_at, and receivers refused it as kid_not_valid (seen in CI's
+// TestRSKRotation: a receipt refused by the proxy).
+func TestSignedWithRSKValidAtSentAt(t *testing.T) {
+	f := newRotationFixture(t, nil)
+	const year = 365 * 24 * time.Hour
+	b := f.bundleOf(t, "p", nil,
+		f.entry(t, "a-1", f.old.Public(), -time.Hour, year),
+		f.entry(t, "a-1", f.new.Public(), time.Hour, 2*year))
+	if err := f.w.SetBundle(b); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name       string
+		made, sign time.Duration // clock when the message is made, and when it is signed
+		want       crypto.Signer
+	}{
+		{"made and signed before not_before", time.Hour - 2*time.Millisecond, time.Hour - time.Millisecond, f.old},
+		{"made before not_before, signed after", time.Hour - time.Millisecond, time.Hour + 5*time.Millisecond, f.old},
+		{"made at not_before", time.Hour, time.Hour + 5*time.Millisecond, f.new},
+	} {
+		f.at(c.made)
+		m := f.w.newMessage(messages.TypeReceipt, messages.NewID(), "b-1")
+		m.Receipt = &messages.Receipt{MaterialDigest: make([]byte, 48), Status: messages.StatusOK, KeyConfirmation: make([]byte, 16)}
+		f.at(c.sign)
+		raw, kid, err := f.w.sign(m)
+		if err != nil {
+			t.Fatalf("%s: %v", c.name, err)
+		}
+		if want := kidOf(t, c.want.Public()); !bytes.Equal(kid, want) {
+			t.Errorf("%s: signed with kid %x, want %x", c.name, kid[:8], want[:8])
+		}
+		if _, err := messages.Verify(raw, messages.VerifyOptions{Bundle: b, Now: f.t0.Add(c.sign), Receiver: "b-1"}); err != nil {
+			t.Errorf("%s: the receiver refuses it: %v", c.name, err)
+		}
+	}
+}

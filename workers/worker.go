@@ -275,8 +275,16 @@ func (w *Worker) stopLocked() {
 // default RSK if the bundle lists it, else the newest listed one, so that
 // receivers refuse its messages with kid_not_valid rather than the worker
 // going silent. A change of RSK is logged once.
-func (w *Worker) rsk() (crypto.Signer, []byte) {
-	r := w.trust.Load().pick(w.cfg.Now())
+func (w *Worker) rsk() (crypto.Signer, []byte) { return w.rskAt(w.cfg.Now()) }
+
+// rskAt is rsk for a message sent at t: the RSK that signs a message must
+// be valid at the message's sent_at, which is set when the message is made,
+// often before the HSM work that precedes its signature. Picked at the time
+// of signing instead, a message made just before a new RSK's not_before and
+// signed just after it carried the new kid with an earlier sent_at, and
+// every receiver refused it (kid_not_valid).
+func (w *Worker) rskAt(t time.Time) (crypto.Signer, []byte) {
+	r := w.trust.Load().pick(t)
 	if last := w.signing.Load(); last == nil || *last != r.hexKID {
 		if w.signing.CompareAndSwap(last, &r.hexKID) {
 			w.log.Info("signing with rsk", "kid", r.hexKID, "not_before", r.key.NotBefore, "not_after", r.key.NotAfter)
@@ -324,8 +332,8 @@ type heldRSK struct {
 }
 
 // pick returns the newest of the RSKs valid at now, or the fallback. now
-// is taken to the millisecond first, as sent_at is: an RSK picked at now is
-// valid at the sent_at of a message sealed from then on.
+// is taken to the millisecond first, as sent_at is: an RSK picked at a
+// message's sent_at is valid at it.
 func (s *trustState) pick(now time.Time) heldRSK {
 	now = now.Truncate(time.Millisecond)
 	for _, r := range s.rsks {
