@@ -29,7 +29,7 @@ func (p *Partition) SetBundle(b *messages.Bundle) error {
 // steps, where every verifier knows a new RSK before its region signs with
 // it. (Pushed the other way, a receipt signed with the new RSK can reach
 // the proxy or the peer's worker before they know it, and is dead-lettered
-// as unknown_kid; CI's race run once caught exactly that.)
+// as unknown_kid.)
 func (p *Partition) pushBundle(b *messages.Bundle, signer string) error {
 	if p.Proxy != nil {
 		if err := p.Proxy.SetBundle(b); err != nil {
