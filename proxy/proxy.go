@@ -163,7 +163,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 				return fmt.Errorf("proxy: consumer %s→%s: %w", src, dst, err)
 			}
 			pr := &pair{p: p, src: src, dst: dst, sem: make(chan struct{}, p.cfg.Concurrency)}
-			cc, err := cons.Consume(pr.handle, jetstream.PullMaxMessages(p.cfg.Concurrency))
+			cc, err := cons.Consume(pr.handle, jetstream.PullMaxMessages(p.cfg.Concurrency), jetstream.PullExpiry(layout.PullExpiry))
 			if err != nil {
 				p.stopLocked()
 				return fmt.Errorf("proxy: consume %s→%s: %w", src, dst, err)

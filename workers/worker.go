@@ -208,7 +208,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		cons jetstream.Consumer
 		fn   func(context.Context, jetstream.Msg)
 	}{{reqCons, w.handleRequestEvent}, {inCons, w.handleInbox}} {
-		cc, err := c.cons.Consume(w.dispatch(c.fn), jetstream.PullMaxMessages(w.cfg.Concurrency))
+		cc, err := c.cons.Consume(w.dispatch(c.fn), jetstream.PullMaxMessages(w.cfg.Concurrency), jetstream.PullExpiry(layout.PullExpiry))
 		if err != nil {
 			w.stopLocked()
 			return fmt.Errorf("worker %s: consume: %w", w.cfg.Region, err)

@@ -68,6 +68,16 @@ func ReplBucket(region string) string     { return "MRK_" + upper(region) + "_RE
 func ReplayBucket(region string) string   { return "MRK_" + upper(region) + "_REPLAY" }
 func PendingBucket(region string) string  { return "MRK_" + upper(region) + "_PENDING" }
 
+// PullExpiry is how long each pull request of the workers' and proxy's
+// consumers lasts (nats.go's default is 30 s, with heartbeats every 15 s).
+// When a consumer stops delivering while the client still counts its pull
+// request as open, nothing moves until the request expires or two
+// heartbeats are missed: a saturated benchmark showed such silent stalls of
+// one inbox consumer for 30 s (docs/PERFORMANCE.md, "Session 4"). With 5 s
+// one lasts at most 5 s, for a pull request and two heartbeats per consumer
+// every 5 s when idle.
+const PullExpiry = 5 * time.Second
+
 // PendingMarkerTTL is how long the marker of a removed pending entry stays
 // (the PENDING bucket's LimitMarkerTTL; needs nats-server 2.11 or later).
 const PendingMarkerTTL = 10 * time.Second
