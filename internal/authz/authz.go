@@ -86,19 +86,15 @@ const (
 	ActionDescribeReplication             = "kms:DescribeReplication"
 )
 
-var actions = func() []string {
-	a := []string{
-		ActionCreateKey, ActionDescribeKey, ActionListKeys, ActionEncrypt, ActionDecrypt,
-		ActionReEncryptFrom, ActionReEncryptTo, ActionGenerateDataKey,
-		ActionGenerateDataKeyWithoutPlaintext, ActionReplicateKey, ActionRotateKeyOnDemand,
-		ActionGetKeyRotationStatus, ActionListKeyRotations, ActionUpdatePrimaryRegion,
-		ActionScheduleKeyDeletion, ActionCancelKeyDeletion, ActionEnableKey, ActionDisableKey,
-		ActionGetKeyPolicy, ActionPutKeyPolicy, ActionCreateAlias, ActionUpdateAlias,
-		ActionDeleteAlias, ActionListAliases, ActionDescribeReplication,
-	}
-	slices.Sort(a)
-	return a
-}()
+// actions is every known action, sorted (TestActions checks).
+var actions = []string{
+	ActionCancelKeyDeletion, ActionCreateAlias, ActionCreateKey, ActionDecrypt, ActionDeleteAlias,
+	ActionDescribeKey, ActionDescribeReplication, ActionDisableKey, ActionEnableKey, ActionEncrypt,
+	ActionGenerateDataKey, ActionGenerateDataKeyWithoutPlaintext, ActionGetKeyPolicy,
+	ActionGetKeyRotationStatus, ActionListAliases, ActionListKeyRotations, ActionListKeys,
+	ActionPutKeyPolicy, ActionReEncryptFrom, ActionReEncryptTo, ActionReplicateKey,
+	ActionRotateKeyOnDemand, ActionScheduleKeyDeletion, ActionUpdateAlias, ActionUpdatePrimaryRegion,
+}
 
 // Actions returns every known action, sorted. The slice is the caller's.
 func Actions() []string { return slices.Clone(actions) }
@@ -200,45 +196,40 @@ func ParseTags(tags []string) map[string]string {
 	return m
 }
 
-// glob is a pattern of literal runes and the wildcards '*' (any run, even
-// empty) and '?' (exactly one rune).
-type glob []globTok
+// glob is a pattern of literal runes and the wildcards anyRun ('*': any
+// run of runes, even empty) and oneRune ('?').
+type glob []rune
 
-type globTok struct {
-	r    rune
-	wild bool // r is '*' or '?' as a wildcard
-}
+const (
+	anyRun  rune = -1
+	oneRune rune = -2
+)
 
 // compileGlob treats every '*' and '?' in s as a wildcard.
 func compileGlob(s string) glob {
-	g := make(glob, 0, len(s))
-	for _, r := range s {
-		g = append(g, globTok{r, r == '*' || r == '?'})
+	g := glob(s)
+	for i, r := range g {
+		switch r {
+		case '*':
+			g[i] = anyRun
+		case '?':
+			g[i] = oneRune
+		}
 	}
 	return g
 }
 
-// literalGlob matches s only.
-func literalGlob(s string) glob {
-	g := make(glob, 0, len(s))
-	for _, r := range s {
-		g = append(g, globTok{r: r})
-	}
-	return g
-}
-
-// match reports whether g matches all of s. Linear backtracking on the last
-// '*': O(len(g)·len(s)) at worst.
+// match reports whether g matches all of s, backtracking only to the last
+// anyRun: O(len(g)·len(s)) at worst.
 func (g glob) match(s string) bool {
 	rs := []rune(s)
-	gi, si := 0, 0
-	star, mark := -1, 0
+	gi, si, star, mark := 0, 0, -1, 0
 	for si < len(rs) {
 		switch {
-		case gi < len(g) && g[gi].wild && g[gi].r == '*':
+		case gi < len(g) && g[gi] == anyRun:
 			star, mark = gi, si
 			gi++
-		case gi < len(g) && ((g[gi].wild && g[gi].r == '?') || (!g[gi].wild && g[gi].r == rs[si])):
+		case gi < len(g) && (g[gi] == oneRune || g[gi] == rs[si]):
 			gi++
 			si++
 		case star >= 0:
@@ -248,7 +239,7 @@ func (g glob) match(s string) bool {
 			return false
 		}
 	}
-	for gi < len(g) && g[gi].wild && g[gi].r == '*' {
+	for gi < len(g) && g[gi] == anyRun {
 		gi++
 	}
 	return gi == len(g)

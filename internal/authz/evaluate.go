@@ -268,7 +268,7 @@ func (cv condValue) resolve(r *Request) (s string, g glob, ok bool) {
 			return "", nil, false
 		}
 		if part.variable != "" {
-			g = append(g, literalGlob(text)...)
+			g = append(g, []rune(text)...) // literal: never a wildcard
 		} else {
 			g = append(g, compileGlob(text)...)
 		}

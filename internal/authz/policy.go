@@ -156,6 +156,11 @@ func parseStatement(v any, path string) (statement, error) {
 	if err != nil {
 		return statement{}, err
 	}
+	for _, k := range []string{"Effect", "Principal", "Action", "Resource"} {
+		if f[k] == nil {
+			return statement{}, perr(path, "missing %s", k)
+		}
+	}
 	st := statement{name: path}
 	if sid, ok := f["Sid"]; ok {
 		s, isString := sid.(string)
@@ -171,8 +176,6 @@ func parseStatement(v any, path string) (statement, error) {
 	case "Allow":
 	case "Deny":
 		st.deny = true
-	case nil:
-		return st, perr(path, "missing Effect")
 	default:
 		return st, perr(path+".Effect", `must be "Allow" or "Deny"`)
 	}
@@ -181,9 +184,6 @@ func parseStatement(v any, path string) (statement, error) {
 	}
 	if st.actions, err = parseActions(f["Action"], path+".Action"); err != nil {
 		return st, err
-	}
-	if f["Resource"] == nil {
-		return st, perr(path, "missing Resource")
 	}
 	res, rpaths, err := stringOrList(f["Resource"], path+".Resource")
 	if err != nil {
@@ -203,9 +203,6 @@ func parseStatement(v any, path string) (statement, error) {
 }
 
 func parsePrincipals(v any, path string) ([]principalPattern, error) {
-	if v == nil {
-		return nil, perr(strings.TrimSuffix(path, ".Principal"), "missing Principal")
-	}
 	if v == "*" {
 		return []principalPattern{{any: true}}, nil
 	}
@@ -253,9 +250,6 @@ func parsePrincipalPattern(s string) (principalPattern, error) {
 }
 
 func parseActions(v any, path string) (map[string]bool, error) {
-	if v == nil {
-		return nil, perr(strings.TrimSuffix(path, ".Action"), "missing Action")
-	}
 	list, paths, err := stringOrList(v, path)
 	if err != nil {
 		return nil, err
@@ -289,9 +283,6 @@ func parseActions(v any, path string) (map[string]bool, error) {
 func fields(v any, path string, allowed ...string) (map[string]any, error) {
 	m, ok := v.(map[string]any)
 	if !ok {
-		if path == "" {
-			return nil, perr("", "must be a JSON object")
-		}
 		return nil, perr(path, "must be an object")
 	}
 	keys := make([]string, 0, len(m))
@@ -307,9 +298,6 @@ func fields(v any, path string, allowed ...string) (map[string]any, error) {
 		switch k {
 		case "NotAction", "NotPrincipal", "NotResource":
 			reason += " (NotAction, NotPrincipal and NotResource are not supported)"
-		}
-		if path == "" {
-			return nil, &PolicyError{Reason: reason}
 		}
 		return nil, &PolicyError{Path: path, Reason: reason}
 	}

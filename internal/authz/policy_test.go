@@ -3,6 +3,7 @@ package authz
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"testing"
 )
@@ -58,7 +59,7 @@ func TestParseErrors(t *testing.T) {
 		{"bad token", `{"Version":x}`, "invalid JSON"},
 		{"empty document", ``, "policy: invalid JSON: unexpected end of document"},
 		{"trailing data", doc(okStmt) + ` {}`, "policy: invalid JSON: data after the document"},
-		{"top-level array", `[` + doc(okStmt) + `]`, "policy: must be a JSON object"},
+		{"top-level array", `[` + doc(okStmt) + `]`, "policy: must be an object"},
 		{"invalid UTF-8", doc(strings.Replace(okStmt, "ORDERS", "ORD\xffERS", 1)), "policy: document is not valid UTF-8"},
 		{"too large", doc(okStmt)[:len(doc(okStmt))-2] + strings.Repeat(" ", MaxPolicySize) + "]}", "policy: document is 32" /* ...bytes, more than 32768 */},
 		{"unknown top field", `{"Version":"2012-10-17","Statement":[` + okStmt + `],"Foo":1}`, `policy: unknown field "Foo"`},
@@ -401,7 +402,7 @@ func TestParseTags(t *testing.T) {
 
 func TestActions(t *testing.T) {
 	a := Actions()
-	if len(a) != 25 || !IsAction(ActionDescribeReplication) || IsAction("kms:*") || IsAction("Decrypt") {
+	if len(a) != 25 || !slices.IsSorted(a) || len(slices.Compact(slices.Clone(a))) != 25 || !IsAction(ActionDescribeReplication) || IsAction("kms:*") || IsAction("Decrypt") {
 		t.Errorf("Actions() = %v", a)
 	}
 	a[0] = "mutated"
