@@ -36,6 +36,9 @@
 //     ${aws:PrincipalTag/<k>}, ${aws:username} and ${kms:CallerAccount}
 //     are rejected.
 //
+// As in AWS, ForAllValues: on kms:EncryptionContextKeys holds for an empty
+// context; pair it with Null {"kms:EncryptionContextKeys": "false"} in an Allow.
+//
 // # Encryption context
 //
 // [EncodeContext] gives the canonical, versioned bytes of an encryption
