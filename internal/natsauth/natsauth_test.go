@@ -113,9 +113,46 @@ func startConfig(t *testing.T) testServer {
 	return testServer{url, passwordConnect(url, s)}
 }
 
+// startJWT runs a server in operator mode from JWT.Config, users
+// connecting with their .creds files.
+func startJWT(t *testing.T) testServer {
+	j, err := GenerateJWT(testSpec())
+	if err != nil {
+		t.Fatal(err)
+	}
+	creds, err := j.WriteCreds(filepath.Join(t.TempDir(), "creds"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for k, f := range creds {
+		if fi, err := os.Stat(f); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("%s: %v %v", k, fi.Mode(), err)
+		}
+	}
+	f := filepath.Join(t.TempDir(), "jwt.conf")
+	if err := os.WriteFile(f, []byte(j.Config()), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	o, err := server.ProcessConfigFile(f)
+	if err != nil {
+		t.Fatalf("nats-server refuses the JWT config: %v", err)
+	}
+	url := runServer(t, o)
+	jwtNames = j.AccountNames
+	return testServer{url, func(t *testing.T, account, user string, opts ...nats.Option) *nats.Conn {
+		t.Helper()
+		return dial(t, url, account, user, append(opts, nats.UserCredentials(creds[Key(account, user)]))...)
+	}}
+}
+
+// jwtNames maps account public keys to names in JWT mode (the principal
+// in Nats-Request-Info is the key).
+var jwtNames map[string]string
+
 var modes = map[string]func(t *testing.T) testServer{
 	"embedded": startEmbedded,
 	"config":   startConfig,
+	"jwt":      startJWT,
 }
 
 // violations collects a connection's permission violations.
@@ -351,6 +388,9 @@ func testApp(t *testing.T, ts testServer) {
 	var ci server.ClientInfo
 	if err := json.Unmarshal(rep.Data, &ci); err != nil {
 		t.Fatalf("request info %q: %v", rep.Data, err)
+	}
+	if n, ok := jwtNames[ci.Account]; ok { // JWT mode: a key, and the user's name_tag
+		ci.Account, ci.User = n, ci.NameTag
 	}
 	if ci.Account != appX.Account || ci.User != "alice" {
 		t.Errorf("responder saw account %q user %q, want %s alice (forged header kept?)", ci.Account, ci.User, appX.Account)
