@@ -292,6 +292,9 @@ func (p *Partition) Region(name string) *Region {
 	return nil
 }
 
+// Dir is the partition's data directory.
+func (p *Partition) Dir() string { return p.dir }
+
 // Regions returns the regions in the order they were started.
 func (p *Partition) Regions() []*Region { return slices.Clone(p.regions) }
 
@@ -342,6 +345,15 @@ func (p *Partition) connect(region, account, user, name string) (*nats.Conn, err
 	}
 	p.conns = append(p.conns, nc)
 	return nc, nil
+}
+
+// Password returns the password of user of account on region's server
+// ("" without authorization), for processes that connect by themselves.
+func (p *Partition) Password(region, account, user string) string {
+	if p.specs == nil {
+		return ""
+	}
+	return p.specs[region].Passwords[natsauth.Key(account, user)]
 }
 
 // Close stops the proxy, the workers, the HSMs and the servers.
