@@ -179,6 +179,15 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
 	}
+	// The proxy may not create streams or consumers (internal/natsauth):
+	// its consumers on this region's outbox and its heartbeat stream here
+	// are the workers' to create.
+	if err := layout.EnsureProxyConsumers(ctx, w.js, w.cfg.Region, w.bundle().Regions(), layout.ProxyConsumers{}); err != nil {
+		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
+	}
+	if err := layout.EnsureHeartbeat(ctx, w.js, w.cfg.Region, w.cfg.Layout); err != nil {
+		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
+	}
 	w.res = res
 	consumerCfg := func(name string) jetstream.ConsumerConfig {
 		return jetstream.ConsumerConfig{

@@ -19,6 +19,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/config"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/proxy"
@@ -90,7 +91,7 @@ func invalid(stderr io.Writer, cmd string, err error) error {
 // connect opens a connection that keeps retrying: a daemon started before
 // its NATS cluster waits for it, and logs every change of state. Secrets
 // are read from their files here and handed to the client only.
-func connect(n config.NATS, name string, log *slog.Logger) (*nats.Conn, error) {
+func connect(n config.NATS, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	log = log.With("nats", name)
 	opts := []nats.Option{
 		nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
@@ -119,6 +120,7 @@ func connect(n config.NATS, name string, log *slog.Logger) (*nats.Conn, error) {
 	if n.CertFile != "" {
 		opts = append(opts, nats.ClientCert(n.CertFile, n.KeyFile))
 	}
+	opts = append(opts, extra...)
 	nc, err := nats.Connect(n.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", n.URL, err)
@@ -364,7 +366,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}()
 	for _, r := range bundle.Regions() {
-		if conns[r], err = connect(cfg.Region(r), "mrkrepl-proxy-"+r, logger); err != nil {
+		if conns[r], err = connect(cfg.Region(r), "mrkrepl-proxy-"+r, logger,
+			// The proxy's NATS user may receive replies there only
+			// (internal/natsauth).
+			nats.CustomInboxPrefix(natsauth.ProxyInboxPrefix)); err != nil {
 			return err
 		}
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -92,12 +93,21 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "  %-22s http://%s/metrics  instance=proxy\n", "proxy", addr)
 	fmt.Fprintf(stdout, "  %-22s http://%s/healthz  http://%s/readyz\n", "health", addr, addr)
 	us := regions[0]
-	fmt.Fprintf(stdout, "\ntry:\n  nats --server %s req %s '{}'\n", us.URL, layout.APISubject(us.Name, api.OpCreateKey))
-	fmt.Fprintf(stdout, "  nats --server %s pub %s '{\"key_id\":\"<key id>\",\"replica_region\":\"%s\"}'\n", us.URL, layout.RequestSubject(us.Name, api.OpReplicateKey), regions[1].Name)
-	fmt.Fprintf(stdout, "  mrkrepl key create --server %s --region %s\n", us.URL, us.Name)
-	fmt.Fprintf(stdout, "  mrkrepl key replicate <key id> --to %s --wait --server %s --region %s\n", regions[1].Name, us.URL, us.Name)
-	fmt.Fprintf(stdout, "  mrkrepl key rotate <key id> --wait --server %s --region %s\n", us.URL, us.Name)
-	fmt.Fprintf(stdout, "  mrkrepl key update-primary <key id> %s --wait --server %s --region %s\n", regions[1].Name, us.URL, us.Name)
+	// The servers run the accounts of docs/NATS.md: connect as the test
+	// application's first user.
+	app, appUser := mrkrepltest.DefaultApp.Account, mrkrepltest.DefaultApp.Users[0]
+	pwFile := filepath.Join(p.Dir(), "app.password")
+	if err := os.WriteFile(pwFile, []byte(p.Password(us.Name, app, appUser)+"\n"), 0o600); err != nil {
+		return err
+	}
+	creds := fmt.Sprintf("--nats-user %s --nats-password-file %s", appUser, pwFile)
+	fmt.Fprintf(stdout, "\ntry (as user %s of application account %s of %s; its password is in %s):\n", appUser, app, us.Name, pwFile)
+	fmt.Fprintf(stdout, "  nats --server %s --user %s --password \"$(cat %s)\" req %s '{}'\n", us.URL, appUser, pwFile, layout.APISubject(us.Name, api.OpCreateKey))
+	fmt.Fprintf(stdout, "  nats --server %s --user %s --password \"$(cat %s)\" pub %s '{\"key_id\":\"<key id>\",\"replica_region\":\"%s\"}'\n", us.URL, appUser, pwFile, layout.RequestSubject(us.Name, api.OpReplicateKey), regions[1].Name)
+	fmt.Fprintf(stdout, "  mrkrepl key create --server %s --region %s %s\n", us.URL, us.Name, creds)
+	fmt.Fprintf(stdout, "  mrkrepl key replicate <key id> --to %s --wait --server %s --region %s %s\n", regions[1].Name, us.URL, us.Name, creds)
+	fmt.Fprintf(stdout, "  mrkrepl key rotate <key id> --wait --server %s --region %s %s\n", us.URL, us.Name, creds)
+	fmt.Fprintf(stdout, "  mrkrepl key update-primary <key id> %s --wait --server %s --region %s %s\n", regions[1].Name, us.URL, us.Name, creds)
 	fmt.Fprintf(stdout, "  mrkrepl key describe <key id> --server %s --region %s\n", regions[1].URL, regions[1].Name)
 	fmt.Fprintf(stdout, "  mrkrepl events --follow --server %s --region %s\n", us.URL, us.Name)
 	<-ctx.Done()
