@@ -217,7 +217,28 @@ func (w *Worker) apiDescribeKey(ctx context.Context, data []byte) (any, error) {
 	if err := decodeKeyRequest(data, &req, &req.KeyID); err != nil {
 		return nil, err
 	}
-	return w.describe(ctx, req.KeyID)
+	key, err := w.describe(ctx, req.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	// The record says which versions the region holds; the HSM may not
+	// (its state lost or replaced): say so rather than look healthy.
+	for _, v := range key.Versions {
+		ok, err := w.cfg.HSM.HasKey(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: v})
+		if err != nil {
+			return nil, fmt.Errorf("describe key %s: version %d: %w", key.KeyID, v, err)
+		}
+		if !ok {
+			key.MaterialMissing = append(key.MaterialMissing, v)
+		}
+	}
+	return key, nil
+}
+
+// materialMissing is the answer to an encrypt or decrypt with a version
+// the region's records list but its HSM does not hold.
+func (w *Worker) materialMissing(keyID string, version uint32) error {
+	return conflict("key %s version %d: its material is missing from the HSM of region %s (describe-key lists it in material_missing)", keyID, version, w.cfg.Region)
 }
 
 func (w *Worker) apiListKeys(ctx context.Context, data []byte) (any, error) {
@@ -401,6 +422,9 @@ func (w *Worker) apiEncrypt(ctx context.Context, data []byte) (any, error) {
 		ct, err = w.cfg.HSM.Encrypt(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: key.CurrentVersion}, req.Plaintext, blobAAD(header, req.AAD))
 		return err
 	})
+	if errors.Is(err, hsmsvc.ErrNotFound) {
+		return nil, w.materialMissing(key.KeyID, key.CurrentVersion)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("encrypt: %w", err)
 	}
@@ -429,6 +453,9 @@ func (w *Worker) apiDecrypt(ctx context.Context, data []byte) (any, error) {
 			req.CiphertextBlob[blobHeaderLen:], blobAAD(req.CiphertextBlob[:blobHeaderLen], req.AAD))
 		return err
 	})
+	if errors.Is(err, hsmsvc.ErrNotFound) {
+		return nil, w.materialMissing(keyID, version)
+	}
 	if err != nil {
 		// Wrong AAD or a tampered blob: say so without detail.
 		return nil, badRequest("ciphertext does not decrypt with key %s version %d and the given aad", keyID, version)

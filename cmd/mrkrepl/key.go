@@ -764,6 +764,7 @@ func (k *keyCmd) printKey(key *api.Key) error {
 		{"usage", key.KeyUsage},
 		{"enabled", strconv.FormatBool(key.Enabled)},
 		{"versions", fmt.Sprintf("%s (current %d)", strings.Join(versions, ", "), key.CurrentVersion)},
+		{"material missing", missingText(key.MaterialMissing)},
 		{"created", timeText(key.CreatedAt)},
 		{"updated", timeText(key.UpdatedAt)},
 		{"replicated by", key.ReplicatedFrom},
@@ -796,6 +797,18 @@ func (k *keyCmd) printKey(key *api.Key) error {
 			timeText(r.UpdatedAt), timePtrText(r.DeletionDate), r.Reason}
 	}
 	return printTable(k.stdout, []string{"REPLICA", "STATE", "EPOCH", "REPLICATION", "UPDATED", "DELETION DATE", "REASON"}, rows)
+}
+
+// missingText names the versions whose material the region's HSM lacks.
+func missingText(vs []uint32) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	names := make([]string, len(vs))
+	for i, v := range vs {
+		names[i] = strconv.FormatUint(uint64(v), 10)
+	}
+	return strings.Join(names, ", ") + " (not in this region's HSM: encrypt and decrypt with them fail)"
 }
 
 // stagedVersions returns the key's STAGED versions (known on the primary
