@@ -485,7 +485,7 @@ func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
 		// A bad request never succeeds: record why and drop it.
 		w.met.requests.WithLabelValues("event:"+op, "error").Inc()
 		w.log.Warn("request event rejected", "subject", msg.Subject(), "reason", ae.Detail)
-		w.event(ctx, api.Event{Type: api.EventRequestRejected, Reason: ae.Detail})
+		w.event(ctx, api.Event{Type: api.EventRequestRejected, KeyID: requestKeyID(msg.Data()), Reason: ae.Detail})
 		if derr := w.deadLetter(ctx, msg, &refusal{Reason: "bad_request", Detail: ae.Detail}); derr != nil {
 			_ = msg.NakWithDelay(time.Second)
 			return
@@ -495,4 +495,16 @@ func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
 		w.log.Warn("request event failed; will retry", "subject", msg.Subject(), "err", err)
 		_ = msg.NakWithDelay(retryDelay(msg))
 	}
+}
+
+// requestKeyID is the key a rejected request event named, if its body is
+// JSON with a well-formed key_id (whatever else is wrong with it), or "".
+func requestKeyID(data []byte) string {
+	var req struct {
+		KeyID string `json:"key_id"`
+	}
+	if len(data) > maxRequest || json.Unmarshal(data, &req) != nil || !messages.IsKeyID(req.KeyID) {
+		return ""
+	}
+	return req.KeyID
 }
