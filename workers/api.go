@@ -15,6 +15,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -30,7 +31,7 @@ const maxRequest = 16 << 10
 func (w *Worker) startAPI() (micro.Service, error) {
 	svc, err := micro.AddService(w.cfg.Conn, micro.Config{
 		Name:        "mrkrepl",
-		Version:     "0.1.0",
+		Version:     obs.ReadBuildInfo().SemVer(), // mrkrepl_build_info's version, as SemVer
 		Description: "mrkrepl region " + w.cfg.Region,
 		Metadata:    map[string]string{"region": w.cfg.Region},
 	})
