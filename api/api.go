@@ -148,6 +148,12 @@ type Key struct {
 	// PendingPrimary is the region taking over while KeyState is UPDATING.
 	PendingPrimary string     `json:"pending_primary,omitempty"`
 	DeletionDate   *time.Time `json:"deletion_date,omitempty"` // PENDING_DELETION only
+	// MaterialMissing lists the versions of Versions whose material this
+	// region's HSM does not hold (describe-key only): the key's record
+	// outlived its HSM's state, say a soft HSM kept in memory, or a token
+	// replaced. Encrypt and decrypt with such a version are refused
+	// (CodeConflict); see docs/API.md.
+	MaterialMissing []uint32 `json:"material_missing,omitempty"`
 }
 
 // ListKeysResponse lists key ids known in the region.

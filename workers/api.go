@@ -15,6 +15,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -30,7 +31,7 @@ const maxRequest = 16 << 10
 func (w *Worker) startAPI() (micro.Service, error) {
 	svc, err := micro.AddService(w.cfg.Conn, micro.Config{
 		Name:        "mrkrepl",
-		Version:     "0.1.0",
+		Version:     obs.ReadBuildInfo().SemVer(), // mrkrepl_build_info's version, as SemVer
 		Description: "mrkrepl region " + w.cfg.Region,
 		Metadata:    map[string]string{"region": w.cfg.Region},
 	})
@@ -217,7 +218,28 @@ func (w *Worker) apiDescribeKey(ctx context.Context, data []byte) (any, error) {
 	if err := decodeKeyRequest(data, &req, &req.KeyID); err != nil {
 		return nil, err
 	}
-	return w.describe(ctx, req.KeyID)
+	key, err := w.describe(ctx, req.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	// The record says which versions the region holds; the HSM may not
+	// (its state lost or replaced): say so rather than look healthy.
+	for _, v := range key.Versions {
+		ok, err := w.cfg.HSM.HasKey(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: v})
+		if err != nil {
+			return nil, fmt.Errorf("describe key %s: version %d: %w", key.KeyID, v, err)
+		}
+		if !ok {
+			key.MaterialMissing = append(key.MaterialMissing, v)
+		}
+	}
+	return key, nil
+}
+
+// materialMissing is the answer to an encrypt or decrypt with a version
+// the region's records list but its HSM does not hold.
+func (w *Worker) materialMissing(keyID string, version uint32) error {
+	return conflict("key %s version %d: its material is missing from the HSM of region %s (describe-key lists it in material_missing)", keyID, version, w.cfg.Region)
 }
 
 func (w *Worker) apiListKeys(ctx context.Context, data []byte) (any, error) {
@@ -401,6 +423,9 @@ func (w *Worker) apiEncrypt(ctx context.Context, data []byte) (any, error) {
 		ct, err = w.cfg.HSM.Encrypt(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: key.CurrentVersion}, req.Plaintext, blobAAD(header, req.AAD))
 		return err
 	})
+	if errors.Is(err, hsmsvc.ErrNotFound) {
+		return nil, w.materialMissing(key.KeyID, key.CurrentVersion)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("encrypt: %w", err)
 	}
@@ -429,6 +454,9 @@ func (w *Worker) apiDecrypt(ctx context.Context, data []byte) (any, error) {
 			req.CiphertextBlob[blobHeaderLen:], blobAAD(req.CiphertextBlob[:blobHeaderLen], req.AAD))
 		return err
 	})
+	if errors.Is(err, hsmsvc.ErrNotFound) {
+		return nil, w.materialMissing(keyID, version)
+	}
 	if err != nil {
 		// Wrong AAD or a tampered blob: say so without detail.
 		return nil, badRequest("ciphertext does not decrypt with key %s version %d and the given aad", keyID, version)
@@ -458,7 +486,7 @@ func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
 		// A bad request never succeeds: record why and drop it.
 		w.met.requests.WithLabelValues("event:"+op, "error").Inc()
 		w.log.Warn("request event rejected", "subject", msg.Subject(), "reason", ae.Detail)
-		w.event(ctx, api.Event{Type: api.EventRequestRejected, Reason: ae.Detail})
+		w.event(ctx, api.Event{Type: api.EventRequestRejected, KeyID: requestKeyID(msg.Data()), Reason: ae.Detail})
 		if derr := w.deadLetter(ctx, msg, &refusal{Reason: "bad_request", Detail: ae.Detail}); derr != nil {
 			_ = msg.NakWithDelay(time.Second)
 			return
@@ -468,4 +496,16 @@ func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
 		w.log.Warn("request event failed; will retry", "subject", msg.Subject(), "err", err)
 		_ = msg.NakWithDelay(retryDelay(msg))
 	}
+}
+
+// requestKeyID is the key a rejected request event named, if its body is
+// JSON with a well-formed key_id (whatever else is wrong with it), or "".
+func requestKeyID(data []byte) string {
+	var req struct {
+		KeyID string `json:"key_id"`
+	}
+	if len(data) > maxRequest || json.Unmarshal(data, &req) != nil || !messages.IsKeyID(req.KeyID) {
+		return ""
+	}
+	return req.KeyID
 }

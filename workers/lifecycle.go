@@ -358,6 +358,7 @@ func (w *Worker) onSync(ctx context.Context, env *messages.Envelope) error {
 			// the old epoch, so the primary sees it and sends the version.
 			if k.CurrentVersion != s.CurrentVersion {
 				activated = s.CurrentVersion
+				noteActivated(k, activated, w.cfg.Now().UTC())
 			}
 			if k.PrimaryRegion != s.PrimaryRegion {
 				newPrimary = s.PrimaryRegion
@@ -764,16 +765,8 @@ func (w *Worker) onHandover(ctx context.Context, env *messages.Envelope) error {
 		}
 		holding := append(slices.Clone(h.Replicas), w.cfg.Region)
 		slices.Sort(holding)
-		k.VersionDetails = nil
-		for _, v := range h.Versions {
-			st := api.VersionPrevious
-			if v == h.CurrentVersion {
-				st = api.VersionCurrent
-			}
-			k.VersionDetails = append(k.VersionDetails, api.KeyVersion{
-				Version: v, State: st, ReplicatedTo: slices.Clone(holding), CreatedAt: now,
-			})
-		}
+		k.VersionDetails = takeOverDetails(k.VersionDates, h.Versions, h.CurrentVersion, holding, now)
+		k.VersionDates = nil
 		k.Replicas = nil
 		k.SyncSent = map[string]syncSent{}
 		for _, r := range h.Replicas {
@@ -839,6 +832,7 @@ func (w *Worker) onAccept(ctx context.Context, env *messages.Envelope) error {
 		}
 		k.AnnounceEpoch, k.AnnounceSentAt = k.Epoch, now
 		k.Role, k.PrimaryRegion, k.KeyState, k.PendingPrimary = api.RoleReplica, m.Src, api.KeyStateEnabled, ""
+		keepDates(k)
 		k.Replicas, k.VersionDetails, k.SyncSent, k.HandoverID, k.HandoverDigests = nil, nil, nil, "", nil
 		k.StatusSeq++ // tell the new primary this region is its replica now
 		k.StatusSentAt = now

@@ -546,6 +546,7 @@ func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messa
 			// primary syncs it at once (recordReceipt, needsSync).
 			KeyState: api.KeyStateEnabled, Epoch: 1,
 		}}
+		noteReceived(k, rec.Version, true, now)
 		if old != nil {
 			// Re-created after a deletion: keep numbering status reports
 			// where the deleted replica stopped.
@@ -569,6 +570,7 @@ func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messa
 				return errNoChange
 			}
 			k.Versions = addVersion(k.Versions, rec.Version)
+			noteReceived(k, rec.Version, false, now)
 			k.UpdatedAt = now
 			return nil
 		})

@@ -104,6 +104,9 @@ type keyRecord struct {
 	Announce       []string  `json:"announce,omitempty"`
 	AnnounceEpoch  uint64    `json:"announce_epoch,omitempty"`
 	AnnounceSentAt time.Time `json:"announce_sent_at,omitzero"`
+	// Replica: the dates of each version as this region saw them (see
+	// versionDates); a new primary takes them over.
+	VersionDates map[uint32]versionDates `json:"version_dates,omitempty"`
 	// Deleted is a replica's tombstone: its versions are destroyed, and the
 	// record stays until the primary has acknowledged the deletion.
 	Deleted bool `json:"deleted,omitempty"`

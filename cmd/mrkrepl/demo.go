@@ -31,18 +31,26 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	logger, err := newLogger(stderr)
 	if err != nil {
-		return err
+		return usageError(fs, "%v", err)
+	}
+	if !validDemoHSM(*hsmMode) {
+		return usageError(fs, "--hsm %q: want soft, softhsm or mixed", *hsmMode)
 	}
 	dir := *data
-	if dir == "" {
+	if dir != "" {
+		// The soft HSMs' stores want an absolute directory.
+		if dir, err = filepath.Abs(dir); err != nil {
+			return err
+		}
+	} else {
 		if dir, err = os.MkdirTemp("", "mrkrepl-demo-"); err != nil {
 			return err
 		}
 		defer os.RemoveAll(dir)
 	}
-	hsmFor, hsmOpts, err := demoHSM(*hsmMode, dir)
+	hsmFor, hsmOpts, err := demoHSM(*hsmMode, dir, *data != "")
 	if err != nil {
-		return err
+		return usageError(fs, "%v", err)
 	}
 	hsmOpts.Logger = logger
 
@@ -295,13 +303,26 @@ func demoNames(regions []*mrkrepltest.Region) string {
 	return strings.Join(names, ", ")
 }
 
-// demoHSM returns the HSM URI for each region of the demo.
-func demoHSM(mode, dir string) (func(string) string, hsmsvc.Options, error) {
+func validDemoHSM(mode string) bool {
+	return mode == "soft" || mode == "softhsm" || mode == "mixed"
+}
+
+// demoHSM returns the HSM URI for each region of the demo. With keep (the
+// demo's --data), a soft HSM is persisted in dir/<region>/hsm, beside the
+// region's JetStream data, so that the next demo on dir finds its keys and
+// its RSK (the bundle is built from the RSKs); otherwise it is in memory.
+func demoHSM(mode, dir string, keep bool) (func(string) string, hsmsvc.Options, error) {
+	soft := func(region string) string {
+		if !keep {
+			return "soft:"
+		}
+		return "soft:" + filepath.Join(dir, region, "hsm")
+	}
 	switch mode {
 	case "soft":
-		return func(string) string { return "soft:" }, hsmsvc.Options{}, nil
+		return soft, hsmsvc.Options{}, nil
 	case "softhsm", "mixed":
-		return softhsmDemo(mode, dir)
+		return softhsmDemo(mode, dir, soft)
 	}
 	return nil, hsmsvc.Options{}, errors.New(`--hsm: want soft, softhsm or mixed`)
 }

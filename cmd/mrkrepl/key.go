@@ -260,7 +260,7 @@ var keySubs = []keySub{
 	{"wait", "KEY_ID CONDITION... [--wait-timeout D] [flags]", "wait until the key in --region meets every condition given", keyWait},
 	{"encrypt", "KEY_ID (--plaintext TEXT | --in FILE|-) [--aad TEXT] [flags]", "encrypt with the key's current version", keyEncrypt},
 	{"decrypt", "(--in FILE|- | --ciphertext BASE64) [--aad TEXT] [flags]", "decrypt a blob made in any region that holds the key", keyDecrypt},
-	{"generate-data-key", "KEY_ID [--bytes 32] [--aad TEXT] [flags]", "make a data key, in plaintext and encrypted under the key", keyGenerateDataKey},
+	{"generate-data-key", "KEY_ID [--bytes 32] [--aad TEXT] [--out FILE] [--plaintext-out FILE|-] [flags]", "make a data key, in plaintext and encrypted under the key", keyGenerateDataKey},
 }
 
 func keyUsage(w io.Writer) {
@@ -691,6 +691,7 @@ func keyGenerateDataKey(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args [
 	n := fs.Int("bytes", 32, "length of the data key: 16, 24 or 32 `bytes`")
 	aad := fs.String("aad", "", "the encryption context of the encrypted data key: decrypt needs the same `text`")
 	out := fs.String("out", "", "write the encrypted data key (a ciphertext blob), raw, to `FILE` instead of printing it in base64")
+	ptOut := fs.String("plaintext-out", "", "write the plaintext data key, raw, to `FILE` (mode 0600; - for stdout, then with --out) instead of printing it in base64")
 	pos, err := k.flags.parse(fs, args, "KEY_ID")
 	if err != nil {
 		return err
@@ -698,10 +699,14 @@ func keyGenerateDataKey(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args [
 	switch {
 	case *n != 16 && *n != 24 && *n != 32:
 		return usageError(fs, "--bytes %d: want 16, 24 or 32", *n)
-	case *out != "" && k.flags.output == outputJSON:
-		return usageError(fs, "--out and --output json exclude each other")
+	case (*out != "" || *ptOut != "") && k.flags.output == outputJSON:
+		return usageError(fs, "--out and --plaintext-out exclude --output json")
 	case *out == "-":
-		return usageError(fs, "--out -: the plaintext data key goes to stdout; name a file")
+		return usageError(fs, "--out -: the encrypted data key goes to a file; for the plaintext one on stdout, --plaintext-out -")
+	case *ptOut == "-" && *out == "":
+		return usageError(fs, "--plaintext-out - needs --out FILE for the encrypted data key")
+	case *ptOut != "" && *ptOut == *out:
+		return usageError(fs, "--out and --plaintext-out name the same file")
 	}
 	if err := k.connect(); err != nil {
 		return err
@@ -712,19 +717,32 @@ func keyGenerateDataKey(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args [
 	if err != nil {
 		return err
 	}
+	defer clear(r.Plaintext)
 	if k.flags.output == outputJSON {
 		return printJSON(k.stdout, r)
-	}
-	fields := []field{
-		{"key id", r.KeyID},
-		{"version", strconv.FormatUint(uint64(r.Version), 10)},
-		{"plaintext", base64.StdEncoding.EncodeToString(r.Plaintext)},
 	}
 	if *out != "" {
 		if err := writeOutput(k.stdout, *out, r.CiphertextBlob, 0o644); err != nil {
 			return err
 		}
+	}
+	if *ptOut == "-" {
+		// The raw data key alone on stdout, for a pipe.
+		_, err := k.stdout.Write(r.Plaintext)
+		return err
+	}
+	fields := []field{
+		{"key id", r.KeyID},
+		{"version", strconv.FormatUint(uint64(r.Version), 10)},
+	}
+	if *ptOut != "" {
+		if err := writeOutput(k.stdout, *ptOut, r.Plaintext, 0o600); err != nil {
+			return err
+		}
 	} else {
+		fields = append(fields, field{"plaintext", base64.StdEncoding.EncodeToString(r.Plaintext)})
+	}
+	if *out == "" {
 		fields = append(fields, field{"ciphertext", base64.StdEncoding.EncodeToString(r.CiphertextBlob)})
 	}
 	return printFields(k.stdout, fields)
@@ -764,6 +782,7 @@ func (k *keyCmd) printKey(key *api.Key) error {
 		{"usage", key.KeyUsage},
 		{"enabled", strconv.FormatBool(key.Enabled)},
 		{"versions", fmt.Sprintf("%s (current %d)", strings.Join(versions, ", "), key.CurrentVersion)},
+		{"material missing", missingText(key.MaterialMissing)},
 		{"created", timeText(key.CreatedAt)},
 		{"updated", timeText(key.UpdatedAt)},
 		{"replicated by", key.ReplicatedFrom},
@@ -796,6 +815,18 @@ func (k *keyCmd) printKey(key *api.Key) error {
 			timeText(r.UpdatedAt), timePtrText(r.DeletionDate), r.Reason}
 	}
 	return printTable(k.stdout, []string{"REPLICA", "STATE", "EPOCH", "REPLICATION", "UPDATED", "DELETION DATE", "REASON"}, rows)
+}
+
+// missingText names the versions whose material the region's HSM lacks.
+func missingText(vs []uint32) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	names := make([]string, len(vs))
+	for i, v := range vs {
+		names[i] = strconv.FormatUint(uint64(v), 10)
+	}
+	return strings.Join(names, ", ") + " (not in this region's HSM: encrypt and decrypt with them fail)"
 }
 
 // stagedVersions returns the key's STAGED versions (known on the primary

@@ -211,13 +211,14 @@ func EnsureOutbox(ctx context.Context, js jetstream.JetStream, region string, pa
 		return fmt.Errorf("outbox of %s: partition has no other region", region)
 	}
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:       OutboxStream(region),
-		Subjects:   subjects,
-		Storage:    o.Storage,
-		Replicas:   o.replicas(),
-		Duplicates: DedupWindow,
-		MaxAge:     24 * time.Hour,
-		Retention:  jetstream.LimitsPolicy,
+		Name:        OutboxStream(region),
+		Description: "mrkrepl " + region + ": signed messages to other regions, for the proxy to forward",
+		Subjects:    subjects,
+		Storage:     o.Storage,
+		Replicas:    o.replicas(),
+		Duplicates:  DedupWindow,
+		MaxAge:      24 * time.Hour,
+		Retention:   jetstream.LimitsPolicy,
 
 		MaxMsgsPerSubject: NoPerSubjectLimit,
 	})
@@ -230,11 +231,12 @@ func EnsureOutbox(ctx context.Context, js jetstream.JetStream, region string, pa
 // EnsureDLQ creates region's dead-letter stream.
 func EnsureDLQ(ctx context.Context, js jetstream.JetStream, region string, o Options) error {
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:     DLQStream(region),
-		Subjects: []string{DLQWildcard(region)},
-		Storage:  o.Storage,
-		Replicas: o.replicas(),
-		MaxAge:   30 * 24 * time.Hour,
+		Name:        DLQStream(region),
+		Description: "mrkrepl " + region + ": dead letters (refused messages and requests), with header Mrk-Reason",
+		Subjects:    []string{DLQWildcard(region)},
+		Storage:     o.Storage,
+		Replicas:    o.replicas(),
+		MaxAge:      30 * 24 * time.Hour,
 
 		MaxMsgsPerSubject: NoPerSubjectLimit,
 	})
@@ -338,15 +340,18 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 	}{
 		{&r.Requests, jetstream.StreamConfig{
 			Name: RequestsStream(region), Subjects: []string{RequestsWildcard(region)},
-			Duplicates: DedupWindow, MaxAge: 7 * 24 * time.Hour,
+			Description: "mrkrepl " + region + ": request events (replicate-key), kept 7 days",
+			Duplicates:  DedupWindow, MaxAge: 7 * 24 * time.Hour,
 		}},
 		{&r.Inbox, jetstream.StreamConfig{
 			Name: InboxStream(region), Subjects: []string{InboxWildcard(region)},
-			Duplicates: DedupWindow, MaxAge: 24 * time.Hour,
+			Description: "mrkrepl " + region + ": signed messages from other regions, as the proxy delivered them",
+			Duplicates:  DedupWindow, MaxAge: 24 * time.Hour,
 		}},
 		{nil, jetstream.StreamConfig{
 			Name: EventsStream(region), Subjects: []string{EventsWildcard(region)},
-			MaxAge: 30 * 24 * time.Hour,
+			Description: "mrkrepl " + region + ": audit events, kept 30 days",
+			MaxAge:      30 * 24 * time.Hour,
 		}},
 	}
 	for _, s := range streams {
@@ -371,14 +376,19 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 		dst *jetstream.KeyValue
 		cfg jetstream.KeyValueConfig
 	}{
-		{&r.Keys, jetstream.KeyValueConfig{Bucket: KeysBucket(region), History: 5}},
-		{&r.Repl, jetstream.KeyValueConfig{Bucket: ReplBucket(region), History: 1}},
-		{&r.Replay, jetstream.KeyValueConfig{Bucket: ReplayBucket(region), History: 1, TTL: ReplayWindow}},
+		{&r.Keys, jetstream.KeyValueConfig{Bucket: KeysBucket(region), History: 5,
+			Description: "mrkrepl " + region + ": keys' metadata (no key material), by key id"}},
+		{&r.Repl, jetstream.KeyValueConfig{Bucket: ReplBucket(region), History: 1,
+			Description: "mrkrepl " + region + ": replication runs, by replication id"}},
+		{&r.Replay, jetstream.KeyValueConfig{Bucket: ReplayBucket(region), History: 1, TTL: ReplayWindow,
+			Description: "mrkrepl " + region + ": ids of messages received, against replays"}},
 		// The sweeper removes entries with a purge whose marker expires
 		// (PendingMarkerTTL): no delete markers pile up, and no periodic
 		// PurgeDeletes (one JetStream API request per marker) is needed.
-		{&r.Pending, jetstream.KeyValueConfig{Bucket: PendingBucket(region), History: 1, LimitMarkerTTL: PendingMarkerTTL}},
-		{&r.Tokens, jetstream.KeyValueConfig{Bucket: TokensBucket(region), History: 1, TTL: ClientTokenTTL}},
+		{&r.Pending, jetstream.KeyValueConfig{Bucket: PendingBucket(region), History: 1, LimitMarkerTTL: PendingMarkerTTL,
+			Description: "mrkrepl " + region + ": keys with work outstanding, for the sweeper"}},
+		{&r.Tokens, jetstream.KeyValueConfig{Bucket: TokensBucket(region), History: 1, TTL: ClientTokenTTL,
+			Description: "mrkrepl " + region + ": replicate-key client tokens, kept 24 hours"}},
 	}
 	for _, b := range buckets {
 		b.cfg.Storage = o.Storage
