@@ -29,6 +29,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/proxy"
@@ -81,6 +82,10 @@ type Options struct {
 	// Apps are application accounts added to DefaultApp on every region
 	// (Partition.ConnectApp connects as one of their users).
 	Apps []natsauth.App
+	// RegionPolicyApps are the application accounts the region policy
+	// lets create and list keys (workers.Config.RegionPolicy). nil: every
+	// account of Apps and DefaultApp.
+	RegionPolicyApps []string
 	// TLS makes every server require TLS with a throwaway CA; every
 	// connection the partition makes verifies the server against it.
 	TLS bool
@@ -130,6 +135,8 @@ type Partition struct {
 	regions    []*Region
 	proxyConns map[string]*nats.Conn
 	specs      map[string]natsauth.Spec // by region, with passwords; nil with NoAuth
+	// regionPolicy is the workers' region policy (RegionPolicy).
+	regionPolicy *authz.Policy
 	tls        *testTLS                 // with TLS
 	conns      []*nats.Conn
 	dir        string
@@ -155,6 +162,16 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 	if opts.ServerURLs != nil {
 		opts.NoAuth = true
 		p.opts.NoAuth = true
+	}
+	apps := opts.RegionPolicyApps
+	if apps == nil {
+		apps = []string{DefaultApp.Account}
+		for _, a := range opts.Apps {
+			apps = append(apps, a.Account)
+		}
+	}
+	if p.regionPolicy, err = RegionPolicy(apps...); err != nil {
+		return p, err
 	}
 	if !opts.NoAuth {
 		p.specs = map[string]natsauth.Spec{}

@@ -142,6 +142,7 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 		RunTimeout: p.opts.RunTimeout, MaxAttempts: p.opts.MaxAttempts, SweepInterval: p.opts.SweepInterval,
 		DeletionWaitingPeriod: p.opts.DeletionWaitingPeriod,
 		Layout:                p.layout(), ClockSkew: p.opts.ClockSkew,
+		Admins: []string{AdminPrincipal}, LocalPrincipal: AdminPrincipal, RegionPolicy: p.regionPolicy,
 	})
 	if err != nil {
 		nc.Close()

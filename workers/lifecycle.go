@@ -62,19 +62,6 @@ func actorFrom(ctx context.Context) string {
 	return "worker"
 }
 
-// requestActor returns the actor a request names in its Mrkrepl-Actor
-// header: 1 to 128 printable ASCII characters, else "anonymous" (or
-// "invalid" for a value that is not).
-func requestActor(a string) string {
-	if a == "" {
-		return "anonymous"
-	}
-	if len(a) > 128 || strings.IndexFunc(a, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
-		return "invalid"
-	}
-	return a
-}
-
 func allRegions(k *api.Key) []string {
 	rs := []string{k.PrimaryRegion}
 	for _, r := range k.Replicas {
