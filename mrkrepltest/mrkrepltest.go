@@ -137,10 +137,10 @@ type Partition struct {
 	specs      map[string]natsauth.Spec // by region, with passwords; nil with NoAuth
 	// regionPolicy is the workers' region policy (RegionPolicy).
 	regionPolicy *authz.Policy
-	tls        *testTLS                 // with TLS
-	conns      []*nats.Conn
-	dir        string
-	ownDir     bool
+	tls          *testTLS // with TLS
+	conns        []*nats.Conn
+	dir          string
+	ownDir       bool
 }
 
 // Start brings up every region, then the proxy. On error everything started
