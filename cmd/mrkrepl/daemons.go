@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/internal/config"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
@@ -256,11 +257,17 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer nc.Close()
+	regionPolicy, err := readRegionPolicy(cfg.Authz.RegionPolicyFile)
+	if err != nil {
+		return err
+	}
 	w, err := workers.New(workers.Config{
 		Region: cfg.Region, Bundle: bundle, HSM: hsm, Conn: nc, Logger: logger, Registerer: reg,
 		Layout: layout.Options{Replicas: cfg.JetStream.Replicas}, Concurrency: cfg.Concurrency,
 		ClockSkew: cfg.ClockSkew, RunTimeout: cfg.RunTimeout, MaxAttempts: cfg.MaxAttempts,
 		DeletionWaitingPeriod: cfg.DeletionWaitingPeriod,
+		Admins:                cfg.Authz.Admins, RegionPolicy: regionPolicy, LocalPrincipal: cfg.Authz.LocalPrincipal,
+		AccountNames: cfg.Authz.AccountNames, NoDataPlaneAudit: cfg.Authz.NoDataPlaneAudit,
 	})
 	if err != nil {
 		return err
@@ -547,4 +554,21 @@ func readSecretFile(path string) (string, error) {
 		return "", fmt.Errorf("%s is empty", path)
 	}
 	return s, nil
+}
+
+// readRegionPolicy reads and checks the region's policy file ("" gives
+// nil: only the admins may create and list keys).
+func readRegionPolicy(path string) (*authz.Policy, error) {
+	if path == "" {
+		return nil, nil
+	}
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("authz.region_policy_file: %w", err)
+	}
+	pol, err := authz.Parse(doc)
+	if err != nil {
+		return nil, fmt.Errorf("authz.region_policy_file %s: %w", path, err)
+	}
+	return pol, nil
 }
