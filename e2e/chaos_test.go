@@ -173,7 +173,13 @@ func TestChaos(t *testing.T) {
 			} else {
 				body, _ := json.Marshal(api.ReplicateKeyRequest{KeyID: keyID, ReplicaRegion: dst})
 				retry("publish request", func(c context.Context) error {
-					js, err := jetstream.New(primary.Conn)
+					// Published inside the region's account (admin): the
+					// worker's user may not publish request events.
+					nc, err := p.Connect(primary.Name, "chaos-requests")
+					if err != nil {
+						return err
+					}
+					js, err := jetstream.New(nc)
 					if err != nil {
 						return err
 					}

@@ -131,6 +131,7 @@ func WorkerPermissions(region string) *server.Permissions {
 			"$JS.API.STREAM.CREATE."+st,
 			"$JS.API.STREAM.UPDATE."+st,
 			"$JS.API.STREAM.INFO."+st,
+			"$JS.API.STREAM.PURGE."+st, // KV PurgeDeletes
 			"$JS.API.STREAM.MSG.GET."+st,
 			"$JS.API.DIRECT.GET."+st,
 			"$JS.API.DIRECT.GET."+st+".>",
