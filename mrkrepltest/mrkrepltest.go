@@ -82,6 +82,11 @@ type Options struct {
 	// Apps are application accounts added to DefaultApp on every region
 	// (Partition.ConnectApp connects as one of their users).
 	Apps []natsauth.App
+	// Password, if set, is the password of DefaultApp's users in every
+	// region, and AdminPassword that of the admin (command-line tests and
+	// the demo reach several regions with one password file); otherwise
+	// each user has a random one per region.
+	Password, AdminPassword string
 	// RegionPolicyApps are the application accounts the region policy
 	// lets create and list keys (workers.Config.RegionPolicy). nil: every
 	// account of Apps and DefaultApp.
@@ -184,6 +189,14 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 				for _, u := range a.Users {
 					spec.Passwords[natsauth.Key(a.Account, u)] = messages.NewID()
 				}
+			}
+			if opts.Password != "" {
+				for _, u := range DefaultApp.Users {
+					spec.Passwords[natsauth.Key(DefaultApp.Account, u)] = opts.Password
+				}
+			}
+			if opts.AdminPassword != "" {
+				spec.Passwords[natsauth.Key(natsauth.Account, natsauth.UserAdmin)] = opts.AdminPassword
 			}
 			if err := spec.Check(); err != nil {
 				return nil, err

@@ -561,10 +561,12 @@ func requestAAD(ec map[string]string, raw []byte) ([]byte, error) {
 // Only replicate-key is accepted as an event; its outcome is visible in the
 // audit stream and describe-key.
 func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
-	op, account := splitRequestSubject(w.cfg.Region, msg.Subject())
+	op, account, ok := layout.ParseRequestSubject(w.cfg.Region, msg.Subject())
 	var err error
 	p, perr := w.eventPrincipal(account)
 	switch {
+	case !ok:
+		err = badRequest("request event subject %q is not %s", msg.Subject(), layout.RequestSubjectFor(w.cfg.Region, "<op>", "<account>"))
 	case perr != nil:
 		err = perr
 	case op != api.OpReplicateKey:
@@ -613,9 +615,6 @@ func (w *Worker) eventPrincipal(account string) (authz.Principal, error) {
 			return authz.Principal{}, errUnauthenticated
 		}
 		return *w.local, nil
-	}
-	if strings.Contains(account, ".") { // one token: the account the import wrote
-		return authz.Principal{}, errUnauthenticated
 	}
 	p := authz.Principal{Account: account}
 	if name, ok := w.cfg.AccountNames[account]; ok {

@@ -16,7 +16,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 
 	"github.com/mrkrepl/mrkrepl/api"
@@ -277,15 +276,6 @@ func adminsOnlyPolicy(admins []string) string {
 	return string(b)
 }
 
-// splitRequestSubject returns the operation of a request event and the
-// account the server attested (mrk.<r>.requests.<op>.<account>, written by
-// the application account's service import; none: published inside the
-// workers' own account).
-func splitRequestSubject(region, subject string) (op, account string) {
-	rest := strings.TrimPrefix(subject, "mrk."+region+".requests.")
-	op, account, _ = strings.Cut(rest, ".")
-	return op, account
-}
 
 // defaultKeyPolicy is the policy of a key created without one: the
 // region's admins and the creator may do everything with it.

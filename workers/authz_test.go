@@ -66,23 +66,13 @@ func TestPrincipalOf(t *testing.T) {
 // principalOfSetup runs setAuthz (for the malformed-config case).
 func (w *Worker) principalOfSetup() (*Worker, error) { return w, w.setAuthz() }
 
-func TestSplitRequestSubject(t *testing.T) {
-	for _, c := range []struct{ subj, op, acc string }{
-		{"mrk.us.requests.replicate-key", "replicate-key", ""},
-		{"mrk.us.requests.replicate-key.APP_X", "replicate-key", "APP_X"},
-		{"mrk.us.requests.other.APP_X.more", "other", "APP_X.more"},
-	} {
-		op, acc := splitRequestSubject("us", c.subj)
-		if op != c.op || acc != c.acc {
-			t.Errorf("%s: %q %q", c.subj, op, acc)
-		}
-	}
+func TestEventPrincipal(t *testing.T) {
 	w := authzWorker(t, Config{})
 	if _, err := w.eventPrincipal(""); err == nil {
 		t.Error("a request event from inside the workers' account was given a principal without LocalPrincipal")
 	}
-	if _, err := w.eventPrincipal("APP_X.more"); err == nil {
-		t.Error("a malformed account token was accepted")
+	if _, err := w.eventPrincipal("APP X"); err == nil {
+		t.Error("a malformed account was accepted")
 	}
 	if p, err := w.eventPrincipal("APP_X"); err != nil || p.String() != "APP_X" || p.User != "" {
 		t.Errorf("event principal %v %v", p, err)

@@ -216,8 +216,14 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			fs.IntVar(&cfg.MaxAttempts, "max-attempts", cfg.MaxAttempts, "runs tried for one replica before it is marked FAILED (0: default)")
 			fs.DurationVar(&cfg.DeletionWaitingPeriod, "deletion-waiting-period", cfg.DeletionWaitingPeriod, "how long a key stays PENDING_DELETION when a request names no pending window")
 			addBundleReloadFlag(fs, &cfg.BundleReloadInterval)
+			fs.Func("admin", "a `PRINCIPAL` (ACCOUNT, ACCOUNT/user or ACCOUNT/*) with the region's admin rights: every key's default policy names it; repeat for several (docs/AUTHZ.md)", func(s string) error {
+				cfg.Authz.Admins = append(cfg.Authz.Admins, s)
+				return nil
+			})
+			fs.StringVar(&cfg.Authz.RegionPolicyFile, "region-policy", cfg.Authz.RegionPolicyFile, "the region's policy `FILE` (JSON) for create-key and list-keys (default: the admins only)")
+			fs.StringVar(&cfg.Authz.LocalPrincipal, "local-principal", cfg.Authz.LocalPrincipal, "the `PRINCIPAL` of requests published inside the workers' own account (default: refused)")
 			addCommonFlags(fs, &cfg.JetStream.Replicas, &cfg.Concurrency, &cfg.Metrics, &cfg.Log)
-		})
+		}, "admin")
 	if err != nil {
 		return err
 	}

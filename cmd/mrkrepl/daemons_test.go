@@ -64,6 +64,16 @@ type cluster struct {
 func newCluster(t *testing.T, regions ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, dir: t.TempDir(), regions: regions, urls: map[string]string{}, pwFiles: map[string]string{}, codes: make(chan int, 16)}
+	// Every worker of the test lets the demo application create and list
+	// keys (its region policy, by variable); what it may do with a key is
+	// the key's default policy's: the creator's.
+	policy := filepath.Join(c.dir, "region-policy.json")
+	doc := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"MRK":"` + natsauth.DefaultApp.Account +
+		`"},"Action":["kms:CreateKey","kms:ListKeys"],"Resource":"*"}]}`
+	if err := os.WriteFile(policy, []byte(doc), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("MRKREPL_REGION_POLICY", policy)
 	// The production accounts; "client" is the demo application's user.
 	users := map[string]string{"worker": natsauth.Key(natsauth.Account, natsauth.UserWorker), "proxy": natsauth.Key(natsauth.Account, natsauth.UserProxy),
 		"client": natsauth.Key(natsauth.DefaultApp.Account, natsauth.DefaultApp.Users[0])}

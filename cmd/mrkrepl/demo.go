@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -14,7 +15,9 @@ import (
 	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
+	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
 )
 
@@ -58,9 +61,17 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	// One registry for the whole demo, each component's series labelled
 	// instance="worker-<region>" or "proxy"; served with --serve.
 	reg := obs.NewRegistry()
+	// Secure by default: every region's server runs the accounts of
+	// docs/NATS.md, and the workers decide by key policies. The demo's
+	// application (mrkrepltest.DefaultApp) has one password in every region,
+	// written into the data directory for --serve; a second application,
+	// which no key's policy names, shows a refusal.
+	appPassword, adminPassword := messages.NewID(), messages.NewID()
 	p, err := mrkrepltest.Start(ctx, mrkrepltest.Options{
 		Partition: "demo", Dir: dir, HSM: hsmFor, HSMOptions: hsmOpts,
 		Logger: logger, ProxyDelay: *delay, Registerer: reg,
+		Password: appPassword, AdminPassword: adminPassword,
+		Apps: []natsauth.App{demoIntruder},
 	})
 	if err != nil {
 		return fmt.Errorf("start partition: %w", err)
@@ -76,6 +87,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	dctx, cancel := context.WithTimeout(ctx, *timeout)
 	defer cancel()
 	if err := demoScenario(dctx, stdout, regions); err != nil {
+		return err
+	}
+	if err := demoRefusal(dctx, stdout, p); err != nil {
 		return err
 	}
 	fmt.Fprintln(stdout, "all checks passed")
@@ -101,23 +115,28 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "  %-22s http://%s/metrics  instance=proxy\n", "proxy", addr)
 	fmt.Fprintf(stdout, "  %-22s http://%s/healthz  http://%s/readyz\n", "health", addr, addr)
 	us := regions[0]
-	// The servers run the accounts of docs/NATS.md: connect as the test
-	// application's first user.
+	// The servers run the accounts of docs/NATS.md: connect as the demo
+	// application's first user (one password in every region), or as the
+	// admin of the workers' account for stored events.
 	app, appUser := mrkrepltest.DefaultApp.Account, mrkrepltest.DefaultApp.Users[0]
-	pwFile := filepath.Join(p.Dir(), "app.password")
-	if err := os.WriteFile(pwFile, []byte(p.Password(us.Name, app, appUser)+"\n"), 0o600); err != nil {
-		return err
+	pwFile := filepath.Join(dir, "app.password")
+	adminFile := filepath.Join(dir, "admin.password")
+	for f, pw := range map[string]string{pwFile: appPassword, adminFile: adminPassword} {
+		if err := os.WriteFile(f, []byte(pw+"\n"), 0o600); err != nil {
+			return err
+		}
 	}
 	creds := fmt.Sprintf("--nats-user %s --nats-password-file %s", appUser, pwFile)
-	fmt.Fprintf(stdout, "\ntry (as user %s of application account %s of %s; its password is in %s):\n", appUser, app, us.Name, pwFile)
+	fmt.Fprintf(stdout, "\ntry (as user %s of application account %s; its password, the same in every region, is in %s):\n", appUser, app, pwFile)
 	fmt.Fprintf(stdout, "  nats --server %s --user %s --password \"$(cat %s)\" req %s '{}'\n", us.URL, appUser, pwFile, layout.APISubject(us.Name, api.OpCreateKey))
 	fmt.Fprintf(stdout, "  nats --server %s --user %s --password \"$(cat %s)\" pub %s '{\"key_id\":\"<key id>\",\"replica_region\":\"%s\"}'\n", us.URL, appUser, pwFile, layout.RequestSubject(us.Name, api.OpReplicateKey), regions[1].Name)
 	fmt.Fprintf(stdout, "  mrkrepl key create --server %s --region %s %s\n", us.URL, us.Name, creds)
 	fmt.Fprintf(stdout, "  mrkrepl key replicate <key id> --to %s --wait --server %s --region %s %s\n", regions[1].Name, us.URL, us.Name, creds)
 	fmt.Fprintf(stdout, "  mrkrepl key rotate <key id> --wait --server %s --region %s %s\n", us.URL, us.Name, creds)
 	fmt.Fprintf(stdout, "  mrkrepl key update-primary <key id> %s --wait --server %s --region %s %s\n", regions[1].Name, us.URL, us.Name, creds)
-	fmt.Fprintf(stdout, "  mrkrepl key describe <key id> --server %s --region %s\n", regions[1].URL, regions[1].Name)
-	fmt.Fprintf(stdout, "  mrkrepl events --follow --server %s --region %s\n", us.URL, us.Name)
+	fmt.Fprintf(stdout, "  mrkrepl key describe <key id> --server %s --region %s %s\n", regions[1].URL, regions[1].Name, creds)
+	fmt.Fprintf(stdout, "  mrkrepl key policy get <key id> --server %s --region %s %s\n", us.URL, us.Name, creds)
+	fmt.Fprintf(stdout, "  mrkrepl events --follow --server %s --region %s --nats-user %s --nats-password-file %s   (the admin: stored events need the JetStream API)\n", us.URL, us.Name, natsauth.UserAdmin, adminFile)
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
 	return nil
@@ -246,27 +265,81 @@ func demoScenario(ctx context.Context, out io.Writer, regions []*mrkrepltest.Reg
 	return nil
 }
 
+// demoIntruder is an application account the demo's key policies do not
+// name: its request is refused.
+var demoIntruder = natsauth.App{Account: "APP_OTHER", Users: []string{"intruder"}}
+
+// demoRefusal shows that a principal the key's policy does not name cannot
+// use the key: another application's decrypt is refused (403) and recorded
+// as an AccessDenied event naming it, while the key's creator decrypts.
+func demoRefusal(ctx context.Context, out io.Writer, p *mrkrepltest.Partition) error {
+	us := p.Regions()[0]
+	nc, err := p.ConnectApp(us.Name, demoIntruder.Account, demoIntruder.Users[0])
+	if err != nil {
+		return err
+	}
+	defer nc.Close()
+	intruder := client.New(nc, us.Name)
+	keys, err := us.Client.ListKeys(ctx)
+	if err != nil || len(keys) == 0 {
+		return fmt.Errorf("list keys in %s: %v", us.Name, err)
+	}
+	ct, err := demoEncrypt(ctx, keys[0], us, 0)
+	if err != nil {
+		return err
+	}
+	principal := demoIntruder.Account + "/" + demoIntruder.Users[0]
+	admin, err := p.Connect(us.Name, "demo-events")
+	if err != nil {
+		return err
+	}
+	defer admin.Close()
+	events, err := admin.SubscribeSync(layout.EventSubject(us.Name, api.EventAccessDenied))
+	if err != nil {
+		return err
+	}
+	if err := admin.Flush(); err != nil {
+		return err
+	}
+	_, err = intruder.DecryptWithContext(ctx, "", ct.blob, ct.context)
+	if !client.IsForbidden(err) {
+		return fmt.Errorf("decrypt as %s, whom the key's policy does not name: want 403, got %v", principal, err)
+	}
+	m, err := events.NextMsgWithContext(ctx)
+	if err != nil {
+		return fmt.Errorf("no AccessDenied event for the refused decrypt: %w", err)
+	}
+	var ev api.Event
+	if err := json.Unmarshal(m.Data, &ev); err != nil || ev.Actor != principal || ev.Action != "kms:Decrypt" || ev.KeyID != keys[0] {
+		return fmt.Errorf("AccessDenied event %s does not name %s, kms:Decrypt and the key", m.Data, principal)
+	}
+	fmt.Fprintf(out, "refused %s: decrypt in %s (403, not in the key's policy; an AccessDenied event names it)\n", principal, us.Name)
+	return nil
+}
+
 // demoCiphertext is a ciphertext the demo made, with what it must decrypt to.
 type demoCiphertext struct {
 	region    string
 	version   uint32
 	plaintext string
-	aad       []byte
+	context   map[string]string // the encryption context
 	blob      []byte
 }
 
-// demoEncrypt encrypts in region from and checks the version used.
+// demoEncrypt encrypts in region from, with an encryption context, and
+// checks the version used (0: any).
 func demoEncrypt(ctx context.Context, keyID string, from *mrkrepltest.Region, version uint32) (demoCiphertext, error) {
 	ct := demoCiphertext{region: from.Name, version: version,
 		plaintext: fmt.Sprintf("hello from %s, version %d", from.Name, version),
-		aad:       []byte(fmt.Sprintf("demo=%s/%d", from.Name, version))}
-	r, err := from.Client.Encrypt(ctx, keyID, []byte(ct.plaintext), ct.aad)
+		context:   map[string]string{"demo": from.Name}}
+	r, err := from.Client.EncryptWithContext(ctx, keyID, []byte(ct.plaintext), ct.context)
 	if err != nil {
 		return ct, fmt.Errorf("encrypt in %s: %w", from.Name, err)
 	}
-	if r.Version != version {
+	if version != 0 && r.Version != version {
 		return ct, fmt.Errorf("encrypt in %s: used version %d, want %d", from.Name, r.Version, version)
 	}
+	ct.version = r.Version
 	ct.blob = r.CiphertextBlob
 	return ct, nil
 }
@@ -275,7 +348,7 @@ func demoEncrypt(ctx context.Context, keyID string, from *mrkrepltest.Region, ve
 func demoDecrypt(ctx context.Context, ct demoCiphertext, regions []*mrkrepltest.Region) ([]string, error) {
 	var ok []string
 	for _, to := range regions {
-		got, err := to.Client.Decrypt(ctx, ct.blob, ct.aad)
+		got, err := to.Client.DecryptWithContext(ctx, "", ct.blob, ct.context)
 		if err != nil {
 			return nil, fmt.Errorf("decrypt in %s of the version %d ciphertext made in %s: %w", to.Name, ct.version, ct.region, err)
 		}

@@ -2,12 +2,15 @@ package main
 
 import (
 	"context"
+	"os"
+	"path/filepath"
 	"regexp"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/client"
+	"github.com/mrkrepl/mrkrepl/mrkrepltest"
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus/testutil/promlint"
 )
@@ -82,7 +85,7 @@ func TestDemoDataKeepsHSM(t *testing.T) {
 			t.Fatalf("no key id in the demo's output:\n%s", out)
 		}
 		keyID = m[1]
-		ct, err := regions["ap-southeast-2"].Encrypt(ctx, keyID, []byte("before the restart"), []byte("run=1"))
+		ct, err := regions["ap-southeast-2"].EncryptWithContext(ctx, keyID, []byte("before the restart"), map[string]string{"run": "1"})
 		if err != nil {
 			t.Fatalf("encrypt in the first run: %v", err)
 		}
@@ -95,7 +98,7 @@ func TestDemoDataKeepsHSM(t *testing.T) {
 				t.Errorf("describe %s in %s after the restart: %v, material missing %v", keyID, name, err, k.MaterialMissing)
 				continue
 			}
-			got, err := c.Decrypt(ctx, blob, []byte("run=1"))
+			got, err := c.DecryptWithContext(ctx, keyID, blob, map[string]string{"run": "1"})
 			if err != nil || string(got.Plaintext) != "before the restart" {
 				t.Errorf("decrypt in %s after the restart: %v", name, err)
 			}
@@ -120,7 +123,7 @@ func serveDemo(t *testing.T, dir string, f func(ctx context.Context, out string,
 	stdout, stderr := &syncBuffer{}, &syncBuffer{}
 	done := make(chan int, 1)
 	go func() { done <- run(ctx, []string{"demo", "--data", dir, "--serve"}, stdout, stderr) }()
-	for !strings.Contains(stdout.String(), "\ntry:\n") {
+	for !strings.Contains(stdout.String(), "\ntry (") {
 		select {
 		case code := <-done:
 			t.Fatalf("demo exited %d:\n%s\n%s", code, stdout.String(), stderr.String())
@@ -129,8 +132,13 @@ func serveDemo(t *testing.T, dir string, f func(ctx context.Context, out string,
 	}
 	out := stdout.String()
 	regions := map[string]*client.Client{}
+	// As the demo's application user, with the password the demo wrote.
+	pw, err := os.ReadFile(filepath.Join(dir, "app.password"))
+	if err != nil {
+		t.Fatal(err)
+	}
 	for _, m := range regexp.MustCompile(`(?m)^  (\S+) +(nats://\S+)$`).FindAllStringSubmatch(out, -1) {
-		nc, err := nats.Connect(m[2])
+		nc, err := nats.Connect(m[2], nats.UserInfo(mrkrepltest.DefaultApp.Users[0], strings.TrimSpace(string(pw))))
 		if err != nil {
 			t.Fatal(err)
 		}

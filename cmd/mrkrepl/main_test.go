@@ -62,9 +62,26 @@ func TestScripts(t *testing.T) {
 
 // startPartition runs a partition of three regions for a script of the
 // client commands, until the script ends. The script finds the regions'
-// NATS URLs in $US, $EU and $AP; MRKREPL_SERVER is $US.
+// NATS URLs in $US, $EU and $AP; MRKREPL_SERVER is $US; the commands run as
+// the test application's user (APP_TEST/app), and as the admin with
+// --nats-user admin --nats-password-file $PW.
 func startPartition(env *testscript.Env, opts mrkrepltest.Options) error {
 	opts.Dir = filepath.Join(env.WorkDir, ".partition")
+	// The scripts are the test application's user in every region; the
+	// admin (its password file is $PW) reads stored events.
+	opts.Password, opts.AdminPassword = messages.NewID(), messages.NewID()
+	pwFile := filepath.Join(env.WorkDir, ".password")
+	adminFile := filepath.Join(env.WorkDir, ".admin.password")
+	if err := os.WriteFile(pwFile, []byte(opts.Password+"\n"), 0o600); err != nil {
+		return err
+	}
+	if err := os.WriteFile(adminFile, []byte(opts.AdminPassword+"\n"), 0o600); err != nil {
+		return err
+	}
+	env.Setenv("PW", adminFile)
+	env.Setenv("APPPW", pwFile)
+	env.Setenv("MRKREPL_NATS_USER", mrkrepltest.DefaultApp.Users[0])
+	env.Setenv("MRKREPL_NATS_PASSWORD_FILE", pwFile)
 	p, err := mrkrepltest.Start(context.Background(), opts)
 	if err != nil {
 		return fmt.Errorf("start partition: %w", err)

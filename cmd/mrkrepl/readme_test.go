@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
 )
 
@@ -24,11 +25,24 @@ func TestREADMECommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	block := readmeBlock(t, string(readme), "## Command line")
-	p := mrkrepltest.New(t, mrkrepltest.Options{})
+	// The README's commands run as the test application's user (the
+	// README's reader gets the credentials from demo --serve).
+	pw, adminPW := messages.NewID(), messages.NewID()
+	p := mrkrepltest.New(t, mrkrepltest.Options{Password: pw, AdminPassword: adminPW})
+	pwFile := filepath.Join(t.TempDir(), "app.password")
+	adminFile := filepath.Join(t.TempDir(), "admin.password")
+	for f, v := range map[string]string{pwFile: pw, adminFile: adminPW} {
+		if err := os.WriteFile(f, []byte(v+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
 	vars := map[string]string{
-		"MRKREPL_SERVER": p.Region("us-east-1").URL,
-		"MRKREPL_REGION": "us-east-1",
-		"EU":             p.Region("eu-west-1").URL,
+		"MRKREPL_NATS_USER":          mrkrepltest.DefaultApp.Users[0],
+		"MRKREPL_NATS_PASSWORD_FILE": pwFile,
+		"ADMIN":                      "--nats-user admin --nats-password-file " + adminFile,
+		"MRKREPL_SERVER":             p.Region("us-east-1").URL,
+		"MRKREPL_REGION":             "us-east-1",
+		"EU":                         p.Region("eu-west-1").URL,
 	}
 	t.Chdir(t.TempDir())
 	keyID := ""
@@ -45,8 +59,8 @@ func TestREADMECommands(t *testing.T) {
 			if !ok {
 				assigns = line
 			}
-			for _, a := range strings.Fields(assigns) {
-				name, _, _ := strings.Cut(a, "=")
+			for _, a := range regexp.MustCompile(`([A-Z_]+)=("[^"]*"|\S+)`).FindAllStringSubmatch(assigns, -1) {
+				name := a[1]
 				v, known := vars[name]
 				if !known {
 					t.Fatalf("README sets %s, which this test does not know: %q", name, line)
