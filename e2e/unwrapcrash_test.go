@@ -11,6 +11,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/hsmfault"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
 	"github.com/nats-io/nats.go"
 )
@@ -19,10 +20,12 @@ import (
 // at a chosen step (hsmfault), as a crash or a failing HSM would.
 type faultHSM struct {
 	hsmsvc.HSM
-	next atomic.Pointer[unwrapFault]
+	next  atomic.Pointer[unwrapFault]
+	calls atomic.Int32 // UnwrapFromPeer calls
 }
 
 type unwrapFault struct {
+	slow    time.Duration // > 0: no fault, the unwrap takes this long
 	step    hsmfault.Step // "" : the RAKB is lost before the unwrap, no K
 	kill    *nats.Conn    // closed at the step, as kill -9 would: no ack, no nak, no receipt
 	crashed chan time.Time
@@ -31,8 +34,13 @@ type unwrapFault struct {
 var errInjected = errors.New("injected fault")
 
 func (f *faultHSM) UnwrapFromPeer(ctx context.Context, req hsmsvc.UnwrapRequest) error {
+	f.calls.Add(1)
 	fault := f.next.Swap(nil)
 	if fault == nil {
+		return f.HSM.UnwrapFromPeer(ctx, req)
+	}
+	if fault.slow > 0 {
+		time.Sleep(fault.slow)
 		return f.HSM.UnwrapFromPeer(ctx, req)
 	}
 	crash := func() error {
@@ -86,6 +94,28 @@ func TestUnwrapCrash(t *testing.T) {
 	if err := p.StartWorker(ctx, dst); err != nil {
 		t.Fatal(err)
 	}
+	// A slow HSM (an unwrap of 2×AckWait) keeps its message: the worker
+	// sends InProgress, and the material is not delivered again meanwhile.
+	t.Run("slow", func(t *testing.T) {
+		key, err := c.CreateKey(ctx, api.CreateKeyRequest{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.calls.Store(0)
+		f.next.Store(&unwrapFault{slow: 2 * layout.AckWait})
+		if _, err := c.ReplicateKey(ctx, key.KeyID, dst); err != nil {
+			t.Fatal(err)
+		}
+		if k, err := tryWait(ctx, c, key.KeyID, time.Minute, func(k *api.Key) bool {
+			r, ok := replicaOf(k, dst)
+			return ok && r.State == api.ReplicaEnabled
+		}); err != nil {
+			t.Fatalf("replica not ENABLED: %v %+v", err, k)
+		}
+		if n := f.calls.Load(); n != 1 {
+			t.Errorf("%d unwraps of one material, want 1 (redelivered while the HSM worked)", n)
+		}
+	})
 	steps := append([]hsmfault.Step{""}, hsmfault.UnwrapSteps...)
 	for _, kill := range []bool{false, true} {
 		for _, step := range steps {
