@@ -23,6 +23,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mrkrepl/mrkrepl/internal/hsmfault"
 )
 
 // runConformance runs the suite every backend must pass. open must return a
@@ -44,6 +46,8 @@ func runConformance(t *testing.T, open func(t *testing.T) HSM) {
 	t.Run("AgreementKeys", func(t *testing.T) { testAgreementKeys(t, open(t)) })
 	t.Run("Replication", func(t *testing.T) { testReplication(t, open(t), open(t)) })
 	t.Run("RAKBSingleUse", func(t *testing.T) { testRAKBSingleUse(t, open(t), open(t)) })
+	t.Run("UnwrapTwice", func(t *testing.T) { testUnwrapTwice(t, open(t), open(t)) })
+	t.Run("UnwrapFaults", func(t *testing.T) { testUnwrapFaults(t, open(t), open(t)) })
 	t.Run("TamperedWrapped", func(t *testing.T) { testTamperedWrapped(t, open(t), open(t)) })
 	t.Run("MismatchedContext", func(t *testing.T) { testMismatchedContext(t, open(t), open(t)) })
 	t.Run("InvalidPeerKeys", func(t *testing.T) { testInvalidPeerKeys(t, open(t), open(t)) })
@@ -586,13 +590,113 @@ func testRAKBSingleUse(t *testing.T, a, b HSM) {
 	wantErrIs(t, "genuine unwrap after a failed one", b.UnwrapFromPeer(ctx, req), ErrNotFound)
 	wantNoKey(t, b, ref)
 
-	// So does an unwrap refused because the key is already there.
-	_, err = replicate(ctx, a, b, ref)
+	// So does an unwrap refused because another key is already there.
+	other := newKeyRef(t)
+	mustNoErr(t, a.GenerateKey(ctx, other))
+	mustNoErr(t, b.GenerateKey(ctx, other))
+	req, err = prepareReplication(ctx, a, b, other)
 	mustNoErr(t, err)
-	req, err = prepareReplication(ctx, a, b, ref)
-	mustNoErr(t, err)
-	wantErrIs(t, "unwrap of a key already present", b.UnwrapFromPeer(ctx, req), ErrExists)
+	wantErrIs(t, "unwrap of another key already present", b.UnwrapFromPeer(ctx, req), ErrExists)
 	wantErrIs(t, "RAKB after ErrExists", b.DestroyAgreementKey(ctx, req.Context.ReplicationID), ErrNotFound)
+	if err := checkSameKey(ctx, a, b, other); err == nil {
+		t.Error("ErrExists replaced the key that was there")
+	}
+}
+
+// testUnwrapTwice: an unwrap that finds the same key already stored (a
+// crash after storing K, before the RAKB was destroyed, or a second run
+// of a version) succeeds, consumes its RAKB and leaves the same K.
+func testUnwrapTwice(t *testing.T, a, b HSM) {
+	ctx := t.Context()
+	ref := newKeyRef(t)
+	mustNoErr(t, a.GenerateKey(ctx, ref))
+	req, err := prepareReplication(ctx, a, b, ref)
+	mustNoErr(t, err)
+	errCrash := errors.New("crash")
+	stop := hsmfault.With(ctx, func(s hsmfault.Step) error {
+		if s == hsmfault.UnwrapKeyStored {
+			return errCrash
+		}
+		return nil
+	})
+	wantFault(t, "unwrap stopped after storing K", b.UnwrapFromPeer(stop, req), errCrash)
+	mustNoErr(t, b.UnwrapFromPeer(ctx, req)) // the same inputs again
+	if err := checkSameKey(ctx, a, b, ref); err != nil {
+		t.Fatal(err)
+	}
+	wantKC(t, a, b, req.Context)
+	wantErrIs(t, "RAKB after the second unwrap", b.DestroyAgreementKey(ctx, req.Context.ReplicationID), ErrNotFound)
+	wantErrIs(t, "a third unwrap", b.UnwrapFromPeer(ctx, req), ErrNotFound)
+
+	// A second run of the same version: a fresh RAKB, the same K.
+	req2, err := prepareReplication(ctx, a, b, ref)
+	mustNoErr(t, err)
+	mustNoErr(t, b.UnwrapFromPeer(ctx, req2))
+	wantKC(t, a, b, req2.Context)
+	wantErrIs(t, "RAKB after the second run", b.DestroyAgreementKey(ctx, req2.Context.ReplicationID), ErrNotFound)
+}
+
+// testUnwrapFaults stops UnwrapFromPeer after each of its steps, as a crash
+// would, and retries with the same inputs: the retry ends with K stored
+// and the RAKB gone. After the last step the RAKB is gone already, so the
+// retry reports ErrNotFound with K present (the worker answers from K).
+func testUnwrapFaults(t *testing.T, a, b HSM) {
+	ctx := t.Context()
+	for _, step := range hsmfault.UnwrapSteps {
+		t.Run(string(step), func(t *testing.T) {
+			ref := newKeyRef(t)
+			mustNoErr(t, a.GenerateKey(ctx, ref))
+			req, err := prepareReplication(ctx, a, b, ref)
+			mustNoErr(t, err)
+			errCrash := errors.New("crash at " + string(step))
+			fctx := hsmfault.With(ctx, func(s hsmfault.Step) error {
+				if s == step {
+					return errCrash
+				}
+				return nil
+			})
+			wantFault(t, "faulted unwrap", b.UnwrapFromPeer(fctx, req), errCrash)
+			has, err := b.HasKey(ctx, ref)
+			mustNoErr(t, err)
+			if want := step != hsmfault.UnwrapDerived; has != want {
+				t.Errorf("after a fault at %s: HasKey = %v, want %v", step, has, want)
+			}
+			err = b.UnwrapFromPeer(ctx, req)
+			if step == hsmfault.UnwrapRAKBDestroyed {
+				wantErrIs(t, "retry after the RAKB was destroyed", err, ErrNotFound)
+			} else {
+				mustNoErr(t, err)
+			}
+			if err := checkSameKey(ctx, a, b, ref); err != nil {
+				t.Fatal(err)
+			}
+			wantKC(t, a, b, req.Context)
+			wantErrIs(t, "RAKB after the retry", b.DestroyAgreementKey(ctx, req.Context.ReplicationID), ErrNotFound)
+		})
+	}
+}
+
+// wantFault checks that err is the injected fault (by its text: a backend
+// keeps only its sentinels reachable with errors.Is).
+func wantFault(t *testing.T, what string, err, fault error) {
+	t.Helper()
+	if err == nil || !strings.Contains(err.Error(), fault.Error()) {
+		t.Errorf("%s: err = %v, want %v", what, err, fault)
+	}
+}
+
+// wantKC checks that a and b compute the same key confirmation for the
+// key c names over a transcript.
+func wantKC(t *testing.T, a, b HSM, c KDFContext) {
+	t.Helper()
+	tr := randBytes(TranscriptSize)
+	ka, err := a.KeyConfirmation(t.Context(), c.Ref(), tr)
+	mustNoErr(t, err)
+	kb, err := b.KeyConfirmation(t.Context(), c.Ref(), tr)
+	mustNoErr(t, err)
+	if !bytes.Equal(ka, kb) {
+		t.Error("key confirmations differ")
+	}
 }
 
 func testTamperedWrapped(t *testing.T, a, b HSM) {

@@ -77,8 +77,13 @@ type Replicator interface {
 	WrapForPeer(ctx context.Context, req WrapRequest) (*WrapResult, error)
 	// UnwrapFromPeer runs the destination's step: with the RAKB of
 	// req.Context.ReplicationID and req.PeerPublicKey (RAKA), derive the RWK,
-	// unwrap req.Wrapped and store it as req.Context.KeyID/Version. The RAKB
-	// is destroyed whether or not the unwrap succeeds (single use).
+	// unwrap req.Wrapped and store it as req.Context.KeyID/Version, then
+	// destroy the RAKB: K is stored before the RAKB goes, so a crash in
+	// between leaves both, and the same call again succeeds. A key already
+	// stored with the same material is success, with other material
+	// ErrExists. No RAKB (consumed, destroyed or expired) is ErrNotFound,
+	// whether or not K is stored. The RAKB also goes when the input does not
+	// unwrap (ErrUnwrapFailed) and on ErrExists: it serves one replication.
 	UnwrapFromPeer(ctx context.Context, req UnwrapRequest) error
 	// KeyConfirmation returns AES-CMAC (16 bytes) with the key over
 	// KeyConfirmationLabel ‖ transcript.

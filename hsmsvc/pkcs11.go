@@ -27,7 +27,8 @@ package hsmsvc
 //	K     AES-256 secret key, token object, CKA_LABEL "mrkrepl-key:<key id>/v<version>".
 //	RAKB  ECDH P-384 private key, token object (it survives a restart),
 //	      CKA_LABEL "mrkrepl-rakb:<replication id>", CKA_ID = expiry as
-//	      decimal Unix nanoseconds; destroyed by UnwrapFromPeer,
+//	      decimal Unix nanoseconds; destroyed by UnwrapFromPeer (after K is
+//	      stored, so a crash in between leaves both),
 //	      DestroyAgreementKey, or SweepExpired once expired. Its public half
 //	      is a session object, read once and destroyed.
 //	RAKA, Z, RWK  session objects, destroyed before the call returns.
@@ -66,6 +67,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/subtle"
 	"crypto/x509"
 	"encoding/asn1"
 	"encoding/hex"
@@ -84,6 +86,8 @@ import (
 
 	"github.com/ThalesGroup/crypto11"
 	"github.com/miekg/pkcs11"
+
+	"github.com/mrkrepl/mrkrepl/internal/hsmfault"
 )
 
 const (
@@ -1527,9 +1531,19 @@ func (h *pkcs11HSM) WrapForPeer(ctx context.Context, req WrapRequest) (*WrapResu
 
 // UnwrapFromPeer checks what needs no state first (peer point, context,
 // context RAKA = peer point); a request failing these leaves the RAKB in
-// place. Past that the RAKB is consumed whatever the outcome: its token
-// objects are replaced by session copies before it is used, so even a crash
-// mid-way cannot leave it for a second attempt.
+// place. Then, in this order, so that a crash between any two steps leaves
+// the RAKB (a retry unwraps again) or K (a retry finds it):
+//
+//  1. derive the RWK with the RAKB's token object (hsmfault.UnwrapDerived);
+//  2. C_UnwrapKey K as a token object (hsmfault.UnwrapKeyStored). If K is
+//     there already, K is unwrapped as a session object instead and
+//     compared with it by a CMAC over a fresh nonce: the same key is
+//     success, another ErrExists;
+//  3. destroy the RAKB's token object (hsmfault.UnwrapRAKBDestroyed).
+//
+// An unwrap that fails on its input (ErrUnwrapFailed) or finds other
+// material (ErrExists) destroys the RAKB too: it serves one replication.
+// Token errors before K is stored leave it for a retry.
 func (h *pkcs11HSM) UnwrapFromPeer(ctx context.Context, req UnwrapRequest) error {
 	c := req.Context
 	if _, err := parseP384Public(req.PeerPublicKey); err != nil {
@@ -1556,51 +1570,71 @@ func (h *pkcs11HSM) UnwrapFromPeer(ctx context.Context, req UnwrapRequest) error
 		if err != nil {
 			return err
 		}
-		// Take the RAKB: a session copy of the private half, then the token
-		// objects go. A token that cannot copy it (CKA_COPYABLE is a
-		// PKCS#11 2.40 attribute) uses the token object and destroys it
-		// when done.
-		priv, err := h.p.CopyObject(sh, r.priv, []*pkcs11.Attribute{pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false)})
-		switch {
-		case err == nil:
-			defer h.p.DestroyObject(sh, priv)
-			if err := h.destroyRAKB(sh, r); err != nil {
-				return err
+		// consumed ends the RAKB's use on a definitive outcome.
+		consumed := func(err error) error {
+			if derr := h.destroyRAKB(sh, r); derr != nil {
+				h.log.Warn("agreement key not destroyed; it expires by itself", "replication_id", c.ReplicationID, "error", derr)
 			}
-		case errors.Is(err, pkcs11.Error(pkcs11.CKR_FUNCTION_NOT_SUPPORTED)), errors.Is(err, pkcs11.Error(pkcs11.CKR_ACTION_PROHIBITED)):
-			priv = r.priv
-			defer h.destroyRAKB(sh, r)
-		default:
-			return fmt.Errorf("C_CopyObject(agreement key to a session object): %w", err)
+			return err
 		}
 		if !h.now().Before(r.expiresAt) {
-			return fmt.Errorf("agreement key of replication %s: expired: %w", c.ReplicationID, ErrNotFound)
+			return consumed(fmt.Errorf("agreement key of replication %s: expired: %w", c.ReplicationID, ErrNotFound))
 		}
-		if err := h.absent(sh, ref); err != nil {
+		existing, err := h.findKey(sh, ref)
+		switch {
+		case errors.Is(err, ErrNotFound):
+			existing = 0
+		case err != nil:
 			return err
 		}
 		// A context RAKB that is not this RAKB's public key needs no check
 		// of its own: FixedInfo binds RAKB, so the unwrap fails.
 		if len(req.Wrapped) != wrappedKeySize {
-			return fmt.Errorf("%w: wrapped key is %d bytes, want %d (AES-KWP of a %d-byte key)", ErrUnwrapFailed, len(req.Wrapped), wrappedKeySize, KeySize)
+			return consumed(fmt.Errorf("%w: wrapped key is %d bytes, want %d (AES-KWP of a %d-byte key)", ErrUnwrapFailed, len(req.Wrapped), wrappedKeySize, KeySize))
 		}
-		rwk, err := h.rwkObject(sh, priv, req.PeerPublicKey, c.appendFixedInfo(nil), pkcs11.CKA_UNWRAP)
+		rwk, err := h.rwkObject(sh, r.priv, req.PeerPublicKey, c.appendFixedInfo(nil), pkcs11.CKA_UNWRAP)
 		if err != nil {
 			return err
 		}
 		defer h.p.DestroyObject(sh, rwk)
-		o, err := h.p.UnwrapKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, rwk, req.Wrapped, newKeyAttributes(ref))
+		if err := hsmfault.After(ctx, hsmfault.UnwrapDerived); err != nil {
+			return err
+		}
+		tmpl := newKeyAttributes(ref)
+		if existing != 0 {
+			tmpl = checkKeyAttributes()
+		}
+		o, err := h.p.UnwrapKey(sh, []*pkcs11.Mechanism{pkcs11.NewMechanism(pkcs11.CKM_AES_KEY_WRAP_PAD, nil)}, rwk, req.Wrapped, tmpl)
 		if err != nil {
 			// The module cannot tell a bad integrity check from other
 			// failures (SoftHSM2: CKR_GENERAL_ERROR); the input is the
 			// likely culprit, and the wrapped bytes are well-formed.
-			return fmt.Errorf("%w (C_UnwrapKey(CKM_AES_KEY_WRAP_PAD): %v)", ErrUnwrapFailed, err)
+			return consumed(fmt.Errorf("%w (C_UnwrapKey(CKM_AES_KEY_WRAP_PAD): %v)", ErrUnwrapFailed, err))
 		}
-		if err := h.selfTestKey(sh, o); err != nil {
+		if existing != 0 {
+			defer h.p.DestroyObject(sh, o)
+			same, err := h.sameKey(sh, existing, o)
+			if err != nil {
+				return err
+			}
+			if !same {
+				return consumed(ErrExists)
+			}
+		} else {
+			if err := h.selfTestKey(sh, o); err != nil {
+				return err
+			}
+			h.handles.put(keyLabel(ref), o)
+		}
+		if err := hsmfault.After(ctx, hsmfault.UnwrapKeyStored); err != nil {
 			return err
 		}
-		h.handles.put(keyLabel(ref), o)
-		return nil
+		// K is stored: if this fails, a retry finds the RAKB and K, and
+		// succeeds.
+		if err := h.destroyRAKB(sh, r); err != nil {
+			return err
+		}
+		return hsmfault.After(ctx, hsmfault.UnwrapRAKBDestroyed)
 	})
 	if err != nil {
 		if errors.Is(err, ErrNotFound) {
@@ -1610,6 +1644,44 @@ func (h *pkcs11HSM) UnwrapFromPeer(ctx context.Context, req UnwrapRequest) error
 	}
 	h.log.Debug("key unwrapped from peer", "key", ref.String(), "replication_id", c.ReplicationID)
 	return nil
+}
+
+// checkKeyAttributes is the template of a session copy of K unwrapped
+// only to compare it with the K in the token (sameKey): it can MAC and
+// nothing else, and never leaves the token.
+func checkKeyAttributes() []*pkcs11.Attribute {
+	return []*pkcs11.Attribute{
+		pkcs11.NewAttribute(pkcs11.CKA_CLASS, pkcs11.CKO_SECRET_KEY),
+		pkcs11.NewAttribute(pkcs11.CKA_KEY_TYPE, pkcs11.CKK_AES),
+		pkcs11.NewAttribute(pkcs11.CKA_TOKEN, false),
+		pkcs11.NewAttribute(pkcs11.CKA_PRIVATE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_SENSITIVE, true),
+		pkcs11.NewAttribute(pkcs11.CKA_EXTRACTABLE, false),
+		pkcs11.NewAttribute(pkcs11.CKA_ENCRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DECRYPT, false),
+		pkcs11.NewAttribute(pkcs11.CKA_SIGN, true),
+		pkcs11.NewAttribute(pkcs11.CKA_VERIFY, false),
+		pkcs11.NewAttribute(pkcs11.CKA_WRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_UNWRAP, false),
+		pkcs11.NewAttribute(pkcs11.CKA_DERIVE, false),
+	}
+}
+
+// sameKey reports whether a and b hold the same AES key: their CMACs of a
+// fresh nonce agree (key confirmation; neither leaves the token).
+func (h *pkcs11HSM) sameKey(sh pkcs11.SessionHandle, a, b pkcs11.ObjectHandle) (bool, error) {
+	nonce := make([]byte, 32)
+	rand.Read(nonce)
+	msg := append([]byte("mrkrepl/1 pkcs11 same key "), nonce...)
+	ma, err := h.cmacSign(sh, a, msg)
+	if err != nil {
+		return false, err
+	}
+	mb, err := h.cmacSign(sh, b, msg)
+	if err != nil {
+		return false, err
+	}
+	return subtle.ConstantTimeCompare(ma, mb) == 1, nil
 }
 
 // --- the RSK ---

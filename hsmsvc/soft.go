@@ -10,7 +10,8 @@ package hsmsvc
 //   - RSK: the default one generated at the first open of a store, kept for
 //     its life; more made by CreateRSK (rotation), kept for its life too.
 //   - K: from GenerateKey or UnwrapFromPeer until DestroyKey.
-//   - RAKB: from CreateAgreementKey until UnwrapFromPeer consumes it,
+//   - RAKB: from CreateAgreementKey until UnwrapFromPeer consumes it (after
+//     storing K: a crash in between leaves both, and the retry succeeds),
 //     DestroyAgreementKey removes it, or it expires. A persisted store keeps
 //     RAKBs across restarts, so a replication survives a worker restart.
 //     Expired RAKBs behave as absent and are removed when next touched, by
@@ -31,6 +32,7 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/sha512"
+	"crypto/subtle"
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/hex"
@@ -44,6 +46,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/mrkrepl/mrkrepl/internal/hsmfault"
 )
 
 var errClosed = errors.New("soft hsm is closed")
@@ -502,25 +506,46 @@ func (h *softHSM) sweepLocked(now time.Time) {
 	}
 }
 
-// takeAgreementKeyLocked removes the RAKB of replicationID and returns it:
-// whoever takes it is its only user. An expired RAKB is removed and reported
-// as ErrNotFound. h.mu is held.
-func (h *softHSM) takeAgreementKeyLocked(replicationID string) (*agreementKey, error) {
+// agreementKeyLocked returns the RAKB of replicationID. An expired RAKB
+// is removed and reported as ErrNotFound. h.mu is held.
+func (h *softHSM) agreementKeyLocked(replicationID string) (*agreementKey, error) {
 	a, ok := h.rakbs[replicationID]
 	if !ok {
 		return nil, fmt.Errorf("agreement key of replication %s: %w", replicationID, ErrNotFound)
 	}
-	if h.store != nil {
-		// Removed from disk first: if that fails the key stays unused.
-		if err := h.store.remove(rakbObjectName(replicationID)); err != nil {
-			return nil, fmt.Errorf("agreement key of replication %s: %v", replicationID, err)
-		}
-	}
-	delete(h.rakbs, replicationID)
 	if !h.now().Before(a.expiresAt) {
+		if err := h.removeAgreementKeyLocked(replicationID); err != nil {
+			return nil, err
+		}
 		return nil, fmt.Errorf("agreement key of replication %s: expired: %w", replicationID, ErrNotFound)
 	}
 	return a, nil
+}
+
+// removeAgreementKeyLocked removes the RAKB of replicationID, from disk
+// first: if that fails the key stays. h.mu is held.
+func (h *softHSM) removeAgreementKeyLocked(replicationID string) error {
+	if h.store != nil {
+		if err := h.store.remove(rakbObjectName(replicationID)); err != nil {
+			return fmt.Errorf("agreement key of replication %s: %v", replicationID, err)
+		}
+	}
+	delete(h.rakbs, replicationID)
+	return nil
+}
+
+// dropAgreementKey removes a, the RAKB of replicationID, unless another
+// call removed it already.
+func (h *softHSM) dropAgreementKey(replicationID string, a *agreementKey) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return errClosed
+	}
+	if h.rakbs[replicationID] != a {
+		return nil
+	}
+	return h.removeAgreementKeyLocked(replicationID)
 }
 
 func (h *softHSM) DestroyAgreementKey(ctx context.Context, replicationID string) error {
@@ -535,7 +560,10 @@ func (h *softHSM) DestroyAgreementKey(ctx context.Context, replicationID string)
 	if h.closed {
 		return fmt.Errorf("destroy agreement key of replication %s: %w", replicationID, errClosed)
 	}
-	if _, err := h.takeAgreementKeyLocked(replicationID); err != nil {
+	if _, err := h.agreementKeyLocked(replicationID); err != nil {
+		return fmt.Errorf("destroy %w", err)
+	}
+	if err := h.removeAgreementKeyLocked(replicationID); err != nil {
 		return fmt.Errorf("destroy %w", err)
 	}
 	h.log.Debug("agreement key destroyed", "replication_id", replicationID)
@@ -585,9 +613,18 @@ func (h *softHSM) WrapForPeer(ctx context.Context, req WrapRequest) (*WrapResult
 
 // UnwrapFromPeer first checks what needs no state (peer point, context,
 // context RAKA = peer point); a request failing these leaves the RAKB in
-// place. Past that the RAKB is consumed whatever the outcome, including
-// ErrExists when the key is already present: a RAKB serves one unwrap
-// attempt, never two.
+// place. Then, in this order, so that a crash between any two steps leaves
+// the RAKB (a retry unwraps again) or K (a retry finds it):
+//
+//  1. unwrap K with the RAKB (hsmfault.UnwrapDerived after it);
+//  2. store K; if K is there already with the same material, that is
+//     success, with other material ErrExists (hsmfault.UnwrapKeyStored);
+//  3. destroy the RAKB (hsmfault.UnwrapRAKBDestroyed).
+//
+// An unwrap that fails on its input (ErrUnwrapFailed) or finds other
+// material (ErrExists) destroys the RAKB too: it serves one replication,
+// and no input fails once and succeeds later. A failure to store leaves it
+// for a retry.
 func (h *softHSM) UnwrapFromPeer(ctx context.Context, req UnwrapRequest) error {
 	c := req.Context
 	peer, err := parseP384Public(req.PeerPublicKey)
@@ -610,38 +647,92 @@ func (h *softHSM) UnwrapFromPeer(ctx context.Context, req UnwrapRequest) error {
 		h.mu.Unlock()
 		return fmt.Errorf("unwrap for replication %s: %w", c.ReplicationID, errClosed)
 	}
-	rakb, err := h.takeAgreementKeyLocked(c.ReplicationID)
-	_, exists := h.keys[ref]
+	rakb, err := h.agreementKeyLocked(c.ReplicationID)
 	h.mu.Unlock()
 	if err != nil {
 		return fmt.Errorf("unwrap %s: %w", ref, err)
 	}
-	if exists {
-		return fmt.Errorf("unwrap %s for replication %s: %w", ref, c.ReplicationID, ErrExists)
+	k, err := unwrapWith(rakb, peer, &c, req.Wrapped)
+	if err != nil {
+		if errors.Is(err, ErrUnwrapFailed) {
+			h.dropAgreementKey(c.ReplicationID, rakb)
+		}
+		return fmt.Errorf("unwrap %s for replication %s: %w", ref, c.ReplicationID, err)
 	}
+	if err := hsmfault.After(ctx, hsmfault.UnwrapDerived); err != nil {
+		clear(k)
+		return fmt.Errorf("unwrap %s for replication %s: %w", ref, c.ReplicationID, err)
+	}
+	if err := h.storeUnwrapped(ref, k); err != nil {
+		clear(k)
+		if errors.Is(err, ErrExists) {
+			h.dropAgreementKey(c.ReplicationID, rakb)
+		}
+		return fmt.Errorf("unwrap %s for replication %s: %w", ref, c.ReplicationID, err)
+	}
+	if err := hsmfault.After(ctx, hsmfault.UnwrapKeyStored); err != nil {
+		return fmt.Errorf("unwrap %s for replication %s: %w", ref, c.ReplicationID, err)
+	}
+	if err := h.dropAgreementKey(c.ReplicationID, rakb); err != nil {
+		// K is stored: a retry finds the RAKB and K, and succeeds.
+		return fmt.Errorf("unwrap %s for replication %s: %v", ref, c.ReplicationID, err)
+	}
+	if err := hsmfault.After(ctx, hsmfault.UnwrapRAKBDestroyed); err != nil {
+		return fmt.Errorf("unwrap %s for replication %s: %w", ref, c.ReplicationID, err)
+	}
+	h.log.Debug("key unwrapped from peer", "key", ref.String(), "replication_id", c.ReplicationID)
+	return nil
+}
+
+// unwrapWith derives the RWK of c from the RAKB and the peer's RAKA and
+// unwraps K, which the caller clears. ErrUnwrapFailed if the input does not
+// open (or c's RAKB is not this RAKB).
+func unwrapWith(rakb *agreementKey, peer *ecdh.PublicKey, c *KDFContext, wrapped []byte) ([]byte, error) {
 	if !bytes.Equal(rakb.priv.PublicKey().Bytes(), c.RAKB) {
-		return fmt.Errorf("unwrap %s for replication %s: %w: context RAKB is not this replication's agreement key", ref, c.ReplicationID, ErrUnwrapFailed)
+		return nil, fmt.Errorf("%w: context RAKB is not this replication's agreement key", ErrUnwrapFailed)
 	}
 	z, err := rakb.priv.ECDH(peer)
 	if err != nil {
-		return fmt.Errorf("unwrap %s for replication %s: ecdh: %v", ref, c.ReplicationID, err)
+		return nil, fmt.Errorf("ecdh: %v", err)
 	}
 	defer clear(z)
 	rwk := deriveRWK(z, c.appendFixedInfo(nil))
 	defer clear(rwk)
-	k, err := kwpUnwrap(rwk, req.Wrapped)
+	k, err := kwpUnwrap(rwk, wrapped)
 	if err != nil {
-		return fmt.Errorf("unwrap %s for replication %s: %w", ref, c.ReplicationID, err)
+		return nil, err
 	}
 	if len(k) != KeySize {
 		clear(k)
-		return fmt.Errorf("unwrap %s for replication %s: %w: key is %d bytes, want %d", ref, c.ReplicationID, ErrUnwrapFailed, len(k), KeySize)
+		return nil, fmt.Errorf("%w: key is %d bytes, want %d", ErrUnwrapFailed, len(k), KeySize)
 	}
-	if err := h.insertKey(ref, k); err != nil {
+	return k, nil
+}
+
+// storeUnwrapped stores k (which it then owns) as ref; if ref is there
+// already, it is success when the material is the same (an unwrap
+// repeated after a crash between storing K and destroying the RAKB) and
+// ErrExists otherwise.
+func (h *softHSM) storeUnwrapped(ref KeyRef, k []byte) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.closed {
+		return errClosed
+	}
+	if old, ok := h.keys[ref]; ok {
+		same := subtle.ConstantTimeCompare(old.b, k) == 1
 		clear(k)
-		return fmt.Errorf("unwrap %s for replication %s: %w", ref, c.ReplicationID, err)
+		if !same {
+			return ErrExists
+		}
+		return nil
 	}
-	h.log.Debug("key unwrapped from peer", "key", ref.String(), "replication_id", c.ReplicationID)
+	if h.store != nil {
+		if err := h.store.put(keyObjectName(ref), k); err != nil {
+			return err
+		}
+	}
+	h.keys[ref] = &secretKey{b: k}
 	return nil
 }
 

@@ -19,6 +19,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/mrkrepl/mrkrepl/internal/hsmfault"
 )
 
 func openSoftURI(tb testing.TB, uri string, opts Options) HSM {
@@ -183,6 +185,53 @@ func TestSoftReopen(t *testing.T) {
 
 // TestSoftRSKRotationReopen: the RSKs CreateRSK makes are sealed in the
 // store (one file each, named by kid) and come back at the next open.
+// TestSoftUnwrapCrashReopen is a kill -9 inside UnwrapFromPeer of a
+// persisted store: the process dies after a step (a hook that panics), the
+// store is reopened from disk, and the redelivered material is unwrapped
+// again: K ends stored and the RAKB gone, at every step.
+func TestSoftUnwrapCrashReopen(t *testing.T) {
+	ctx := t.Context()
+	a := openSoftMemory(t)
+	for _, step := range hsmfault.UnwrapSteps {
+		t.Run(string(step), func(t *testing.T) {
+			uri := "soft:" + filepath.Join(t.TempDir(), "hsm")
+			b, err := Open(ctx, uri, Options{})
+			mustNoErr(t, err)
+			ref := newKeyRef(t)
+			mustNoErr(t, a.GenerateKey(ctx, ref))
+			req, err := prepareReplication(ctx, a, b, ref)
+			mustNoErr(t, err)
+			func() {
+				defer func() {
+					if recover() == nil {
+						t.Fatal("the hook did not run")
+					}
+				}()
+				b.UnwrapFromPeer(hsmfault.With(ctx, func(s hsmfault.Step) error {
+					if s == step {
+						panic("kill -9")
+					}
+					return nil
+				}), req)
+			}()
+			b.Close() // what is on disk is all that survives
+			b, err = Open(ctx, uri, Options{})
+			mustNoErr(t, err)
+			defer b.Close()
+			err = b.UnwrapFromPeer(ctx, req)
+			if step == hsmfault.UnwrapRAKBDestroyed {
+				wantErrIs(t, "retry after the RAKB was destroyed", err, ErrNotFound)
+			} else {
+				mustNoErr(t, err)
+			}
+			if err := checkSameKey(ctx, a, b, ref); err != nil {
+				t.Fatal(err)
+			}
+			wantErrIs(t, "RAKB after the retry", b.DestroyAgreementKey(ctx, req.Context.ReplicationID), ErrNotFound)
+		})
+	}
+}
+
 func TestSoftRSKRotationReopen(t *testing.T) {
 	ctx := t.Context()
 	dir := filepath.Join(t.TempDir(), "hsm")

@@ -89,6 +89,10 @@ const (
 	StatusUnwrapFailed  = "unwrap_failed"
 	StatusKeyExists     = "key_exists"
 	StatusInternalError = "internal_error"
+	// StatusAgreementKeyLost: the destination holds neither the run's RAKB
+	// (destroyed, expired, or lost in a crash) nor K, so the material
+	// cannot be unwrapped there; a fresh run may succeed.
+	StatusAgreementKeyLost = "agreement_key_lost"
 )
 
 // Receipt is the body of replication.receipt (B→A).

@@ -219,7 +219,7 @@ func checkReceipt(b *Receipt) *VerifyError {
 		if len(b.KeyConfirmation) != KeyConfirmationSize {
 			return malformed("receipt.key_confirmation: want %d bytes with status ok", KeyConfirmationSize)
 		}
-	case StatusUnwrapFailed, StatusKeyExists, StatusInternalError:
+	case StatusUnwrapFailed, StatusKeyExists, StatusInternalError, StatusAgreementKeyLost:
 		if len(b.KeyConfirmation) != 0 {
 			return malformed("receipt.key_confirmation: want none with status %s", b.Status)
 		}

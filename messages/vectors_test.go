@@ -399,6 +399,8 @@ func (w *kitWorld) specs(t testing.TB) []vspec {
 		{name: "material", comment: "replication.material, A to B, answering the offer vector", msg: material},
 		{name: "receipt", comment: "replication.receipt with status ok, B to A, answering the material vector", msg: receipt},
 		{name: "receipt-failed", comment: "replication.receipt with an error status and no key confirmation", msg: w.failed},
+		{name: "receipt-agreement-key-lost", comment: "replication.receipt: the destination lost its agreement key (the source starts a fresh run)",
+			msg: mod(w.failed, func(m *Message) { m.Receipt.Status = StatusAgreementKeyLost })},
 		{name: "proxy-view", comment: "the init vector as the proxy checks it: no receiver, outbox subject", msg: init,
 			receiver: strp(""), subject: strp(kitOutbox(init))},
 		{name: "expiry-at-skew-limit", comment: "now is exactly expires_at + 30s", msg: init, now: expiry.Add(DefaultSkew)},

@@ -489,18 +489,26 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 	switch {
 	case err == nil:
 	case errors.Is(err, hsmsvc.ErrExists):
-		// Unwrapped before a crash: the key confirmation below tells the
-		// source whether it is the right key.
+		// Another key under this ref: the key confirmation below tells
+		// the source it is not the right key.
 	case errors.Is(err, hsmsvc.ErrNotFound):
-		// RAKB gone: consumed by an unwrap whose state write was lost, or expired.
+		// RAKB gone: consumed by an unwrap whose state write was lost (K
+		// is here, and the key confirmation below proves it), or expired,
+		// destroyed or lost (no K): the source starts a fresh run.
 		if has, herr := w.cfg.HSM.HasKey(ctx, ref); herr != nil {
 			return herr
 		} else if !has {
-			status = messages.StatusUnwrapFailed
+			w.log.Warn("agreement key lost", "replication_id", rec.ID, "err", err)
+			status = messages.StatusAgreementKeyLost
 		}
-	default:
+	case errors.Is(err, hsmsvc.ErrUnwrapFailed), errors.Is(err, hsmsvc.ErrInvalidPeerKey):
 		w.log.Warn("unwrap failed", "replication_id", rec.ID, "err", err)
 		status = messages.StatusUnwrapFailed
+	default:
+		// The HSM failed on its own account (a token or disk error, a
+		// crash): the RAKB is still there, or K is, so the redelivered
+		// material is unwrapped again or answered from K.
+		return fmt.Errorf("unwrap: %w", err)
 	}
 	next := *rec
 	next.MaterialDigest, next.MaterialMsgID = env.Digest, m.MsgID
@@ -628,6 +636,8 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	next.CompletedAt = &now
 	next.LastSent, next.LastSentSubject, next.LastSentMsgID = nil, "", ""
 	switch {
+	case m.Receipt.Status == messages.StatusAgreementKeyLost:
+		next.State, next.Reason = api.StateFailed, reasonAgreementKeyLost
 	case m.Receipt.Status != messages.StatusOK:
 		next.State, next.Reason = api.StateFailed, "destination reported "+m.Receipt.Status
 	case !hmac.Equal(m.Receipt.KeyConfirmation, rec.ExpectedKC):
@@ -640,6 +650,20 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	}
 	if err := w.casRun(ctx, &next, rev); err != nil {
 		return w.lostRace(ctx, m, env.Digest, err, func(o *replication) []byte { return o.ReceiptDigest })
+	}
+	if retryable(&next) {
+		// The destination lost its agreement key: a fresh run, as after a
+		// timeout. The pending entry stays until it is started (the
+		// sweeper retries it after a crash here).
+		w.finish(ctx, &next)
+		if err := w.retryOrGiveUp(ctx, &next); err != nil {
+			w.log.Warn("replication not retried; the sweeper will", "replication_id", next.ID, "err", err)
+			return nil
+		}
+		if err := w.clearPending(ctx, next.ID); err != nil {
+			w.log.Warn("pending index not cleared; the sweeper will", "replication_id", next.ID, "err", err)
+		}
+		return nil
 	}
 	// From here on the run's pending entry stays until its follow-up is
 	// done (or due, in the key's own entry): the sweeper finishes what a
@@ -662,11 +686,25 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	return nil
 }
 
+// reasonAgreementKeyLost is a source run's reason when its destination
+// answered agreement_key_lost.
+const reasonAgreementKeyLost = "destination reported " + messages.StatusAgreementKeyLost
+
+// retryable reports whether a source run ended FAILED in a way a fresh run
+// may cure: timed out, or its destination lost its agreement key. Such a
+// run is followed by retryOrGiveUp, not by recording the failure.
+func retryable(run *replication) bool {
+	return run.State == api.StateFailed && (run.TimedOut || run.Reason == reasonAgreementKeyLost)
+}
+
 // followUp repeats, idempotently, what ends a source run after its
 // receipt: record it in the key, then afterReceipt. The sweeper calls it
 // for ended runs still in the pending index, and a redelivered receipt
 // calls it too.
 func (w *Worker) followUp(ctx context.Context, run *replication) error {
+	if retryable(run) {
+		return w.retryOrGiveUp(ctx, run)
+	}
 	key, activated, err := w.recordReceipt(ctx, run)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil // the key is gone

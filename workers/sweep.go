@@ -21,7 +21,9 @@ import (
 //   - A source run not COMPLETED within RunTimeout is marked FAILED
 //     (timed out) and, while fewer than MaxAttempts runs were tried for the
 //     replica, replaced by a fresh run; after the last attempt the replica is
-//     marked FAILED with the reason.
+//     marked FAILED with the reason. A run whose destination answered
+//     agreement_key_lost is retried the same way (onReceipt, or the sweep
+//     after a crash).
 //   - A destination run still waiting for material when its RAKB expires is
 //     marked FAILED and its RAKB destroyed.
 //
@@ -210,7 +212,7 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 		// and what it leads to) is done before its entry goes: a crash in
 		// between repeats it.
 		switch {
-		case rec.Role == roleSource && rec.TimedOut:
+		case rec.Role == roleSource && retryable(rec):
 			if err := w.retryOrGiveUp(ctx, rec); err != nil {
 				return err
 			}
@@ -255,8 +257,9 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 	return w.clearPending(ctx, id)
 }
 
-// retryOrGiveUp starts the next attempt for a replica whose run timed out,
-// or marks the replica FAILED after the last one. It does nothing if the
+// retryOrGiveUp starts the next attempt for a replica whose run timed out
+// or whose destination lost its agreement key (retryable), or marks the
+// replica FAILED after the last one. It does nothing if the
 // replica has moved on (a newer run, or a late receipt delivered the
 // version), so it may be repeated.
 func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {

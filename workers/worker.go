@@ -236,7 +236,7 @@ func (w *Worker) Start(ctx context.Context) error {
 		return jetstream.ConsumerConfig{
 			Durable:       name,
 			AckPolicy:     jetstream.AckExplicitPolicy,
-			AckWait:       30 * time.Second,
+			AckWait:       layout.AckWait,
 			MaxAckPending: 4 * w.cfg.Concurrency,
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		}
@@ -278,18 +278,51 @@ func (w *Worker) Start(ctx context.Context) error {
 
 // dispatch runs fn for each message on its own goroutine, at most
 // 2×Concurrency at once, so that one slow HSM call does not hold up others.
+// From the moment it has the message until fn returns, it tells the server
+// every layout.AckWait/3 that the message is in progress (keepInProgress).
 func (w *Worker) dispatch(fn func(context.Context, jetstream.Msg)) jetstream.MessageHandler {
 	return func(msg jetstream.Msg) {
+		stop := keepInProgress(msg, layout.AckWait/3)
 		w.sem <- struct{}{}
 		started := w.inflight.Go(func() {
 			defer func() { <-w.sem }()
+			defer stop()
 			ctx, cancel := context.WithTimeout(context.Background(), 25*time.Second)
 			defer cancel()
 			fn(ctx, msg)
 		})
 		if !started {
+			stop()
 			<-w.sem // stopping: not acked, so redelivered to a running worker
 		}
+	}
+}
+
+// keepInProgress sends msg.InProgress() every interval until stop is
+// called, so that a handler that takes longer than the consumer's AckWait
+// (a slow HSM, a busy worker) keeps its message: AckWait is short so that a
+// message held by a killed worker comes back soon. A handler done within
+// interval sends nothing.
+func keepInProgress(msg jetstream.Msg, interval time.Duration) (stop func()) {
+	var mu sync.Mutex
+	stopped := false
+	var t *time.Timer
+	mu.Lock()
+	defer mu.Unlock()
+	t = time.AfterFunc(interval, func() {
+		mu.Lock()
+		defer mu.Unlock()
+		if stopped {
+			return
+		}
+		_ = msg.InProgress()
+		t.Reset(interval)
+	})
+	return func() {
+		mu.Lock()
+		defer mu.Unlock()
+		stopped = true
+		t.Stop()
 	}
 }
 

@@ -104,6 +104,15 @@ func Streams(region string) []string {
 // every 5 s when idle.
 const PullExpiry = 5 * time.Second
 
+// AckWait is the AckWait of the workers' and proxy's consumers: how long a
+// message delivered and not acknowledged waits before it is delivered
+// again. A process killed after it pulled a message holds it that long, so
+// this bounds the recovery after a crash (docs/RELIABILITY.md, "Recovery
+// after a crash"). A handler still working on a message tells the server
+// so (InProgress) every AckWait/3, so a slow HSM does not get its message
+// redelivered to another handler meanwhile.
+const AckWait = 4 * time.Second
+
 // PendingMarkerTTL is how long the marker of a removed pending entry stays
 // (the PENDING bucket's LimitMarkerTTL; needs nats-server 2.11 or later).
 const PendingMarkerTTL = 10 * time.Second
