@@ -276,7 +276,6 @@ func adminsOnlyPolicy(admins []string) string {
 	return string(b)
 }
 
-
 // defaultKeyPolicy is the policy of a key created without one: the
 // region's admins and the creator may do everything with it.
 func (w *Worker) defaultKeyPolicy(ctx context.Context) string {
