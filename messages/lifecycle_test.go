@@ -222,7 +222,7 @@ func TestValidateLifecycleAccepts(t *testing.T) {
 		{"sync-versions-16", mod(w.sync, func(m *Message) { m.Sync.Versions = versionsUpTo(maxDecodable) })},
 		{"sync-primary-is-receiver", mod(w.sync, func(m *Message) { m.Sync.PrimaryRegion = regionB })},
 		// A replica answers a sync for a key it does not hold with a
-		// DELETED status of epoch 0 (workers/lifecycle.go): status.epoch
+		// DELETED status of epoch 0 (workers/sync.go): status.epoch
 		// has no lower bound.
 		{"status-deleted-epoch-0", mod(w.statusDeleted, func(m *Message) {
 			m.Status.Epoch, m.Status.StatusSeq = 0, 0

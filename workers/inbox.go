@@ -14,30 +14,6 @@ import (
 )
 
 // refusal is a message that will never be acted on: it is dead-lettered
-// with Reason and terminated. Reasons are messages.Reason values or the
-// worker's own state reasons below.
-type refusal struct {
-	Reason string
-	Detail string
-}
-
-func (r *refusal) Error() string { return "refused: " + r.Reason + ": " + r.Detail }
-
-func refuse(reason, format string, args ...any) error {
-	return &refusal{Reason: reason, Detail: fmt.Sprintf(format, args...)}
-}
-
-// Worker-side refusal reasons, beyond messages.Reason.
-const (
-	reasonReplayedMsgID = "replayed_msg_id" // same msg_id, different bytes
-	reasonUnknownRun    = "unknown_replication"
-	reasonStateMismatch = "state_mismatch" // type or digest does not fit the run's state
-	reasonWrongPeer     = "wrong_peer"     // message from a region that is not the run's peer
-	reasonNotPrimary    = "not_primary"    // init from a region that is not the key's primary
-	reasonKeyExists     = "key_exists"     // init for a key version this region already holds
-	reasonRunExpired    = "replication_expired"
-	reasonUnknownKey    = "unknown_key" // lifecycle message for a key this region does not hold
-)
 
 // handleInbox verifies one inbox message and runs the state machine on it.
 // Every outcome ends in an explicit ack decision.

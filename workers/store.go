@@ -83,7 +83,7 @@ func (r *replication) ended() bool {
 
 // keyRecord is a key's record in the KEYS bucket: the metadata the API
 // shows (api.Key) and the region's own bookkeeping for the lifecycle
-// messages, which the API does not show (see lifecycle.go).
+// messages, which the API does not show (see sync.go and handover.go).
 type keyRecord struct {
 	api.Key
 

@@ -305,3 +305,136 @@ func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {
 	}
 	return err
 }
+
+// lcPrefix marks a key's entry in the PENDING index.
+const lcPrefix = "lc."
+
+// markKeyPending records that keyID has lifecycle work the sweeper must
+// check (resends, deletion date).
+func (w *Worker) markKeyPending(ctx context.Context, keyID string) error {
+	return w.markPending(ctx, lcPrefix+keyID)
+}
+
+// tombstoneLifetime bounds how long a deleted replica keeps reporting its
+// deletion to a primary that does not acknowledge it.
+const tombstoneLifetime = 24 * time.Hour
+
+// sweepKey does the lifecycle work due for one key: resend what was not
+// acknowledged within MessageTTL, delete when the date has come, restart
+// the copy of versions a replica lacks. It reports whether work remains.
+func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
+	ctx = withActor(ctx, "worker")
+	k, _, err := getJSON[keyRecord](ctx, w.res.Keys, keyID)
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		return false, nil
+	}
+	if err != nil {
+		return true, err
+	}
+	normalize(k)
+	now := w.cfg.Now()
+	due := func(t time.Time) bool { return now.Sub(t) >= w.cfg.MessageTTL }
+	pending := false
+	var errs []error
+	if k.KeyState == api.KeyStatePendingDeletion && !k.Deleted {
+		pending = true
+		if k.DeletionDate != nil && !now.Before(*k.DeletionDate) {
+			if err := w.deleteNow(ctx, k); err != nil {
+				return true, err
+			}
+			return w.sweepKey(ctx, keyID) // a tombstone still reports
+		}
+	}
+	switch k.Role {
+	case api.RolePrimary:
+		if k.KeyState == api.KeyStateUpdating && k.PendingPrimary != "" {
+			pending = true
+			if due(k.HandoverSentAt) {
+				_, err := w.updateKey(ctx, keyID, func(k *keyRecord) error {
+					if k.PendingPrimary == "" {
+						return errNoChange
+					}
+					k.HandoverSentAt = now
+					return nil
+				})
+				if err == nil {
+					err = w.sendHandover(ctx, k)
+				}
+				errs = append(errs, err)
+			}
+		}
+		if k.KeyState == api.KeyStateUpdating && k.PendingPrimary == "" {
+			pending = true // new primary waiting for the old one's status
+		}
+		for _, r := range k.Replicas {
+			if needsSync(&k.Key, r) {
+				pending = true
+			}
+			if r.State != api.ReplicaFailed && r.State != api.ReplicaPendingDeletion && len(missingVersions(&k.Key, r.Region)) > 0 {
+				pending = true
+				if w.activeRun(ctx, r) == nil {
+					if _, err := w.startRun(ctx, keyID, r.Region, 0, 1); err != nil {
+						errs = append(errs, err)
+					}
+				}
+			}
+		}
+		if s := stagedVersion(&k.Key); s != 0 {
+			pending = true
+			if len(waitingFor(&k.Key, s)) == 0 {
+				// Nobody left to wait for (a receipt or status that
+				// should have activated it was cut short).
+				var activated uint32
+				key, err := w.updateKey(ctx, keyID, func(k *keyRecord) error {
+					if activated = tryActivate(&k.Key, now); activated == 0 {
+						return errNoChange
+					}
+					return nil
+				})
+				errs = append(errs, err)
+				if err == nil && activated != 0 {
+					w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: keyID, Version: activated, Regions: allRegions(&key.Key)})
+				}
+			}
+		}
+		if pending {
+			w.syncReplicas(ctx, keyID)
+		}
+	case api.RoleReplica:
+		if k.Deleted && now.Sub(k.UpdatedAt) > tombstoneLifetime {
+			// Never acknowledged (the primary is gone too): give up.
+			if err := w.res.Keys.Delete(ctx, keyID); err != nil {
+				return true, err
+			}
+			w.log.Warn("deleted replica's tombstone removed without the primary's acknowledgement", "key_id", keyID)
+			return false, nil
+		}
+		if k.StatusSeq > k.StatusAcked {
+			pending = true
+			if due(k.StatusSentAt) {
+				_, err := w.updateKey(ctx, keyID, func(k *keyRecord) error { k.StatusSentAt = now; return nil })
+				if err == nil {
+					err = w.sendStatus(ctx, k, k.PrimaryRegion, nil)
+				}
+				errs = append(errs, err)
+			}
+		} else if k.Deleted {
+			// Acknowledged: the tombstone can go.
+			if err := w.res.Keys.Delete(ctx, keyID); err != nil {
+				return true, err
+			}
+			return false, nil
+		}
+		if len(k.Announce) > 0 {
+			pending = true
+			if due(k.AnnounceSentAt) {
+				_, err := w.updateKey(ctx, keyID, func(k *keyRecord) error { k.AnnounceSentAt = now; return nil })
+				if err == nil {
+					w.announce(ctx, k)
+				}
+				errs = append(errs, err)
+			}
+		}
+	}
+	return pending, errors.Join(errs...)
+}
