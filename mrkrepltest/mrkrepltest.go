@@ -177,7 +177,7 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 			apps = append(apps, a.Account)
 		}
 	}
-	if p.regionPolicy, err = RegionPolicy(apps...); err != nil {
+	if p.regionPolicy, err = NewRegionPolicy(apps...); err != nil {
 		return p, err
 	}
 	if !opts.NoAuth {
