@@ -33,6 +33,8 @@ func TestTwoWorkersPerRegion(t *testing.T) {
 		w, err := workers.New(workers.Config{
 			Region: r, Bundle: p.Bundle, HSM: p.Region(r).HSM, Conn: nc,
 			Registerer: prometheus.WrapRegistererWith(prometheus.Labels{"instance": "second-" + string(rune('a'+i))}, reg),
+			// The partition's own workers' authorization.
+			Admins: []string{mrkrepltest.AdminPrincipal}, LocalPrincipal: mrkrepltest.AdminPrincipal, RegionPolicy: p.RegionPolicy(),
 		})
 		if err != nil {
 			t.Fatal(err)

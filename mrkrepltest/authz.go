@@ -14,10 +14,10 @@ import (
 // default policy names it.
 const AdminPrincipal = "MRK/admin"
 
-// RegionPolicy returns the region policy the partition's workers use: the
+// NewRegionPolicy returns the region policy the partition's workers use: the
 // admin may do everything; each account in apps may create and list keys
 // (what it may do with a key is the key's policy's business).
-func RegionPolicy(apps ...string) (*authz.Policy, error) {
+func NewRegionPolicy(apps ...string) (*authz.Policy, error) {
 	stmts := []map[string]any{{
 		"Sid": "Admins", "Effect": "Allow", "Principal": map[string]any{"MRK": []string{AdminPrincipal}},
 		"Action": "kms:*", "Resource": "*",
@@ -38,3 +38,7 @@ func RegionPolicy(apps ...string) (*authz.Policy, error) {
 	}
 	return pol, nil
 }
+
+// RegionPolicy is the region policy the partition's workers run with (for
+// a test that starts more workers of its own).
+func (p *Partition) RegionPolicy() *authz.Policy { return p.regionPolicy }

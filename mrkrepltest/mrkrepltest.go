@@ -87,6 +87,8 @@ type Options struct {
 	// the demo reach several regions with one password file); otherwise
 	// each user has a random one per region.
 	Password, AdminPassword string
+	// NoDataPlaneAudit is passed to the workers (no Encrypt/Decrypt events).
+	NoDataPlaneAudit bool
 	// RegionPolicyApps are the application accounts the region policy
 	// lets create and list keys (workers.Config.RegionPolicy). nil: every
 	// account of Apps and DefaultApp.
@@ -175,7 +177,7 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 			apps = append(apps, a.Account)
 		}
 	}
-	if p.regionPolicy, err = RegionPolicy(apps...); err != nil {
+	if p.regionPolicy, err = NewRegionPolicy(apps...); err != nil {
 		return p, err
 	}
 	if !opts.NoAuth {

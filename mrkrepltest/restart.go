@@ -143,6 +143,7 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 		DeletionWaitingPeriod: p.opts.DeletionWaitingPeriod,
 		Layout:                p.layout(), ClockSkew: p.opts.ClockSkew,
 		Admins: []string{AdminPrincipal}, LocalPrincipal: AdminPrincipal, RegionPolicy: p.regionPolicy,
+		NoDataPlaneAudit: p.opts.NoDataPlaneAudit,
 	})
 	if err != nil {
 		nc.Close()

@@ -414,11 +414,12 @@ func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, 
 	if err != nil {
 		return nil, err
 	}
-	// The run's key decides who may see it; a run whose key is gone
-	// here is the admins' to see.
+	// The run's key decides who may see it. Where the key is not (or no
+	// longer) held, a destination's run is decided by the policy its init
+	// carried for the replica, else it is the admins' to see.
 	k, err := w.loadKey(ctx, rec.KeyID)
 	if err != nil {
-		k = &keyRecord{Key: api.Key{KeyID: rec.KeyID}}
+		k = &keyRecord{Key: api.Key{KeyID: rec.KeyID}, Policy: rec.Policy}
 	}
 	if err := w.authorize(ctx, opActions[api.OpDescribeReplication], k, nil); err != nil {
 		return nil, err
