@@ -2,13 +2,10 @@ package workers
 
 import (
 	"context"
-	"slices"
-
-	"github.com/mrkrepl/mrkrepl/api"
 )
 
 // This file holds the audit helpers: who caused a change (the actor carried
-// in the context) and the regions an event names.
+// in the context).
 
 type actorKey struct{}
 
@@ -22,13 +19,4 @@ func actorFrom(ctx context.Context) string {
 		return a
 	}
 	return "worker"
-}
-
-func allRegions(k *api.Key) []string {
-	rs := []string{k.PrimaryRegion}
-	for _, r := range k.Replicas {
-		rs = append(rs, r.Region)
-	}
-	slices.Sort(rs)
-	return rs
 }

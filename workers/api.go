@@ -18,6 +18,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -208,15 +209,16 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 		return nil, err
 	}
 	now := w.cfg.Now().UTC()
-	key := &api.Key{
+	key := &keyRecord{
 		KeyID: messages.NewKeyID(), Partition: w.bundle().Partition(), Region: w.cfg.Region,
-		Role: api.RolePrimary, PrimaryRegion: w.cfg.Region, KeySpec: api.KeySpecSymmetricDefault,
+		Role: repl.Primary, PrimaryRegion: w.cfg.Region, KeySpec: api.KeySpecSymmetricDefault,
 		KeyUsage: req.KeyUsage, Description: req.Description, Enabled: true,
 		Versions: []uint32{1}, CurrentVersion: 1, CreatedAt: now, UpdatedAt: now,
-		KeyState: api.KeyStateEnabled, Epoch: 1,
-		VersionDetails: []api.KeyVersion{{
-			Version: 1, State: api.VersionCurrent, ReplicatedTo: []string{w.cfg.Region}, CreatedAt: now, ActivatedAt: &now,
+		KeyState: repl.KeyEnabled, Epoch: 1,
+		VersionDetails: []repl.KeyVersion{{
+			Version: 1, State: repl.VersionCurrent, ReplicatedTo: []string{w.cfg.Region}, CreatedAt: now, ActivatedAt: &now,
 		}},
+		Policy: policy,
 	}
 	err := w.hsmOp("generate_key", func() error {
 		return w.cfg.HSM.GenerateKey(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: 1})
@@ -224,13 +226,13 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate key: %w", err)
 	}
-	if _, err := createJSON(ctx, w.res.Keys, key.KeyID, &keyRecord{Key: *key, Policy: policy}); err != nil {
+	if _, err := createJSON(ctx, w.res.Keys, key.KeyID, key); err != nil {
 		_ = w.cfg.HSM.DestroyKey(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: 1})
 		return nil, fmt.Errorf("store key: %w", err)
 	}
 	w.event(ctx, api.Event{Type: api.EventKeyCreated, KeyID: key.KeyID})
 	w.log.Info("key created", "key_id", key.KeyID)
-	return key, nil
+	return key.Public(), nil
 }
 
 func (w *Worker) apiDescribeKey(ctx context.Context, data []byte) (any, error) {
@@ -305,7 +307,7 @@ func (w *Worker) apiReplicateKey(ctx context.Context, data []byte) (any, error) 
 		if err != nil {
 			return nil, err
 		}
-		return rec.public(), nil
+		return rec.Public(), nil
 	}
 	return w.replicateWithToken(ctx, req)
 }
@@ -329,11 +331,11 @@ func (w *Worker) replicateWithToken(ctx context.Context, req api.ReplicateKeyReq
 		if tok.KeyID != req.KeyID || tok.ReplicaRegion != req.ReplicaRegion {
 			return nil, conflict("client token already used for key %s to %s", tok.KeyID, tok.ReplicaRegion)
 		}
-		rec, _, err := getJSON[replication](ctx, w.res.Repl, tok.ReplicationID)
+		rec, _, err := getJSON[repl.Run](ctx, w.res.Repl, tok.ReplicationID)
 		if err != nil {
 			return nil, err
 		}
-		return rec.public(), nil
+		return rec.Public(), nil
 	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, err
 	}
@@ -349,7 +351,7 @@ func (w *Worker) replicateWithToken(ctx context.Context, req api.ReplicateKeyReq
 		}
 		return nil, err
 	}
-	return rec.public(), nil
+	return rec.Public(), nil
 }
 
 func validToken(s string) bool {
@@ -407,7 +409,7 @@ func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, 
 	if !messages.IsID(req.ReplicationID) {
 		return nil, badRequest("invalid replication id %q", req.ReplicationID)
 	}
-	rec, _, err := getJSON[replication](ctx, w.res.Repl, req.ReplicationID)
+	rec, _, err := getJSON[repl.Run](ctx, w.res.Repl, req.ReplicationID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return nil, notFound("replication %s not found in region %s", req.ReplicationID, w.cfg.Region)
 	}
@@ -419,16 +421,16 @@ func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, 
 	// carried for the replica, else it is the admins' to see.
 	k, err := w.loadKey(ctx, rec.KeyID)
 	if err != nil {
-		k = &keyRecord{Key: api.Key{KeyID: rec.KeyID}, Policy: rec.Policy}
+		k = &keyRecord{KeyID: rec.KeyID, Policy: rec.Policy}
 	}
 	if err := w.authorize(ctx, opActions[api.OpDescribeReplication], k, nil); err != nil {
 		return nil, err
 	}
-	return rec.public(), nil
+	return rec.Public(), nil
 }
 
 // usableKey returns the key's record if it can be used in this region.
-func (w *Worker) usableKey(ctx context.Context, keyID string) (*keyRecord, error) {
+func (w *Worker) usableKey(ctx context.Context, keyID string) (*repl.Key, error) {
 	if err := checkKeyID(keyID); err != nil {
 		return nil, err
 	}
@@ -439,7 +441,7 @@ func (w *Worker) usableKey(ctx context.Context, keyID string) (*keyRecord, error
 	if !key.Enabled {
 		return nil, conflict("key %s is disabled", keyID)
 	}
-	if key.KeyState == api.KeyStatePendingDeletion {
+	if key.KeyState == repl.KeyPendingDeletion {
 		return nil, conflict("key %s is pending deletion in %s", keyID, w.cfg.Region)
 	}
 	return key, nil
@@ -470,7 +472,7 @@ func (w *Worker) encrypt(ctx context.Context, op string, req api.EncryptRequest)
 	if err := w.authorize(ctx, opActions[op], k, req.EncryptionContext); err != nil {
 		return nil, err
 	}
-	key := &k.Key
+	key := k
 	header, err := blobHeader(key.KeyID, key.CurrentVersion)
 	if err != nil {
 		return nil, err

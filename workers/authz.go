@@ -21,6 +21,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
 )
@@ -178,7 +179,7 @@ func (c *policies) parse(doc string) (*authz.Policy, error) {
 
 // keyPolicy returns k's policy in this region. A key stored before key
 // policies existed has none: it gets the admins-only default.
-func (w *Worker) keyPolicy(k *keyRecord) (*authz.Policy, error) {
+func (w *Worker) keyPolicy(k *repl.Key) (*authz.Policy, error) {
 	doc := k.Policy
 	if doc == "" {
 		doc = w.adminsPolicy
@@ -194,7 +195,7 @@ func (w *Worker) keyPolicy(k *keyRecord) (*authz.Policy, error) {
 // a 403 naming the principal and the action, and an AccessDenied event.
 // Requests from signed messages and the worker's timers carry no
 // principal and are not checked here: their messages were verified.
-func (w *Worker) authorize(ctx context.Context, action string, k *keyRecord, ec map[string]string) error {
+func (w *Worker) authorize(ctx context.Context, action string, k *repl.Key, ec map[string]string) error {
 	p, ok := principalFrom(ctx)
 	if !ok {
 		return nil
@@ -310,7 +311,7 @@ func (w *Worker) apiPutKeyPolicy(ctx context.Context, data []byte) (any, error) 
 	if err := w.checkNewPolicy(ctx, req.Policy, req.BypassPolicyLockoutSafetyCheck); err != nil {
 		return nil, err
 	}
-	k, err := w.updateKey(ctx, req.KeyID, func(k *keyRecord) error {
+	k, err := w.updateKey(ctx, req.KeyID, func(k *repl.Key) error {
 		if k.Deleted {
 			return notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
 		}
@@ -380,7 +381,7 @@ func (w *Worker) setReplicaPolicy(ctx context.Context, keyID, dst, doc string) e
 	if err := w.checkNewPolicy(ctx, doc, true); err != nil {
 		return err
 	}
-	_, err := w.updateKey(ctx, keyID, func(k *keyRecord) error {
+	_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
 		if k.ReplicaPolicies[dst] == doc {
 			return errNoChange
 		}

@@ -105,7 +105,7 @@ func TestRequestAAD(t *testing.T) {
 
 func TestAdminsOnlyPolicy(t *testing.T) {
 	w := authzWorker(t, Config{Admins: []string{"MRK/admin", "OPS"}})
-	k := &keyRecord{Key: api.Key{KeyID: "mrk-00000000000000000000000000000000"}}
+	k := &keyRecord{KeyID: "mrk-00000000000000000000000000000000"}
 	pol, err := w.keyPolicy(k)
 	if err != nil {
 		t.Fatal(err)

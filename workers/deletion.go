@@ -10,6 +10,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 )
 
 // This file is the scheduled deletion of a key or a replica (docs/LIFECYCLE.md).
@@ -30,17 +31,17 @@ func (w *Worker) apiScheduleKeyDeletion(ctx context.Context, data []byte) (any, 
 		return nil, err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *keyRecord) error {
+	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) error {
 		switch k.KeyState {
-		case api.KeyStatePendingDeletion:
+		case repl.KeyPendingDeletion:
 			return conflict("key %s is already pending deletion (on %s)", k.KeyID, k.DeletionDate.Format(time.RFC3339))
-		case api.KeyStateUpdating:
+		case repl.KeyUpdating:
 			return conflict("key %s is changing its primary region; wait until it is done", k.KeyID)
 		}
-		if k.Role == api.RolePrimary {
+		if k.Role == repl.Primary {
 			var live []string
 			for _, r := range k.Replicas {
-				if holdsAny(&k.Key, r.Region) || w.activeRun(ctx, r) != nil {
+				if k.HoldsAny(r.Region) || w.activeRun(ctx, r) != nil {
 					live = append(live, r.Region)
 				}
 			}
@@ -53,21 +54,21 @@ func (w *Worker) apiScheduleKeyDeletion(ctx context.Context, data []byte) (any, 
 			k.StatusSentAt = now
 		}
 		d := now.Add(wait)
-		k.KeyState, k.DeletionDate, k.UpdatedAt = api.KeyStatePendingDeletion, &d, now
+		k.KeyState, k.DeletionDate, k.UpdatedAt = repl.KeyPendingDeletion, &d, now
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	typ := api.EventKeyDeletionScheduled
-	if key.Role == api.RoleReplica {
+	if key.Role == repl.ReplicaRole {
 		typ = api.EventReplicaDeletionScheduled
 		if err := w.sendStatus(ctx, key, key.PrimaryRegion, nil); err != nil {
 			w.log.Warn("status not sent to the primary; the sweeper will", "key_id", key.KeyID, "err", err)
 		}
 	}
 	w.event(ctx, api.Event{Type: typ, KeyID: key.KeyID, Reason: "deletion on " + key.DeletionDate.Format(time.RFC3339)})
-	return &key.Key, nil
+	return key.Public(), nil
 }
 
 func (w *Worker) apiCancelKeyDeletion(ctx context.Context, data []byte) (any, error) {
@@ -79,35 +80,35 @@ func (w *Worker) apiCancelKeyDeletion(ctx context.Context, data []byte) (any, er
 		return nil, err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *keyRecord) error {
-		if k.KeyState != api.KeyStatePendingDeletion {
+	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) error {
+		if k.KeyState != repl.KeyPendingDeletion {
 			return conflict("key %s is not pending deletion", k.KeyID)
 		}
-		if k.Role == api.RoleReplica {
+		if k.Role == repl.ReplicaRole {
 			k.StatusSeq++
 			k.StatusSentAt = now
 		}
-		k.KeyState, k.DeletionDate, k.UpdatedAt = api.KeyStateEnabled, nil, now
+		k.KeyState, k.DeletionDate, k.UpdatedAt = repl.KeyEnabled, nil, now
 		return nil
 	})
 	if err != nil {
 		return nil, err
 	}
 	typ := api.EventKeyDeletionCancelled
-	if key.Role == api.RoleReplica {
+	if key.Role == repl.ReplicaRole {
 		typ = api.EventReplicaDeletionCancelled
 		if err := w.sendStatus(ctx, key, key.PrimaryRegion, nil); err != nil {
 			w.log.Warn("status not sent to the primary; the sweeper will", "key_id", key.KeyID, "err", err)
 		}
 	}
 	w.event(ctx, api.Event{Type: typ, KeyID: key.KeyID})
-	return &key.Key, nil
+	return key.Public(), nil
 }
 
 // deleteNow destroys every version of k in the HSM and removes the key:
 // a primary's record goes at once, a replica's stays as a tombstone until
 // its primary acknowledges the deletion.
-func (w *Worker) deleteNow(ctx context.Context, k *keyRecord) error {
+func (w *Worker) deleteNow(ctx context.Context, k *repl.Key) error {
 	for _, v := range k.Versions {
 		ref := hsmsvc.KeyRef{KeyID: k.KeyID, Version: v}
 		err := w.hsmOp("destroy_key", func() error { return w.cfg.HSM.DestroyKey(ctx, ref) })
@@ -115,7 +116,7 @@ func (w *Worker) deleteNow(ctx context.Context, k *keyRecord) error {
 			return fmt.Errorf("destroy version %d: %w", v, err)
 		}
 	}
-	if k.Role == api.RolePrimary {
+	if k.Role == repl.Primary {
 		if err := w.res.Keys.Delete(ctx, k.KeyID); err != nil {
 			return err
 		}
@@ -124,8 +125,8 @@ func (w *Worker) deleteNow(ctx context.Context, k *keyRecord) error {
 		return nil
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateKey(ctx, k.KeyID, func(k *keyRecord) error {
-		if k.Deleted || k.KeyState != api.KeyStatePendingDeletion {
+	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
+		if k.Deleted || k.KeyState != repl.KeyPendingDeletion {
 			return errNoChange
 		}
 		k.Deleted = true

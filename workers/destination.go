@@ -7,8 +7,8 @@ import (
 	"fmt"
 	"slices"
 
-	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -26,18 +26,18 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	// The run (a redelivery finds it) and the key (held here already?),
 	// read at once: one round trip instead of two.
 	var (
-		key    *keyRecord
+		key    *repl.Key
 		keyErr error
 		read   = make(chan struct{})
 	)
 	go func() {
 		defer close(read)
-		key, _, keyErr = getJSON[keyRecord](ctx, w.res.Keys, in.KeyID)
+		key, _, keyErr = getJSON[repl.Key](ctx, w.res.Keys, in.KeyID)
 	}()
-	rec, _, err := getJSON[replication](ctx, w.res.Repl, m.ReplicationID)
+	rec, _, err := getJSON[repl.Run](ctx, w.res.Repl, m.ReplicationID)
 	<-read
 	if err == nil {
-		if rec.Role == roleDestination && bytes.Equal(rec.InitDigest, env.Digest) {
+		if rec.Role == repl.Destination && bytes.Equal(rec.InitDigest, env.Digest) {
 			return w.republish(ctx, rec)
 		}
 		return checkRunMsg(m, env.Digest, rec.InitMsgID, rec.InitDigest,
@@ -50,7 +50,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	// in the receipt lets the source check that it is the same key (this is
 	// how a source that lost a receipt, or retried, learns of the replica).
 	if keyErr == nil && !key.Deleted {
-		if key.Role == api.RolePrimary || key.PrimaryRegion != m.Src {
+		if key.Role == repl.Primary || key.PrimaryRegion != m.Src {
 			return refuse(reasonKeyExists, "key %s exists in %s with primary %s", in.KeyID, w.cfg.Region, key.PrimaryRegion)
 		}
 	} else if keyErr != nil && !errors.Is(keyErr, jetstream.ErrKeyNotFound) {
@@ -58,9 +58,9 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	}
 
 	now := w.cfg.Now()
-	rec = &replication{
-		ID: m.ReplicationID, Role: roleDestination, KeyID: in.KeyID, Version: in.Version,
-		Peer: m.Src, State: api.StateOfferSent, KeySpec: in.KeySpec, KeyUsage: in.KeyUsage,
+	rec = &repl.Run{
+		ID: m.ReplicationID, Role: repl.Destination, KeyID: in.KeyID, Version: in.Version,
+		Peer: m.Src, State: repl.OfferSent, KeySpec: in.KeySpec, KeyUsage: in.KeyUsage,
 		PrimaryRegion: in.PrimaryRegion, SrcKID: env.KID, InitDigest: env.Digest, InitMsgID: m.MsgID,
 		CreatedAt: m.SentTime(), UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL),
 		Policy: w.initPolicy(in),
@@ -105,7 +105,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 		// Another worker took this init first: keep its RAKB, drop ours.
 		_ = w.cfg.HSM.DestroyAgreementKey(ctx, rec.ID)
 		if errors.Is(err, jetstream.ErrKeyExists) {
-			if other, _, gerr := getJSON[replication](ctx, w.res.Repl, rec.ID); gerr == nil && bytes.Equal(other.InitDigest, env.Digest) {
+			if other, _, gerr := getJSON[repl.Run](ctx, w.res.Repl, rec.ID); gerr == nil && bytes.Equal(other.InitDigest, env.Digest) {
 				return w.republish(ctx, other)
 			}
 		}
@@ -117,11 +117,11 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 // onMaterial (destination): unwrap K into the HSM and send the receipt.
 func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 	m := &env.Message
-	rec, rev, err := w.runFor(ctx, m, roleDestination)
+	rec, rev, err := w.runFor(ctx, m, repl.Destination)
 	if err != nil {
 		return err
 	}
-	if rec.State != api.StateOfferSent {
+	if rec.State != repl.OfferSent {
 		if bytes.Equal(rec.MaterialDigest, env.Digest) {
 			return w.republish(ctx, rec)
 		}
@@ -185,18 +185,18 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 			return err
 		}
 		next.NewReplica = created
-		next.State = api.StateCompleted
+		next.State = repl.Completed
 		next.UsableAt = &next.UpdatedAt
 		next.CompletedAt = &next.UpdatedAt
 	} else {
-		next.State = api.StateFailed
+		next.State = repl.Failed
 		next.Reason = status
 	}
 	if _, _, err := w.seal(&next, reply); err != nil {
 		return err
 	}
 	if err := w.casRun(ctx, &next, rev); err != nil {
-		return w.lostRace(ctx, m, env.Digest, err, func(o *replication) []byte { return o.MaterialDigest })
+		return w.lostRace(ctx, m, env.Digest, err, func(o *repl.Run) []byte { return o.MaterialDigest })
 	}
 	if err := w.publish(ctx, &next); err != nil {
 		return err
@@ -210,21 +210,21 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 // current one (the primary sends the current version first); a version
 // that arrives later is only added: the primary's key.sync says when it
 // becomes current. It reports whether the run created the replica.
-func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messages.Properties) (bool, error) {
+func (w *Worker) storeReplica(ctx context.Context, rec *repl.Run, props messages.Properties) (bool, error) {
 	now := w.cfg.Now()
-	fresh := func(old *keyRecord) *keyRecord {
-		k := &keyRecord{Key: api.Key{
+	fresh := func(old *repl.Key) *repl.Key {
+		k := &keyRecord{
 			KeyID: rec.KeyID, Partition: w.bundle().Partition(), Region: w.cfg.Region,
-			Role: api.RoleReplica, PrimaryRegion: rec.PrimaryRegion, KeySpec: props.KeySpec,
+			Role: repl.ReplicaRole, PrimaryRegion: rec.PrimaryRegion, KeySpec: props.KeySpec,
 			KeyUsage: props.KeyUsage, Description: props.Description, Enabled: true,
 			Versions: []uint32{rec.Version}, CurrentVersion: rec.Version,
 			CreatedAt: now, UpdatedAt: now, ReplicatedFrom: rec.ID, UsableAt: &now,
 			// The run brings the state of epoch 1 (the init carries no
 			// epoch); if the key changed before this replica existed, the
 			// primary syncs it at once (recordReceipt, needsSync).
-			KeyState: api.KeyStateEnabled, Epoch: 1,
-		}, Policy: rec.Policy}
-		noteReceived(k, rec.Version, true, now)
+			KeyState: repl.KeyEnabled, Epoch: 1, Policy: rec.Policy,
+		}
+		k.NoteReceived(rec.Version, true, now)
 		if old != nil {
 			// Re-created after a deletion: keep numbering status reports
 			// where the deleted replica stopped.
@@ -237,7 +237,7 @@ func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messa
 	if err == nil {
 		created = true
 	} else if errors.Is(err, jetstream.ErrKeyExists) {
-		_, err = updateJSON(ctx, w.res.Keys, rec.KeyID, func(k *keyRecord) error {
+		_, err = updateJSON(ctx, w.res.Keys, rec.KeyID, func(k *repl.Key) error {
 			if k.Deleted {
 				*k = *fresh(k)
 				created = true
@@ -247,8 +247,8 @@ func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messa
 			if slices.Contains(k.Versions, rec.Version) {
 				return errNoChange
 			}
-			k.Versions = addVersion(k.Versions, rec.Version)
-			noteReceived(k, rec.Version, false, now)
+			k.Versions = repl.AddVersion(k.Versions, rec.Version)
+			k.NoteReceived(rec.Version, false, now)
 			k.UpdatedAt = now
 			return nil
 		})

@@ -6,6 +6,7 @@ import (
 	"slices"
 
 	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/mrkrepl/mrkrepl/messages"
 )
 
@@ -43,17 +44,17 @@ func (w *Worker) apiUpdatePrimaryRegion(ctx context.Context, data []byte) (any, 
 		return nil, err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateKey(ctx, k.KeyID, func(k *keyRecord) error {
+	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
 		if err := w.canChangeShared(k); err != nil {
 			return err
 		}
 		if err := w.handoverReady(ctx, k, target); err != nil {
 			return err
 		}
-		r, _ := findReplica(&k.Key, target)
-		r.State, r.UpdatedAt = api.ReplicaUpdating, now
-		setReplica(&k.Key, r)
-		k.KeyState, k.PendingPrimary = api.KeyStateUpdating, target
+		r, _ := k.Replica(target)
+		r.State, r.UpdatedAt = repl.ReplicaUpdating, now
+		k.SetReplica(r)
+		k.KeyState, k.PendingPrimary = repl.KeyUpdating, target
 		k.Epoch++
 		k.HandoverID, k.HandoverSentAt = messages.NewID(), now
 		k.UpdatedAt = now
@@ -66,31 +67,31 @@ func (w *Worker) apiUpdatePrimaryRegion(ctx context.Context, data []byte) (any, 
 	if err := w.sendHandover(ctx, key); err != nil {
 		w.log.Warn("hand-over not sent; the sweeper will", "key_id", key.KeyID, "err", err)
 	}
-	return &key.Key, nil
+	return key.Public(), nil
 }
 
 // handoverReady checks that target can take k over now: it holds every
 // version, no version is staged, and no other replica is still being
 // created or failed (the new primary must know every replica's versions).
-func (w *Worker) handoverReady(ctx context.Context, k *keyRecord, target string) error {
-	r, ok := findReplica(&k.Key, target)
-	if !ok || !holdsAny(&k.Key, target) {
+func (w *Worker) handoverReady(ctx context.Context, k *repl.Key, target string) error {
+	r, ok := k.Replica(target)
+	if !ok || !k.HoldsAny(target) {
 		return badRequest("key %s has no replica in %s; replicate it there first", k.KeyID, target)
 	}
-	if r.State != api.ReplicaEnabled {
+	if r.State != repl.ReplicaEnabled {
 		return conflict("the replica of key %s in %s is %s", k.KeyID, target, r.State)
 	}
-	if s := stagedVersion(&k.Key); s != 0 {
+	if s := k.Staged(); s != 0 {
 		return conflict("key %s: version %d is staged; wait until it is current", k.KeyID, s)
 	}
 	if k.Reserved != 0 && w.cfg.Now().Sub(k.ReservedAt) < reservationTimeout {
 		return conflict("key %s is being rotated; wait until the new version is staged and current", k.KeyID)
 	}
 	for _, o := range k.Replicas {
-		if leftBehind(&k.Key, o) {
+		if k.LeftBehind(o) {
 			continue // failed before it held anything: left behind
 		}
-		if o.State == api.ReplicaCreating || o.State == api.ReplicaFailed || !complete(&k.Key, o.Region) {
+		if o.State == repl.ReplicaCreating || o.State == repl.ReplicaFailed || !k.Complete(o.Region) {
 			return conflict("the replica of key %s in %s is %s; wait for it or delete it first", k.KeyID, o.Region, o.State)
 		}
 		if w.activeRun(ctx, o) != nil {
@@ -100,17 +101,10 @@ func (w *Worker) handoverReady(ctx context.Context, k *keyRecord, target string)
 	return nil
 }
 
-// leftBehind reports whether a hand-over leaves replica r out: one whose
-// first copy failed (it holds nothing and has no run in flight), to be
-// replicated again from the new primary if wanted.
-func leftBehind(k *api.Key, r api.Replica) bool {
-	return r.State == api.ReplicaFailed && !holdsAny(k, r.Region)
-}
-
-func (w *Worker) sendHandover(ctx context.Context, k *keyRecord) error {
+func (w *Worker) sendHandover(ctx context.Context, k *repl.Key) error {
 	replicas := []string{w.cfg.Region}
 	for _, r := range k.Replicas {
-		if r.Region != k.PendingPrimary && !leftBehind(&k.Key, r) {
+		if r.Region != k.PendingPrimary && !k.LeftBehind(r) {
 			replicas = append(replicas, r.Region)
 		}
 	}
@@ -125,7 +119,7 @@ func (w *Worker) sendHandover(ctx context.Context, k *keyRecord) error {
 		return err
 	}
 	// Remember it before it leaves: the accept must name one of these.
-	_, err = w.updateKey(ctx, k.KeyID, func(k *keyRecord) error {
+	_, err = w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
 		if k.HandoverID != m.ReplicationID {
 			return errNoChange
 		}
@@ -154,17 +148,17 @@ func (w *Worker) onHandover(ctx context.Context, env *messages.Envelope) error {
 	if err != nil {
 		return refuse(reasonStateMismatch, "hand-over of key %s, which has no replica in %s", h.KeyID, w.cfg.Region)
 	}
-	if k.Role == api.RolePrimary && k.Epoch >= h.Epoch && k.HandoverID == m.ReplicationID {
+	if k.Role == repl.Primary && k.Epoch >= h.Epoch && k.HandoverID == m.ReplicationID {
 		// Taken over already (the accept was lost): accept again.
 		if err := w.sendAccept(ctx, k, env); err != nil {
 			return err
 		}
 		return errDuplicate
 	}
-	if k.Role != api.RoleReplica || k.PrimaryRegion != m.Src {
+	if k.Role != repl.ReplicaRole || k.PrimaryRegion != m.Src {
 		return refuse(reasonNotPrimary, "hand-over of key %s from %s; its primary is %s", h.KeyID, m.Src, k.PrimaryRegion)
 	}
-	if k.KeyState == api.KeyStatePendingDeletion {
+	if k.KeyState == repl.KeyPendingDeletion {
 		// Its status told the old primary, which calls the hand-over off.
 		return refuse(reasonStateMismatch, "hand-over of key %s, which is pending deletion in %s", h.KeyID, w.cfg.Region)
 	}
@@ -180,27 +174,27 @@ func (w *Worker) onHandover(ctx context.Context, env *messages.Envelope) error {
 		return err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateKey(ctx, h.KeyID, func(k *keyRecord) error {
-		if k.Role != api.RoleReplica || k.PrimaryRegion != m.Src || h.Epoch <= k.Epoch || k.KeyState != api.KeyStateEnabled {
+	key, err := w.updateKey(ctx, h.KeyID, func(k *repl.Key) error {
+		if k.Role != repl.ReplicaRole || k.PrimaryRegion != m.Src || h.Epoch <= k.Epoch || k.KeyState != repl.KeyEnabled {
 			return refuse(reasonStateMismatch, "key %s changed meanwhile", h.KeyID)
 		}
 		holding := append(slices.Clone(h.Replicas), w.cfg.Region)
 		slices.Sort(holding)
-		k.VersionDetails = takeOverDetails(k.VersionDates, h.Versions, h.CurrentVersion, holding, now)
+		k.VersionDetails = repl.TakeOverDetails(k.VersionDates, h.Versions, h.CurrentVersion, holding, now)
 		k.VersionDates = nil
 		k.Replicas = nil
-		k.SyncSent = map[string]syncSent{}
+		k.SyncSent = map[string]repl.SyncSent{}
 		for _, r := range h.Replicas {
-			state := api.ReplicaEnabled
+			state := repl.ReplicaEnabled
 			if r == m.Src {
-				state = api.ReplicaUpdating // until it confirms being a replica
+				state = repl.ReplicaUpdating // until it confirms being a replica
 			}
-			k.Replicas = append(k.Replicas, api.Replica{Region: r, State: state, UpdatedAt: now})
+			k.Replicas = append(k.Replicas, repl.Replica{Region: r, State: state, UpdatedAt: now})
 			// Replicas hear of this region from the old primary first;
 			// resend only if they do not report within MessageTTL.
-			k.SyncSent[r] = syncSent{Epoch: h.Epoch, At: now}
+			k.SyncSent[r] = repl.SyncSent{Epoch: h.Epoch, At: now}
 		}
-		k.Role, k.PrimaryRegion, k.KeyState = api.RolePrimary, w.cfg.Region, api.KeyStateUpdating
+		k.Role, k.PrimaryRegion, k.KeyState = repl.Primary, w.cfg.Region, repl.KeyUpdating
 		k.Epoch, k.CurrentVersion, k.Description = h.Epoch, h.CurrentVersion, h.Description
 		k.HandoverID = m.ReplicationID
 		k.StatusSeq, k.StatusAcked, k.Announce = 0, 0, nil
@@ -214,7 +208,7 @@ func (w *Worker) onHandover(ctx context.Context, env *messages.Envelope) error {
 	return w.sendAccept(ctx, key, env)
 }
 
-func (w *Worker) sendAccept(ctx context.Context, k *keyRecord, handover *messages.Envelope) error {
+func (w *Worker) sendAccept(ctx context.Context, k *repl.Key, handover *messages.Envelope) error {
 	m := w.newMessage(messages.TypeAccept, handover.Message.ReplicationID, handover.Message.Src)
 	m.Accept = &messages.Accept{HandoverDigest: handover.Digest, KeyID: k.KeyID, Epoch: handover.Message.Handover.Epoch}
 	return w.sendSigned(ctx, m)
@@ -229,10 +223,10 @@ func (w *Worker) onAccept(ctx context.Context, env *messages.Envelope) error {
 	if err != nil {
 		return refuse(reasonUnknownKey, "accept for key %s, unknown in %s", a.KeyID, w.cfg.Region)
 	}
-	if k.Role == api.RoleReplica && k.PrimaryRegion == m.Src && k.Epoch >= a.Epoch {
+	if k.Role == repl.ReplicaRole && k.PrimaryRegion == m.Src && k.Epoch >= a.Epoch {
 		return errDuplicate
 	}
-	if k.Role != api.RolePrimary || k.KeyState != api.KeyStateUpdating || k.PendingPrimary != m.Src ||
+	if k.Role != repl.Primary || k.KeyState != repl.KeyUpdating || k.PendingPrimary != m.Src ||
 		k.HandoverID != m.ReplicationID || k.Epoch != a.Epoch ||
 		!slices.ContainsFunc(k.HandoverDigests, func(d []byte) bool { return bytes.Equal(d, a.HandoverDigest) }) {
 		return refuse(reasonStateMismatch, "accept from %s does not answer the hand-over of key %s in progress", m.Src, a.KeyID)
@@ -241,19 +235,19 @@ func (w *Worker) onAccept(ctx context.Context, env *messages.Envelope) error {
 		return err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateKey(ctx, a.KeyID, func(k *keyRecord) error {
-		if k.Role != api.RolePrimary || k.HandoverID != m.ReplicationID {
+	key, err := w.updateKey(ctx, a.KeyID, func(k *repl.Key) error {
+		if k.Role != repl.Primary || k.HandoverID != m.ReplicationID {
 			return refuse(reasonStateMismatch, "key %s changed meanwhile", a.KeyID)
 		}
 		k.Announce = nil
 		for _, r := range k.Replicas {
-			if r.Region != m.Src && !leftBehind(&k.Key, r) {
+			if r.Region != m.Src && !k.LeftBehind(r) {
 				k.Announce = append(k.Announce, r.Region)
 			}
 		}
 		k.AnnounceEpoch, k.AnnounceSentAt = k.Epoch, now
-		k.Role, k.PrimaryRegion, k.KeyState, k.PendingPrimary = api.RoleReplica, m.Src, api.KeyStateEnabled, ""
-		keepDates(k)
+		k.Role, k.PrimaryRegion, k.KeyState, k.PendingPrimary = repl.ReplicaRole, m.Src, repl.KeyEnabled, ""
+		k.KeepDates()
 		k.Replicas, k.VersionDetails, k.SyncSent, k.HandoverID, k.HandoverDigests = nil, nil, nil, "", nil
 		k.StatusSeq++ // tell the new primary this region is its replica now
 		k.StatusSentAt = now
@@ -273,7 +267,7 @@ func (w *Worker) onAccept(ctx context.Context, env *messages.Envelope) error {
 }
 
 // announce tells the replicas in k.Announce who the new primary is.
-func (w *Worker) announce(ctx context.Context, k *keyRecord) {
+func (w *Worker) announce(ctx context.Context, k *repl.Key) {
 	for _, dst := range k.Announce {
 		if err := w.sendSync(ctx, k, dst, 0); err != nil {
 			w.log.Warn("new primary not announced; the sweeper will", "key_id", k.KeyID, "dst", dst, "err", err)

@@ -8,6 +8,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -170,8 +171,8 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 	}
 	m.bundleReloads.WithLabelValues("ok")
 	m.bundleReloads.WithLabelValues("error")
-	m.timedOut.WithLabelValues(roleSource)
-	m.timedOut.WithLabelValues(roleDestination)
+	m.timedOut.WithLabelValues(string(repl.Source))
+	m.timedOut.WithLabelValues(string(repl.Destination))
 	for _, t := range protocolTypes {
 		for _, r := range []string{"accepted", "duplicate", "refused", "retry"} {
 			m.received.WithLabelValues(string(t), r)
@@ -190,13 +191,13 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 			m.requests.vec.WithLabelValues(op, r)
 		}
 	}
-	for _, role := range []string{roleSource, roleDestination} {
+	for _, role := range []string{string(repl.Source), string(repl.Destination)} {
 		for _, r := range []string{"completed", "failed"} {
 			m.replications.WithLabelValues(role, r)
 		}
 	}
-	m.duration.WithLabelValues(roleSource, "confirmed")
-	m.duration.WithLabelValues(roleDestination, "usable")
+	m.duration.WithLabelValues(string(repl.Source), "confirmed")
+	m.duration.WithLabelValues(string(repl.Destination), "usable")
 	if reg != nil {
 		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests.vec, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted, m.timedOut, m.retried, m.gaveUp, m.bundleReloads, m.runCache, m.authz, m.auditDropped, m.view} {
 			if err := reg.Register(c); err != nil {

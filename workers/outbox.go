@@ -7,6 +7,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -34,7 +35,7 @@ func (w *Worker) newMessage(t messages.Type, replicationID, dst string) *message
 
 // seal signs m and records it as the run's last message; it returns the
 // message's digest and the kid of the RSK that signed it.
-func (w *Worker) seal(rec *replication, m *messages.Message) (digest, kid []byte, err error) {
+func (w *Worker) seal(rec *repl.Run, m *messages.Message) (digest, kid []byte, err error) {
 	raw, kid, err := w.sign(m)
 	if err != nil {
 		return nil, nil, err
@@ -60,7 +61,7 @@ func (w *Worker) sign(m *messages.Message) (raw, kid []byte, err error) {
 
 // publish sends the run's last message to the outbox. Nats-Msg-Id is the
 // msg_id, so publishing it again is harmless.
-func (w *Worker) publish(ctx context.Context, rec *replication) error {
+func (w *Worker) publish(ctx context.Context, rec *repl.Run) error {
 	if len(rec.LastSent) == 0 {
 		return nil
 	}
@@ -73,7 +74,7 @@ func (w *Worker) publish(ctx context.Context, rec *replication) error {
 }
 
 // republish answers a duplicate with the stored reply.
-func (w *Worker) republish(ctx context.Context, rec *replication) error {
+func (w *Worker) republish(ctx context.Context, rec *repl.Run) error {
 	if err := w.publish(ctx, rec); err != nil {
 		return err
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 )
 
 // This file is the rotation of a primary key (docs/LIFECYCLE.md).
@@ -30,12 +31,12 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	// old enough to be a crash's leftover (reservationTimeout).
 	now := w.cfg.Now().UTC()
 	var next uint32
-	k, err := w.updateLiveKey(ctx, req.KeyID, func(k *keyRecord) error {
+	k, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) error {
 		if err := w.canChangeShared(k); err != nil {
 			return err
 		}
-		if s := stagedVersion(&k.Key); s != 0 {
-			return conflict("key %s: version %d is still staged, waiting for %s", k.KeyID, s, strings.Join(waitingFor(&k.Key, s), ", "))
+		if s := k.Staged(); s != 0 {
+			return conflict("key %s: version %d is still staged, waiting for %s", k.KeyID, s, strings.Join(k.WaitingFor(s), ", "))
 		}
 		if k.Reserved != 0 && now.Sub(k.ReservedAt) < reservationTimeout {
 			return conflict("key %s is being rotated by another request", k.KeyID)
@@ -63,7 +64,7 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 		return nil, fmt.Errorf("generate version %d: %w", next, err)
 	}
 	var activated uint32
-	key, err := w.updateKey(ctx, k.KeyID, func(k *keyRecord) error {
+	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
 		if k.Reserved != next || slices.Contains(k.Versions, next) {
 			return conflict("key %s: the rotation to version %d was taken over meanwhile", k.KeyID, next)
 		}
@@ -71,12 +72,12 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 			return err
 		}
 		k.Reserved, k.ReservedAt = 0, time.Time{}
-		k.Versions = addVersion(k.Versions, next)
-		k.VersionDetails = append(k.VersionDetails, api.KeyVersion{
-			Version: next, State: api.VersionStaged, ReplicatedTo: []string{w.cfg.Region}, CreatedAt: now,
+		k.Versions = repl.AddVersion(k.Versions, next)
+		k.VersionDetails = append(k.VersionDetails, repl.KeyVersion{
+			Version: next, State: repl.VersionStaged, ReplicatedTo: []string{w.cfg.Region}, CreatedAt: now,
 		})
 		k.UpdatedAt = now
-		activated = tryActivate(&k.Key, now) // at once if no replica holds the key
+		activated = k.TryActivate(now) // at once if no replica holds the key
 		return nil
 	})
 	if err != nil {
@@ -86,7 +87,7 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 		if derr := w.cfg.HSM.DestroyKey(ctx, ref); derr != nil && !errors.Is(derr, hsmsvc.ErrNotFound) {
 			w.log.Warn("unrecorded version not destroyed; the next rotation replaces it", "key_id", req.KeyID, "version", next, "err", derr)
 		}
-		_, _ = w.updateKey(ctx, req.KeyID, func(k *keyRecord) error {
+		_, _ = w.updateKey(ctx, req.KeyID, func(k *repl.Key) error {
 			if k.Reserved != next {
 				return errNoChange
 			}
@@ -95,13 +96,13 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 		})
 		return nil, err
 	}
-	w.event(ctx, api.Event{Type: api.EventVersionStaged, KeyID: k.KeyID, Version: next, Regions: holders(&key.Key)})
+	w.event(ctx, api.Event{Type: api.EventVersionStaged, KeyID: k.KeyID, Version: next, Regions: key.Holders()})
 	w.log.Info("version staged", "key_id", k.KeyID, "version", next)
 	if activated != 0 {
-		w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: k.KeyID, Version: next, Regions: allRegions(&key.Key)})
+		w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: k.KeyID, Version: next, Regions: key.AllRegions()})
 	}
 	for _, r := range key.Replicas {
-		if r.State == api.ReplicaFailed && !holdsAny(&key.Key, r.Region) || r.State == api.ReplicaPendingDeletion {
+		if r.State == repl.ReplicaFailed && !key.HoldsAny(r.Region) || r.State == repl.ReplicaPendingDeletion {
 			continue // never created (replicate to it again), or going away
 		}
 		if _, err := w.startRun(ctx, key.KeyID, r.Region, 0, 1); err != nil {
@@ -121,14 +122,14 @@ const reservationTimeout = time.Minute
 
 // canChangeShared checks that k's shared properties may change here: this
 // region is its primary and it is neither changing primary nor being deleted.
-func (w *Worker) canChangeShared(k *keyRecord) error {
-	if k.Role != api.RolePrimary {
+func (w *Worker) canChangeShared(k *repl.Key) error {
+	if k.Role != repl.Primary {
 		return badRequest("key %s is a replica in %s; its primary region is %s", k.KeyID, w.cfg.Region, k.PrimaryRegion)
 	}
 	switch k.KeyState {
-	case api.KeyStateUpdating:
+	case repl.KeyUpdating:
 		return conflict("key %s is handing its primary role over to %s", k.KeyID, k.PendingPrimary)
-	case api.KeyStatePendingDeletion:
+	case repl.KeyPendingDeletion:
 		return conflict("key %s is pending deletion", k.KeyID)
 	}
 	return nil
@@ -139,5 +140,5 @@ func (w *Worker) describe(ctx context.Context, keyID string) (*api.Key, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &k.Key, nil
+	return k.Public(), nil
 }

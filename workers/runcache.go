@@ -5,6 +5,8 @@ import (
 	"encoding/json"
 	"sync"
 	"time"
+
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 )
 
 // runCache keeps, for the runs in flight that this worker wrote last, the
@@ -43,7 +45,7 @@ func newRunCache(max int) *runCache { return &runCache{runs: map[string]cachedRu
 // get returns a fresh copy of the cached record of run id, unless the run
 // is past its deadline (now after deadline): such a run may have been
 // ended by another worker's sweeper, so it is read from the KV.
-func (c *runCache) get(id string, now time.Time) (*replication, uint64, bool) {
+func (c *runCache) get(id string, now time.Time) (*repl.Run, uint64, bool) {
 	c.mu.Lock()
 	e, ok := c.runs[id]
 	c.mu.Unlock()
@@ -60,14 +62,14 @@ func (c *runCache) get(id string, now time.Time) (*replication, uint64, bool) {
 // put records what this worker just wrote for run id at revision rev (an
 // older revision than the one cached is ignored: two writes of this worker
 // may return out of order); an ended run is dropped instead.
-func (c *runCache) put(rec *replication, raw []byte, rev uint64, deadline time.Time) {
+func (c *runCache) put(rec *repl.Run, raw []byte, rev uint64, deadline time.Time) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	old, ok := c.runs[rec.ID]
 	if ok && old.rev >= rev {
 		return
 	}
-	if rec.ended() {
+	if rec.Ended() {
 		delete(c.runs, rec.ID)
 		return
 	}

@@ -10,6 +10,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -32,14 +33,14 @@ import (
 // Asking again for a replica that exists or is being created returns that
 // run: the call is idempotent. A replica that lacks versions (a new one, or
 // one that missed a rotation) gets the next version it lacks.
-func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*replication, error) {
+func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*repl.Run, error) {
 	return w.startRun(ctx, keyID, dst, 0, 1)
 }
 
 // replicaPolicy is the policy an init to dst carries for the replica it
 // may create there: the one replicate-key asked for, else the key's own in
 // this region (docs/AUTHZ.md, "Replicas").
-func (w *Worker) replicaPolicy(k *keyRecord, dst string) string {
+func (w *Worker) replicaPolicy(k *repl.Key, dst string) string {
 	if p, ok := k.ReplicaPolicies[dst]; ok {
 		return p
 	}
@@ -53,7 +54,7 @@ func (w *Worker) replicaPolicy(k *keyRecord, dst string) string {
 // or (version 0) the next one dst lacks. attempt numbers the tries for the
 // same version (the sweeper starts attempts after the first). One run at a
 // time is in flight per replica: while one is, startRun returns it.
-func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32, attempt int) (*replication, error) {
+func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32, attempt int) (*repl.Run, error) {
 	if err := checkKeyID(keyID); err != nil {
 		return nil, err
 	}
@@ -67,17 +68,17 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 	if err != nil {
 		return nil, err
 	}
-	if key.Role != api.RolePrimary {
+	if key.Role != repl.Primary {
 		return nil, badRequest("key %s is a replica in %s; replicate it from its primary region %s", keyID, w.cfg.Region, key.PrimaryRegion)
 	}
 	switch key.KeyState {
-	case api.KeyStateUpdating:
+	case repl.KeyUpdating:
 		return nil, conflict("key %s is handing its primary role over to %s; replicate it from there when done", keyID, key.PendingPrimary)
-	case api.KeyStatePendingDeletion:
+	case repl.KeyPendingDeletion:
 		return nil, conflict("key %s is pending deletion in %s", keyID, w.cfg.Region)
 	}
-	r, known := findReplica(&key.Key, dst)
-	if known && r.State == api.ReplicaPendingDeletion {
+	r, known := key.Replica(dst)
+	if known && r.State == repl.ReplicaPendingDeletion {
 		return nil, conflict("the replica of key %s in %s is pending deletion; cancel the deletion there first", keyID, dst)
 	}
 	if run := w.activeRun(ctx, r); run != nil {
@@ -88,24 +89,24 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 		return run, nil
 	}
 	if version == 0 {
-		missing := missingVersions(&key.Key, dst)
+		missing := key.Missing(dst)
 		if len(missing) == 0 {
 			// The replica holds every version: answer with its last run.
-			if existing, _, err := getJSON[replication](ctx, w.res.Repl, r.ReplicationID); err == nil {
+			if existing, _, err := getJSON[repl.Run](ctx, w.res.Repl, r.ReplicationID); err == nil {
 				return existing, nil
 			}
 			return nil, conflict("key %s: replica in %s holds every version, but its last run %q is gone", keyID, dst, r.ReplicationID)
 		}
 		version = missing[0]
 	}
-	if versionDetail(&key.Key, version) == nil {
+	if key.Version(version) == nil {
 		return nil, fmt.Errorf("key %s has no version %d", keyID, version)
 	}
 
 	now := w.cfg.Now()
-	rec := &replication{
-		ID: messages.NewID(), Role: roleSource, KeyID: keyID, Version: version,
-		Peer: dst, State: api.StateInitSent, KeySpec: key.KeySpec, KeyUsage: key.KeyUsage,
+	rec := &repl.Run{
+		ID: messages.NewID(), Role: repl.Source, KeyID: keyID, Version: version,
+		Peer: dst, State: repl.InitSent, KeySpec: key.KeySpec, KeyUsage: key.KeyUsage,
 		PrimaryRegion: w.cfg.Region, Description: key.Description,
 		CreatedAt: now, UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL), Attempt: attempt,
 		Epoch: key.Epoch, WasCurrent: version == key.CurrentVersion,
@@ -131,14 +132,14 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 	var winner string
 	// From the record read above (no second read unless another writer
 	// came in between); key is not used after this.
-	_, err = w.updateKeyFrom(ctx, keyID, key, keyRev, func(k *keyRecord) error {
+	_, err = w.updateKeyFrom(ctx, keyID, key, keyRev, func(k *repl.Key) error {
 		// Checked again on the record written: a hand-over or a deletion
 		// may have begun since the read above.
-		if k.Role != api.RolePrimary || k.KeyState != api.KeyStateEnabled {
+		if k.Role != repl.Primary || k.KeyState != repl.KeyEnabled {
 			return conflict("key %s is %s in %s (%s) now; no replication starts", keyID, k.KeyState, w.cfg.Region, k.Role)
 		}
-		r, _ := findReplica(&k.Key, dst)
-		if r.State == api.ReplicaPendingDeletion {
+		r, _ := k.Replica(dst)
+		if r.State == repl.ReplicaPendingDeletion {
 			return conflict("the replica of key %s in %s is pending deletion; cancel the deletion there first", keyID, dst)
 		}
 		if r.ReplicationID != "" && r.ReplicationID != rec.ID {
@@ -148,8 +149,8 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 				return errNoChange
 			}
 		}
-		state := replicaState(&k.Key, dst, r.State)
-		setReplica(&k.Key, api.Replica{
+		state := k.ReplicaState(dst, r.State)
+		k.SetReplica(repl.Replica{
 			Region: dst, State: state, ReplicationID: rec.ID, SyncedEpoch: r.SyncedEpoch,
 			StatusSeq: r.StatusSeq, DeletionDate: r.DeletionDate, UpdatedAt: now,
 		})
@@ -166,7 +167,7 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 		w.runs.drop(rec.ID)
 		_ = w.res.Repl.Delete(ctx, rec.ID)
 		_ = w.clearPending(ctx, rec.ID)
-		other, _, err := getJSON[replication](ctx, w.res.Repl, winner)
+		other, _, err := getJSON[repl.Run](ctx, w.res.Repl, winner)
 		if err != nil {
 			return nil, err
 		}
@@ -183,11 +184,11 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 // onOffer (source): wrap K for the destination's RAKB.
 func (w *Worker) onOffer(ctx context.Context, env *messages.Envelope) error {
 	m := &env.Message
-	rec, rev, err := w.runFor(ctx, m, roleSource)
+	rec, rev, err := w.runFor(ctx, m, repl.Source)
 	if err != nil {
 		return err
 	}
-	if rec.State != api.StateInitSent {
+	if rec.State != repl.InitSent {
 		if bytes.Equal(rec.OfferDigest, env.Digest) {
 			return w.republish(ctx, rec)
 		}
@@ -219,7 +220,7 @@ func (w *Worker) onOffer(ctx context.Context, env *messages.Envelope) error {
 		Properties: messages.Properties{KeySpec: rec.KeySpec, KeyUsage: rec.KeyUsage, Description: rec.Description},
 	}
 	next := *rec
-	next.State = api.StateMaterialSent
+	next.State = repl.MaterialSent
 	next.OfferDigest, next.OfferMsgID = env.Digest, m.MsgID
 	next.DstKID = env.KID
 	if next.MaterialDigest, _, err = w.seal(&next, reply); err != nil {
@@ -235,7 +236,7 @@ func (w *Worker) onOffer(ctx context.Context, env *messages.Envelope) error {
 	}
 	next.UpdatedAt = w.cfg.Now()
 	if err := w.casRun(ctx, &next, rev); err != nil {
-		return w.lostRace(ctx, m, env.Digest, err, func(o *replication) []byte { return o.OfferDigest })
+		return w.lostRace(ctx, m, env.Digest, err, func(o *repl.Run) []byte { return o.OfferDigest })
 	}
 	return w.publish(ctx, &next)
 }
@@ -243,14 +244,14 @@ func (w *Worker) onOffer(ctx context.Context, env *messages.Envelope) error {
 // onReceipt (source): check the key confirmation and end the run.
 func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	m := &env.Message
-	rec, rev, err := w.runFor(ctx, m, roleSource)
+	rec, rev, err := w.runFor(ctx, m, repl.Source)
 	if err != nil {
 		return err
 	}
 	// A receipt may arrive after the sweeper gave up on the run: it still
 	// proves (by key confirmation) whether the replica exists.
-	late := rec.State == api.StateFailed && rec.TimedOut && len(rec.MaterialDigest) > 0
-	if rec.State != api.StateMaterialSent && !late {
+	late := rec.State == repl.Failed && rec.TimedOut && len(rec.MaterialDigest) > 0
+	if rec.State != repl.MaterialSent && !late {
 		if bytes.Equal(rec.ReceiptDigest, env.Digest) {
 			// Redelivered: finish what may have been cut short after the
 			// run was written (all of it is idempotent).
@@ -274,19 +275,19 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	next.LastSent, next.LastSentSubject, next.LastSentMsgID = nil, "", ""
 	switch {
 	case m.Receipt.Status == messages.StatusAgreementKeyLost:
-		next.State, next.Reason = api.StateFailed, reasonAgreementKeyLost
+		next.State, next.Reason = repl.Failed, reasonAgreementKeyLost
 	case m.Receipt.Status != messages.StatusOK:
-		next.State, next.Reason = api.StateFailed, "destination reported "+m.Receipt.Status
+		next.State, next.Reason = repl.Failed, "destination reported "+m.Receipt.Status
 	case !hmac.Equal(m.Receipt.KeyConfirmation, rec.ExpectedKC):
-		next.State, next.Reason = api.StateFailed, "key confirmation mismatch"
+		next.State, next.Reason = repl.Failed, "key confirmation mismatch"
 	default:
-		next.State = api.StateCompleted
+		next.State = repl.Completed
 	}
-	if late && next.State != api.StateCompleted {
+	if late && next.State != repl.Completed {
 		return errDuplicate // the run already ended FAILED; nothing to add
 	}
 	if err := w.casRun(ctx, &next, rev); err != nil {
-		return w.lostRace(ctx, m, env.Digest, err, func(o *replication) []byte { return o.ReceiptDigest })
+		return w.lostRace(ctx, m, env.Digest, err, func(o *repl.Run) []byte { return o.ReceiptDigest })
 	}
 	if retryable(&next) {
 		// The destination lost its agreement key: a fresh run, as after a
@@ -309,7 +310,7 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) error {
 	if err != nil {
 		return err
 	}
-	if late && next.State == api.StateCompleted {
+	if late && next.State == repl.Completed {
 		w.log.Info("late receipt completed a timed-out run", "replication_id", rec.ID)
 	}
 	w.finish(ctx, &next)
@@ -330,15 +331,15 @@ const reasonAgreementKeyLost = "destination reported " + messages.StatusAgreemen
 // retryable reports whether a source run ended FAILED in a way a fresh run
 // may cure: timed out, or its destination lost its agreement key. Such a
 // run is followed by retryOrGiveUp, not by recording the failure.
-func retryable(run *replication) bool {
-	return run.State == api.StateFailed && (run.TimedOut || run.Reason == reasonAgreementKeyLost)
+func retryable(run *repl.Run) bool {
+	return run.State == repl.Failed && (run.TimedOut || run.Reason == reasonAgreementKeyLost)
 }
 
 // followUp repeats, idempotently, what ends a source run after its
 // receipt: record it in the key, then afterReceipt. The sweeper calls it
 // for ended runs still in the pending index, and a redelivered receipt
 // calls it too.
-func (w *Worker) followUp(ctx context.Context, run *replication) error {
+func (w *Worker) followUp(ctx context.Context, run *repl.Run) error {
 	if retryable(run) {
 		return w.retryOrGiveUp(ctx, run)
 	}
@@ -355,24 +356,24 @@ func (w *Worker) followUp(ctx context.Context, run *replication) error {
 // recordReceipt writes a run's outcome into the primary's key record: the
 // watermark and the replica's state, and activates the staged version if
 // this was the last confirmation it waited for.
-func (w *Worker) recordReceipt(ctx context.Context, run *replication) (*keyRecord, uint32, error) {
+func (w *Worker) recordReceipt(ctx context.Context, run *repl.Run) (*repl.Key, uint32, error) {
 	now := w.cfg.Now()
 	var activated uint32
-	key, err := w.updateKey(ctx, run.KeyID, func(k *keyRecord) error {
+	key, err := w.updateKey(ctx, run.KeyID, func(k *repl.Key) error {
 		activated = 0
-		r, ok := findReplica(&k.Key, run.Peer)
+		r, ok := k.Replica(run.Peer)
 		if !ok {
 			return errNoChange // the replica was deleted meanwhile
 		}
-		if run.State == api.StateCompleted {
-			if holds(&k.Key, run.Peer, run.Version) {
+		if run.State == repl.Completed {
+			if k.Holds(run.Peer, run.Version) {
 				// Recorded already (by this run, redelivered, or a later
 				// one), with the replica's state and any activation in
 				// the same write: nothing to write again.
 				return errNoChange
 			}
-			first := !holdsAny(&k.Key, run.Peer)
-			markHeld(&k.Key, run.Peer, run.Version)
+			first := !k.HoldsAny(run.Peer)
+			k.MarkHeld(run.Peer, run.Version)
 			// A sync it could not apply for lack of this version may be
 			// sent again now, without waiting for the resend timer.
 			delete(k.SyncSent, run.Peer)
@@ -383,18 +384,18 @@ func (w *Worker) recordReceipt(ctx context.Context, run *replication) (*keyRecor
 				// it had this replica is synced (needsSync).
 				r.SyncedEpoch = max(r.SyncedEpoch, run.Epoch)
 			}
-			r.State = replicaState(&k.Key, run.Peer, r.State)
+			r.State = k.ReplicaState(run.Peer, r.State)
 			r.Reason = ""
-			activated = tryActivate(&k.Key, now)
+			activated = k.TryActivate(now)
 		} else {
-			if r.ReplicationID != run.ID || holds(&k.Key, run.Peer, run.Version) {
+			if r.ReplicationID != run.ID || k.Holds(run.Peer, run.Version) {
 				return errNoChange
 			}
-			r.State, r.Reason = api.ReplicaFailed, run.Reason
+			r.State, r.Reason = repl.ReplicaFailed, run.Reason
 		}
 		r.ReplicationID = run.ID
 		r.UpdatedAt = now
-		setReplica(&k.Key, r)
+		k.SetReplica(r)
 		k.UpdatedAt = now
 		return nil
 	})
@@ -406,19 +407,19 @@ func (w *Worker) recordReceipt(ctx context.Context, run *replication) (*keyRecor
 // lacks. It first records the key in the pending index if anything is
 // left to do, so that the sweeper finishes it if this worker stops here;
 // it fails only if that record cannot be written.
-func (w *Worker) afterReceipt(ctx context.Context, key *keyRecord, run *replication, activated uint32) error {
+func (w *Worker) afterReceipt(ctx context.Context, key *repl.Key, run *repl.Run, activated uint32) error {
 	if key == nil {
 		return nil
 	}
-	sync := activated != 0 || slices.ContainsFunc(key.Replicas, func(r api.Replica) bool { return needsSync(&key.Key, r) })
-	next := run.State == api.StateCompleted && len(missingVersions(&key.Key, run.Peer)) > 0
+	sync := activated != 0 || slices.ContainsFunc(key.Replicas, func(r repl.Replica) bool { return key.NeedsSync(r) })
+	next := run.State == repl.Completed && len(key.Missing(run.Peer)) > 0
 	if sync || next {
 		if err := w.markKeyPending(ctx, key.KeyID); err != nil {
 			return err
 		}
 	}
 	if activated != 0 {
-		w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: key.KeyID, Version: activated, Regions: allRegions(&key.Key)})
+		w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: key.KeyID, Version: activated, Regions: key.AllRegions()})
 		w.log.Info("version activated", "key_id", key.KeyID, "version", activated)
 	}
 	if sync {

@@ -11,6 +11,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/nats-io/nats.go/jetstream"
 )
 
@@ -186,7 +187,7 @@ func (w *Worker) sweepKeyEntry(ctx context.Context, id, keyID string) error {
 
 func (w *Worker) sweepRun(ctx context.Context, id string) error {
 	now := w.cfg.Now()
-	rec, rev, err := getJSON[replication](ctx, w.res.Repl, id)
+	rec, rev, err := getJSON[repl.Run](ctx, w.res.Repl, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		e, gerr := w.res.Pending.Get(ctx, id)
 		if gerr != nil {
@@ -206,17 +207,17 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 	if err != nil {
 		return err
 	}
-	if rec.ended() {
+	if rec.Ended() {
 		// The follow-up of a source run (retry or give up after a
 		// timeout; otherwise recording the receipt's outcome in the key
 		// and what it leads to) is done before its entry goes: a crash in
 		// between repeats it.
 		switch {
-		case rec.Role == roleSource && retryable(rec):
+		case rec.Role == repl.Source && retryable(rec):
 			if err := w.retryOrGiveUp(ctx, rec); err != nil {
 				return err
 			}
-		case rec.Role == roleSource:
+		case rec.Role == repl.Source:
 			if err := w.followUp(withActor(ctx, "worker"), rec); err != nil {
 				return err
 			}
@@ -224,14 +225,14 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 		return w.clearPending(ctx, id)
 	}
 	deadline := rec.ExpiresAt
-	if rec.Role == roleSource {
+	if rec.Role == repl.Source {
 		deadline = rec.CreatedAt.Add(w.cfg.RunTimeout)
 	}
 	if now.Before(deadline) {
 		return nil
 	}
 	next := *rec
-	next.State = api.StateFailed
+	next.State = repl.Failed
 	next.TimedOut = true
 	next.Reason = fmt.Sprintf("timed out in %s after %s", rec.State, now.Sub(rec.CreatedAt).Round(time.Second))
 	next.UpdatedAt = now
@@ -242,14 +243,14 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 		}
 		return err
 	}
-	if rec.Role == roleDestination {
+	if rec.Role == repl.Destination {
 		if err := w.cfg.HSM.DestroyAgreementKey(ctx, rec.ID); err != nil && !errors.Is(err, hsmsvc.ErrNotFound) {
 			w.log.Warn("rakb not destroyed; it expires by itself", "replication_id", rec.ID, "err", err)
 		}
 	}
-	w.met.timedOut.WithLabelValues(rec.Role).Inc()
+	w.met.timedOut.WithLabelValues(string(rec.Role)).Inc()
 	w.finish(ctx, &next)
-	if rec.Role == roleSource {
+	if rec.Role == repl.Source {
 		if err := w.retryOrGiveUp(ctx, &next); err != nil {
 			return err // the entry stays: the next sweep tries again
 		}
@@ -262,13 +263,13 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 // replica FAILED after the last one. It does nothing if the
 // replica has moved on (a newer run, or a late receipt delivered the
 // version), so it may be repeated.
-func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {
+func (w *Worker) retryOrGiveUp(ctx context.Context, failed *repl.Run) error {
 	ctx = withActor(ctx, "worker")
 	key, err := w.loadKey(ctx, failed.KeyID)
 	if err != nil {
 		return nil // the key is gone: nothing to retry
 	}
-	if r, ok := findReplica(&key.Key, failed.Peer); !ok || r.ReplicationID != failed.ID || holds(&key.Key, failed.Peer, failed.Version) {
+	if r, ok := key.Replica(failed.Peer); !ok || r.ReplicationID != failed.ID || key.Holds(failed.Peer, failed.Version) {
 		return nil
 	}
 	if failed.Attempt < w.cfg.MaxAttempts {
@@ -289,13 +290,13 @@ func (w *Worker) retryOrGiveUp(ctx context.Context, failed *replication) error {
 		return nil
 	}
 	reason := fmt.Sprintf("gave up after %d attempts: %s", failed.Attempt, failed.Reason)
-	_, err = w.updateKey(ctx, failed.KeyID, func(k *keyRecord) error {
-		r, ok := findReplica(&k.Key, failed.Peer)
-		if !ok || r.ReplicationID != failed.ID || holds(&k.Key, failed.Peer, failed.Version) {
+	_, err = w.updateKey(ctx, failed.KeyID, func(k *repl.Key) error {
+		r, ok := k.Replica(failed.Peer)
+		if !ok || r.ReplicationID != failed.ID || k.Holds(failed.Peer, failed.Version) {
 			return errNoChange // a newer run or a late receipt decided
 		}
-		r.State, r.Reason, r.UpdatedAt = api.ReplicaFailed, reason, w.cfg.Now()
-		setReplica(&k.Key, r)
+		r.State, r.Reason, r.UpdatedAt = repl.ReplicaFailed, reason, w.cfg.Now()
+		k.SetReplica(r)
 		k.UpdatedAt = w.cfg.Now()
 		return nil
 	})
@@ -324,19 +325,19 @@ const tombstoneLifetime = 24 * time.Hour
 // the copy of versions a replica lacks. It reports whether work remains.
 func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 	ctx = withActor(ctx, "worker")
-	k, _, err := getJSON[keyRecord](ctx, w.res.Keys, keyID)
+	k, _, err := getJSON[repl.Key](ctx, w.res.Keys, keyID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		return false, nil
 	}
 	if err != nil {
 		return true, err
 	}
-	normalize(k)
+	k.Normalize()
 	now := w.cfg.Now()
 	due := func(t time.Time) bool { return now.Sub(t) >= w.cfg.MessageTTL }
 	pending := false
 	var errs []error
-	if k.KeyState == api.KeyStatePendingDeletion && !k.Deleted {
+	if k.KeyState == repl.KeyPendingDeletion && !k.Deleted {
 		pending = true
 		if k.DeletionDate != nil && !now.Before(*k.DeletionDate) {
 			if err := w.deleteNow(ctx, k); err != nil {
@@ -346,11 +347,11 @@ func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 		}
 	}
 	switch k.Role {
-	case api.RolePrimary:
-		if k.KeyState == api.KeyStateUpdating && k.PendingPrimary != "" {
+	case repl.Primary:
+		if k.KeyState == repl.KeyUpdating && k.PendingPrimary != "" {
 			pending = true
 			if due(k.HandoverSentAt) {
-				_, err := w.updateKey(ctx, keyID, func(k *keyRecord) error {
+				_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
 					if k.PendingPrimary == "" {
 						return errNoChange
 					}
@@ -363,14 +364,14 @@ func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 				errs = append(errs, err)
 			}
 		}
-		if k.KeyState == api.KeyStateUpdating && k.PendingPrimary == "" {
+		if k.KeyState == repl.KeyUpdating && k.PendingPrimary == "" {
 			pending = true // new primary waiting for the old one's status
 		}
 		for _, r := range k.Replicas {
-			if needsSync(&k.Key, r) {
+			if k.NeedsSync(r) {
 				pending = true
 			}
-			if r.State != api.ReplicaFailed && r.State != api.ReplicaPendingDeletion && len(missingVersions(&k.Key, r.Region)) > 0 {
+			if r.State != repl.ReplicaFailed && r.State != repl.ReplicaPendingDeletion && len(k.Missing(r.Region)) > 0 {
 				pending = true
 				if w.activeRun(ctx, r) == nil {
 					if _, err := w.startRun(ctx, keyID, r.Region, 0, 1); err != nil {
@@ -379,28 +380,28 @@ func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 				}
 			}
 		}
-		if s := stagedVersion(&k.Key); s != 0 {
+		if s := k.Staged(); s != 0 {
 			pending = true
-			if len(waitingFor(&k.Key, s)) == 0 {
+			if len(k.WaitingFor(s)) == 0 {
 				// Nobody left to wait for (a receipt or status that
 				// should have activated it was cut short).
 				var activated uint32
-				key, err := w.updateKey(ctx, keyID, func(k *keyRecord) error {
-					if activated = tryActivate(&k.Key, now); activated == 0 {
+				key, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
+					if activated = k.TryActivate(now); activated == 0 {
 						return errNoChange
 					}
 					return nil
 				})
 				errs = append(errs, err)
 				if err == nil && activated != 0 {
-					w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: keyID, Version: activated, Regions: allRegions(&key.Key)})
+					w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: keyID, Version: activated, Regions: key.AllRegions()})
 				}
 			}
 		}
 		if pending {
 			w.syncReplicas(ctx, keyID)
 		}
-	case api.RoleReplica:
+	case repl.ReplicaRole:
 		if k.Deleted && now.Sub(k.UpdatedAt) > tombstoneLifetime {
 			// Never acknowledged (the primary is gone too): give up.
 			if err := w.res.Keys.Delete(ctx, keyID); err != nil {
@@ -412,7 +413,7 @@ func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 		if k.StatusSeq > k.StatusAcked {
 			pending = true
 			if due(k.StatusSentAt) {
-				_, err := w.updateKey(ctx, keyID, func(k *keyRecord) error { k.StatusSentAt = now; return nil })
+				_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error { k.StatusSentAt = now; return nil })
 				if err == nil {
 					err = w.sendStatus(ctx, k, k.PrimaryRegion, nil)
 				}
@@ -428,7 +429,7 @@ func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 		if len(k.Announce) > 0 {
 			pending = true
 			if due(k.AnnounceSentAt) {
-				_, err := w.updateKey(ctx, keyID, func(k *keyRecord) error { k.AnnounceSentAt = now; return nil })
+				_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error { k.AnnounceSentAt = now; return nil })
 				if err == nil {
 					w.announce(ctx, k)
 				}

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -25,7 +26,7 @@ import (
 // not acknowledged after MessageTTL: the sweeper finds such keys through a
 // "lc.<key id>" entry in the PENDING index.
 // sendSync sends k's shared state, as this region holds it, to dst.
-func (w *Worker) sendSync(ctx context.Context, k *keyRecord, dst string, ack uint64) error {
+func (w *Worker) sendSync(ctx context.Context, k *repl.Key, dst string, ack uint64) error {
 	m := w.newMessage(messages.TypeSync, messages.NewID(), dst)
 	m.Sync = &messages.Sync{
 		KeyID: k.KeyID, Epoch: k.Epoch, PrimaryRegion: k.PrimaryRegion, CurrentVersion: k.CurrentVersion,
@@ -36,7 +37,7 @@ func (w *Worker) sendSync(ctx context.Context, k *keyRecord, dst string, ack uin
 
 // sendStatus sends this replica's state to dst: in answer to the sync
 // with syncDigest, or unprompted (syncDigest nil).
-func (w *Worker) sendStatus(ctx context.Context, k *keyRecord, dst string, syncDigest []byte) error {
+func (w *Worker) sendStatus(ctx context.Context, k *repl.Key, dst string, syncDigest []byte) error {
 	m := w.newMessage(messages.TypeStatus, messages.NewID(), dst)
 	st := &messages.Status{
 		KeyID: k.KeyID, Epoch: k.Epoch, PrimaryRegion: k.PrimaryRegion, StatusSeq: k.StatusSeq,
@@ -45,7 +46,7 @@ func (w *Worker) sendStatus(ctx context.Context, k *keyRecord, dst string, syncD
 	switch {
 	case k.Deleted:
 		st.State, st.Versions = messages.ReplicaStateDeleted, nil
-	case k.KeyState == api.KeyStatePendingDeletion && k.DeletionDate != nil:
+	case k.KeyState == repl.KeyPendingDeletion && k.DeletionDate != nil:
 		st.State, st.DeletionDate = messages.ReplicaStatePendingDeletion, k.DeletionDate.UnixMilli()
 	}
 	m.Status = st
@@ -59,9 +60,9 @@ func (w *Worker) syncReplicas(ctx context.Context, keyID string) {
 		w.log.Warn("pending index not written", "key_id", keyID, "err", err)
 	}
 	var due []string
-	key, err := w.updateKey(ctx, keyID, func(k *keyRecord) error {
+	key, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
 		due = nil
-		if k.Role != api.RolePrimary || k.PendingPrimary != "" {
+		if k.Role != repl.Primary || k.PendingPrimary != "" {
 			// Not the primary, or handing over: the epoch of a hand-over
 			// is announced with the new primary's name, after the accept.
 			return errNoChange
@@ -69,7 +70,7 @@ func (w *Worker) syncReplicas(ctx context.Context, keyID string) {
 		now := w.cfg.Now()
 		for _, r := range k.Replicas {
 			last := k.SyncSent[r.Region]
-			if needsSync(&k.Key, r) && (last.Epoch < k.Epoch || now.Sub(last.At) >= w.cfg.MessageTTL) {
+			if k.NeedsSync(r) && (last.Epoch < k.Epoch || now.Sub(last.At) >= w.cfg.MessageTTL) {
 				due = append(due, r.Region)
 			}
 		}
@@ -77,10 +78,10 @@ func (w *Worker) syncReplicas(ctx context.Context, keyID string) {
 			return errNoChange
 		}
 		if k.SyncSent == nil {
-			k.SyncSent = map[string]syncSent{}
+			k.SyncSent = map[string]repl.SyncSent{}
 		}
 		for _, r := range due {
-			k.SyncSent[r] = syncSent{Epoch: k.Epoch, At: now}
+			k.SyncSent[r] = repl.SyncSent{Epoch: k.Epoch, At: now}
 		}
 		return nil
 	})
@@ -89,7 +90,7 @@ func (w *Worker) syncReplicas(ctx context.Context, keyID string) {
 		return
 	}
 	for _, dst := range due {
-		r, _ := findReplica(&key.Key, dst)
+		r, _ := key.Replica(dst)
 		if err := w.sendSync(ctx, key, dst, r.StatusSeq); err != nil {
 			w.log.Warn("sync not sent; the sweeper will", "key_id", keyID, "dst", dst, "err", err)
 		}
@@ -103,15 +104,15 @@ func (w *Worker) onSync(ctx context.Context, env *messages.Envelope) error {
 	if s.PrimaryRegion == w.cfg.Region {
 		return refuse(reasonStateMismatch, "sync names %s as primary; only a hand-over makes it primary", w.cfg.Region)
 	}
-	k, _, err := getJSON[keyRecord](ctx, w.res.Keys, s.KeyID)
+	k, _, err := getJSON[repl.Key](ctx, w.res.Keys, s.KeyID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		// Never here, or deleted and acknowledged: say so.
-		return w.sendStatus(ctx, &keyRecord{Key: api.Key{KeyID: s.KeyID, PrimaryRegion: m.Src}, Deleted: true}, m.Src, env.Digest)
+		return w.sendStatus(ctx, &keyRecord{KeyID: s.KeyID, PrimaryRegion: m.Src, Deleted: true}, m.Src, env.Digest)
 	}
 	if err != nil {
 		return err
 	}
-	if k.Role == api.RolePrimary {
+	if k.Role == repl.Primary {
 		return refuse(reasonStateMismatch, "sync from %s for key %s, which is primary in %s", m.Src, s.KeyID, w.cfg.Region)
 	}
 	if k.PrimaryRegion != m.Src {
@@ -127,7 +128,7 @@ func (w *Worker) onSync(ctx context.Context, env *messages.Envelope) error {
 	var activated uint32
 	newPrimary := ""
 	purge := false
-	k, err = w.updateKey(ctx, s.KeyID, func(k *keyRecord) error {
+	k, err = w.updateKey(ctx, s.KeyID, func(k *repl.Key) error {
 		activated, newPrimary, purge = 0, "", false
 		changed := false
 		if s.AckStatusSeq > k.StatusAcked && k.StatusAcked < k.StatusSeq {
@@ -146,7 +147,7 @@ func (w *Worker) onSync(ctx context.Context, env *messages.Envelope) error {
 			// the old epoch, so the primary sees it and sends the version.
 			if k.CurrentVersion != s.CurrentVersion {
 				activated = s.CurrentVersion
-				noteActivated(k, activated, w.cfg.Now().UTC())
+				k.NoteActivated(activated, w.cfg.Now().UTC())
 			}
 			if k.PrimaryRegion != s.PrimaryRegion {
 				newPrimary = s.PrimaryRegion
@@ -191,10 +192,10 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 	if err != nil {
 		return refuse(reasonUnknownKey, "status from %s for key %s, unknown in %s", m.Src, st.KeyID, w.cfg.Region)
 	}
-	if k.Role == api.RoleReplica {
+	if k.Role == repl.ReplicaRole {
 		return w.onAnnounceAck(ctx, k, m)
 	}
-	if _, ok := findReplica(&k.Key, m.Src); !ok {
+	if _, ok := k.Replica(m.Src); !ok {
 		if st.State == messages.ReplicaStateDeleted {
 			// Dropped already; the acknowledgement may have been lost:
 			// send it again, or the tombstone reports forever.
@@ -205,7 +206,7 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 		}
 		return refuse(reasonWrongPeer, "status from %s, which holds no replica of key %s", m.Src, st.KeyID)
 	}
-	if stagedVersion(&k.Key) != 0 || k.PendingPrimary != "" {
+	if k.Staged() != 0 || k.PendingPrimary != "" {
 		// The status may release a staged version or end a hand-over:
 		// duties the sweeper must find if this worker stops.
 		if err := w.markKeyPending(ctx, k.KeyID); err != nil {
@@ -216,19 +217,19 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 	var evs []api.Event
 	var activated uint32
 	var lost []uint32
-	key, err := w.updateKey(ctx, st.KeyID, func(k *keyRecord) error {
+	key, err := w.updateKey(ctx, st.KeyID, func(k *repl.Key) error {
 		evs, activated, lost = nil, 0, nil
-		r, ok := findReplica(&k.Key, m.Src)
-		if !ok || k.Role != api.RolePrimary {
+		r, ok := k.Replica(m.Src)
+		if !ok || k.Role != repl.Primary {
 			return errNoChange
 		}
 		changed := false
-		if k.KeyState == api.KeyStateUpdating && k.PendingPrimary == "" && r.State == api.ReplicaUpdating &&
+		if k.KeyState == repl.KeyUpdating && k.PendingPrimary == "" && r.State == repl.ReplicaUpdating &&
 			st.PrimaryRegion == w.cfg.Region && st.Epoch >= k.Epoch {
 			// This region took the key over, and the old primary now says
 			// it is a replica of this one: the hand-over is done.
-			k.KeyState = api.KeyStateEnabled
-			r.State = replicaState(&k.Key, m.Src, "")
+			k.KeyState = repl.KeyEnabled
+			r.State = k.ReplicaState(m.Src, "")
 			evs = append(evs, api.Event{Type: api.EventPrimaryUpdated, KeyID: k.KeyID, Peer: m.Src, Regions: []string{m.Src, w.cfg.Region}})
 			changed = true
 		}
@@ -246,19 +247,19 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 			changed = true
 			switch st.State {
 			case messages.ReplicaStateDeleted:
-				k.Replicas = slices.DeleteFunc(k.Replicas, func(x api.Replica) bool { return x.Region == m.Src })
-				forget(&k.Key, m.Src)
+				k.Replicas = slices.DeleteFunc(k.Replicas, func(x repl.Replica) bool { return x.Region == m.Src })
+				k.Forget(m.Src)
 				delete(k.SyncSent, m.Src)
 				evs = append(evs, api.Event{Type: api.EventReplicaDeleted, KeyID: k.KeyID, Peer: m.Src})
 				if k.PendingPrimary == m.Src {
 					evs = append(evs, w.abortHandover(k, "the new primary's replica was deleted"))
 				}
-				activated = tryActivate(&k.Key, now) // it may have been the last one waited for
+				activated = k.TryActivate(now) // it may have been the last one waited for
 				k.UpdatedAt = now
 				return nil
 			case messages.ReplicaStatePendingDeletion:
 				d := time.UnixMilli(st.DeletionDate).UTC()
-				if r.State != api.ReplicaPendingDeletion {
+				if r.State != repl.ReplicaPendingDeletion {
 					evs = append(evs, api.Event{Type: api.EventReplicaDeletionScheduled, KeyID: k.KeyID, Peer: m.Src})
 				}
 				if k.PendingPrimary == m.Src {
@@ -266,14 +267,14 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 					// while pending deletion): call the hand-over off.
 					evs = append(evs, w.abortHandover(k, "the new primary's replica is pending deletion"))
 				}
-				r.State, r.DeletionDate = api.ReplicaPendingDeletion, &d
+				r.State, r.DeletionDate = repl.ReplicaPendingDeletion, &d
 			default: // ENABLED
-				if r.State == api.ReplicaPendingDeletion {
+				if r.State == repl.ReplicaPendingDeletion {
 					evs = append(evs, api.Event{Type: api.EventReplicaDeletionCancelled, KeyID: k.KeyID, Peer: m.Src})
 					r.State = ""
 				}
 				r.DeletionDate = nil
-				r.State = replicaState(&k.Key, m.Src, r.State)
+				r.State = k.ReplicaState(m.Src, r.State)
 			}
 		}
 		if st.State != messages.ReplicaStateDeleted && st.PrimaryRegion == w.cfg.Region {
@@ -285,22 +286,22 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 				}
 			}
 			for _, v := range lost {
-				d := versionDetail(&k.Key, v)
+				d := k.Version(v)
 				d.ReplicatedTo = slices.DeleteFunc(d.ReplicatedTo, func(x string) bool { return x == m.Src })
 				changed = true
 			}
 			if len(lost) > 0 {
-				r.State = replicaState(&k.Key, m.Src, r.State)
+				r.State = k.ReplicaState(m.Src, r.State)
 			}
 		}
 		if !changed {
 			return errNoChange
 		}
 		r.UpdatedAt = now
-		setReplica(&k.Key, r)
+		k.SetReplica(r)
 		// A replica that went pending deletion no longer holds a staged
 		// version back (holders).
-		activated = tryActivate(&k.Key, now)
+		activated = k.TryActivate(now)
 		k.UpdatedAt = now
 		return nil
 	})
@@ -311,16 +312,16 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 		w.event(ctx, ev)
 	}
 	if activated != 0 {
-		w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: key.KeyID, Version: activated, Regions: allRegions(&key.Key)})
+		w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: key.KeyID, Version: activated, Regions: key.AllRegions()})
 	}
-	if slices.ContainsFunc(key.Replicas, func(r api.Replica) bool { return needsSync(&key.Key, r) }) {
+	if slices.ContainsFunc(key.Replicas, func(r repl.Replica) bool { return key.NeedsSync(r) }) {
 		w.syncReplicas(ctx, key.KeyID)
 	}
 	if len(lost) > 0 {
 		w.log.Warn("replica lacks versions the primary recorded; copying them again", "key_id", key.KeyID, "dst", m.Src, "versions", lost)
 	}
-	if r, ok := findReplica(&key.Key, m.Src); ok && r.State != api.ReplicaFailed && r.State != api.ReplicaPendingDeletion &&
-		key.KeyState == api.KeyStateEnabled && len(missingVersions(&key.Key, m.Src)) > 0 {
+	if r, ok := key.Replica(m.Src); ok && r.State != repl.ReplicaFailed && r.State != repl.ReplicaPendingDeletion &&
+		key.KeyState == repl.KeyEnabled && len(key.Missing(m.Src)) > 0 {
 		// Lost versions, or a rotation that went on while the replica was
 		// pending deletion (now cancelled): copy what it lacks.
 		if err := w.markKeyPending(ctx, key.KeyID); err != nil {
@@ -331,7 +332,7 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 		}
 	}
 	if len(st.SyncDigest) == 0 {
-		r, _ := findReplica(&key.Key, m.Src)
+		r, _ := key.Replica(m.Src)
 		return w.ackStatus(ctx, key, m.Src, max(r.StatusSeq, st.StatusSeq))
 	}
 	return nil
@@ -340,7 +341,7 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) error {
 // ackStatus acknowledges an unprompted status with a sync carrying the
 // key's state. During a hand-over the sync carries the epoch before it: the
 // hand-over's epoch goes out only with the new primary's name (announce).
-func (w *Worker) ackStatus(ctx context.Context, k *keyRecord, dst string, seq uint64) error {
+func (w *Worker) ackStatus(ctx context.Context, k *repl.Key, dst string, seq uint64) error {
 	if k.PendingPrimary != "" {
 		before := *k
 		before.Epoch--
@@ -352,19 +353,19 @@ func (w *Worker) ackStatus(ctx context.Context, k *keyRecord, dst string, seq ui
 // abortHandover calls off the hand-over in progress (the new primary
 // cannot take the key): the key is ENABLED here again, still primary, and
 // replicas are synced at the epoch the hand-over took.
-func (w *Worker) abortHandover(k *keyRecord, why string) api.Event {
+func (w *Worker) abortHandover(k *repl.Key, why string) api.Event {
 	target := k.PendingPrimary
-	if r, ok := findReplica(&k.Key, target); ok && r.State == api.ReplicaUpdating {
-		r.State = replicaState(&k.Key, target, "")
-		setReplica(&k.Key, r)
+	if r, ok := k.Replica(target); ok && r.State == repl.ReplicaUpdating {
+		r.State = k.ReplicaState(target, "")
+		k.SetReplica(r)
 	}
-	k.KeyState, k.PendingPrimary, k.HandoverID, k.HandoverDigests = api.KeyStateEnabled, "", "", nil
+	k.KeyState, k.PendingPrimary, k.HandoverID, k.HandoverDigests = repl.KeyEnabled, "", "", nil
 	w.log.Warn("hand-over called off", "key_id", k.KeyID, "to", target, "reason", why)
 	return api.Event{Type: api.EventPrimaryUpdateCancelled, KeyID: k.KeyID, Peer: target, Reason: why}
 }
 
 // onAnnounceAck (old primary): a replica confirms it knows the new primary.
-func (w *Worker) onAnnounceAck(ctx context.Context, k *keyRecord, m *messages.Message) error {
+func (w *Worker) onAnnounceAck(ctx context.Context, k *repl.Key, m *messages.Message) error {
 	st := m.Status
 	if !slices.Contains(k.Announce, m.Src) {
 		return errDuplicate // statuses cross a hand-over; nothing to do
@@ -372,7 +373,7 @@ func (w *Worker) onAnnounceAck(ctx context.Context, k *keyRecord, m *messages.Me
 	if st.PrimaryRegion != k.PrimaryRegion || st.Epoch < k.AnnounceEpoch {
 		return errDuplicate // not yet: the next announcement will tell
 	}
-	_, err := w.updateKey(ctx, k.KeyID, func(k *keyRecord) error {
+	_, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
 		if !slices.Contains(k.Announce, m.Src) {
 			return errNoChange
 		}
