@@ -139,7 +139,8 @@ func BenchmarkStateMachine(b *testing.B) {
 	inbox := func(w *Worker, m *benchMsg) func() error {
 		return func() error {
 			var typ string
-			return w.processInbox(ctx, m, &typ)
+			_, err := w.processInbox(ctx, m, &typ)
+			return err
 		}
 	}
 	b.ReportAllocs()

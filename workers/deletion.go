@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
@@ -13,7 +11,8 @@ import (
 	"github.com/mrkrepl/mrkrepl/internal/repl"
 )
 
-// This file is the scheduled deletion of a key or a replica (docs/LIFECYCLE.md).
+// This file is the shell of the scheduled deletion of a key or a replica
+// (docs/LIFECYCLE.md; the decisions are in internal/repl/deletion.go).
 
 func (w *Worker) apiScheduleKeyDeletion(ctx context.Context, data []byte) (any, error) {
 	var req api.ScheduleKeyDeletionRequest
@@ -32,29 +31,17 @@ func (w *Worker) apiScheduleKeyDeletion(ctx context.Context, data []byte) (any, 
 	}
 	now := w.cfg.Now().UTC()
 	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) error {
-		switch k.KeyState {
-		case repl.KeyPendingDeletion:
-			return conflict("key %s is already pending deletion (on %s)", k.KeyID, k.DeletionDate.Format(time.RFC3339))
-		case repl.KeyUpdating:
-			return conflict("key %s is changing its primary region; wait until it is done", k.KeyID)
-		}
+		var inFlight []string
 		if k.Role == repl.Primary {
-			var live []string
 			for _, r := range k.Replicas {
-				if k.HoldsAny(r.Region) || w.activeRun(ctx, r) != nil {
-					live = append(live, r.Region)
+				if !k.HoldsAny(r.Region) && w.activeRun(ctx, r) != nil {
+					inFlight = append(inFlight, r.Region)
 				}
 			}
-			slices.Sort(live)
-			if len(live) > 0 {
-				return conflict("key %s is a primary with replicas in %s; delete them first", k.KeyID, strings.Join(live, ", "))
-			}
-		} else {
-			k.StatusSeq++
-			k.StatusSentAt = now
 		}
-		d := now.Add(wait)
-		k.KeyState, k.DeletionDate, k.UpdatedAt = repl.KeyPendingDeletion, &d, now
+		if e := repl.ScheduleDeletion(k, wait, inFlight, now); e != nil {
+			return e
+		}
 		return nil
 	})
 	if err != nil {
@@ -81,14 +68,9 @@ func (w *Worker) apiCancelKeyDeletion(ctx context.Context, data []byte) (any, er
 	}
 	now := w.cfg.Now().UTC()
 	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) error {
-		if k.KeyState != repl.KeyPendingDeletion {
-			return conflict("key %s is not pending deletion", k.KeyID)
+		if e := repl.CancelDeletion(k, now); e != nil {
+			return e
 		}
-		if k.Role == repl.ReplicaRole {
-			k.StatusSeq++
-			k.StatusSentAt = now
-		}
-		k.KeyState, k.DeletionDate, k.UpdatedAt = repl.KeyEnabled, nil, now
 		return nil
 	})
 	if err != nil {
@@ -126,14 +108,9 @@ func (w *Worker) deleteNow(ctx context.Context, k *repl.Key) error {
 	}
 	now := w.cfg.Now().UTC()
 	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
-		if k.Deleted || k.KeyState != repl.KeyPendingDeletion {
+		if !repl.Tombstone(k, now) {
 			return errNoChange
 		}
-		k.Deleted = true
-		k.Versions, k.CurrentVersion, k.DeletionDate, k.Enabled = nil, 0, nil, false
-		k.StatusSeq++
-		k.StatusSentAt = now
-		k.UpdatedAt = now
 		return nil
 	})
 	if err != nil {

@@ -1,11 +1,9 @@
 package workers
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/repl"
@@ -13,16 +11,16 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// This file is the destination role of the replication state machine
-// (docs/PROTOCOL.md; the diagram is in source.go).
+// This file is the shell of the destination role of a run: the decisions
+// are the core's (internal/repl/destination.go: OnInit, AfterRAKB,
+// OnMaterial, AfterUnwrap, StoreReplica); this file reads the records,
+// claims the init, asks the HSM, and writes and sends in the order
+// exec.go sets out.
 
 // onInit (destination): make RAKB and answer with an offer.
-func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
+func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) (outcome, error) {
 	m := &env.Message
 	in := m.Init
-	if in.PrimaryRegion != m.Src {
-		return refuse(reasonNotPrimary, "init from %s names primary %s", m.Src, in.PrimaryRegion)
-	}
 	// The run (a redelivery finds it) and the key (held here already?),
 	// read at once: one round trip instead of two.
 	var (
@@ -34,43 +32,31 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 		defer close(read)
 		key, _, keyErr = getJSON[repl.Key](ctx, w.res.Keys, in.KeyID)
 	}()
-	rec, _, err := getJSON[repl.Run](ctx, w.res.Repl, m.ReplicationID)
+	run, _, err := getJSON[repl.Run](ctx, w.res.Repl, m.ReplicationID)
 	<-read
-	if err == nil {
-		if rec.Role == repl.Destination && bytes.Equal(rec.InitDigest, env.Digest) {
-			return w.republish(ctx, rec)
-		}
-		return checkRunMsg(m, env.Digest, rec.InitMsgID, rec.InitDigest,
-			refuse(reasonStateMismatch, "replication %s already exists with another init", m.ReplicationID))
-	} else if !errors.Is(err, jetstream.ErrKeyNotFound) {
-		return err
+	if errors.Is(err, jetstream.ErrKeyNotFound) {
+		run, err = nil, nil
 	}
-	// A replica that is already here is answered like a new one: the HSM
-	// reports the key as present at unwrap time, and the key confirmation
-	// in the receipt lets the source check that it is the same key (this is
-	// how a source that lost a receipt, or retried, learns of the replica).
-	if keyErr == nil && !key.Deleted {
-		if key.Role == repl.Primary || key.PrimaryRegion != m.Src {
-			return refuse(reasonKeyExists, "key %s exists in %s with primary %s", in.KeyID, w.cfg.Region, key.PrimaryRegion)
-		}
-	} else if keyErr != nil && !errors.Is(keyErr, jetstream.ErrKeyNotFound) {
-		return keyErr
+	if errors.Is(keyErr, jetstream.ErrKeyNotFound) {
+		key, keyErr = nil, nil
 	}
-
-	now := w.cfg.Now()
-	rec = &repl.Run{
-		ID: m.ReplicationID, Role: repl.Destination, KeyID: in.KeyID, Version: in.Version,
-		Peer: m.Src, State: repl.OfferSent, KeySpec: in.KeySpec, KeyUsage: in.KeyUsage,
-		PrimaryRegion: in.PrimaryRegion, SrcKID: env.KID, InitDigest: env.Digest, InitMsgID: m.MsgID,
-		CreatedAt: m.SentTime(), UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL),
-		Policy: w.initPolicy(in),
+	if err != nil {
+		return accepted, err
+	}
+	cfg := w.core()
+	v, rec, op := repl.OnInit(run, key, env, w.initPolicy(in), cfg, w.cfg.Now())
+	if v.Kind != repl.Fresh {
+		return w.answer(ctx, run, v, nil)
+	}
+	if keyErr != nil {
+		return accepted, keyErr
 	}
 	// The pending entry is also this handler's claim on the init: a second
 	// handler of the same init (a copy delivered at the same time, or a
 	// redelivery while this one still runs) must not touch our RAKB.
 	release, err := w.claimRun(ctx, rec.ID)
 	if err != nil {
-		return err
+		return accepted, err
 	}
 	stored := false
 	defer func() {
@@ -78,178 +64,128 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 			release()
 		}
 	}()
+	var rakb []byte
 	err = w.hsmOp("create_agreement_key", func() (err error) {
-		rec.RAKB, err = w.cfg.HSM.CreateAgreementKey(ctx, rec.ID, rec.ExpiresAt)
+		rakb, err = w.cfg.HSM.CreateAgreementKey(ctx, op.RunID, op.ExpiresAt)
 		if errors.Is(err, hsmsvc.ErrExists) {
 			// Made by a handler that ended (crashed) before any offer was
 			// stored or sent (claimRun let us take its claim over): nobody
 			// has seen its public key, so replace it.
-			if err = w.cfg.HSM.DestroyAgreementKey(ctx, rec.ID); err == nil || errors.Is(err, hsmsvc.ErrNotFound) {
-				rec.RAKB, err = w.cfg.HSM.CreateAgreementKey(ctx, rec.ID, rec.ExpiresAt)
+			if err = w.cfg.HSM.DestroyAgreementKey(ctx, op.RunID); err == nil || errors.Is(err, hsmsvc.ErrNotFound) {
+				rakb, err = w.cfg.HSM.CreateAgreementKey(ctx, op.RunID, op.ExpiresAt)
 			}
 		}
 		return err
 	})
 	if err != nil {
-		return fmt.Errorf("create rakb: %w", err)
+		return accepted, fmt.Errorf("create rakb: %w", err)
 	}
-	reply := w.newMessage(messages.TypeOffer, rec.ID, m.Src)
-	reply.Offer = &messages.Offer{InitDigest: env.Digest, RAKB: rec.RAKB}
-	if rec.OfferDigest, rec.DstKID, err = w.seal(rec, reply); err != nil {
-		return err
+	reply := repl.AfterRAKB(rec, rakb, cfg, w.cfg.Now())
+	if err := w.sealRun(rec, reply); err != nil {
+		return accepted, err
 	}
 	err = w.createRun(ctx, rec)
 	// The entry stays with a stored run, ours or (ErrKeyExists) another's.
 	stored = err == nil || errors.Is(err, jetstream.ErrKeyExists)
 	if err != nil {
-		// Another worker took this init first: keep its RAKB, drop ours.
+		// Another worker took this init first: keep its RAKB, drop ours,
+		// and decide again on its run.
 		_ = w.cfg.HSM.DestroyAgreementKey(ctx, rec.ID)
 		if errors.Is(err, jetstream.ErrKeyExists) {
-			if other, _, gerr := getJSON[repl.Run](ctx, w.res.Repl, rec.ID); gerr == nil && bytes.Equal(other.InitDigest, env.Digest) {
-				return w.republish(ctx, other)
+			if other, _, gerr := getJSON[repl.Run](ctx, w.res.Repl, rec.ID); gerr == nil && repl.Match(other, env).Kind == repl.Redelivery {
+				return w.answer(ctx, other, repl.Verdict{Kind: repl.Redelivery}, nil)
 			}
 		}
-		return fmt.Errorf("store replication: %w", err)
+		return accepted, fmt.Errorf("store replication: %w", err)
 	}
-	return w.publish(ctx, rec)
+	return accepted, w.publish(ctx, rec)
 }
 
 // onMaterial (destination): unwrap K into the HSM and send the receipt.
-func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
-	m := &env.Message
-	rec, rev, err := w.runFor(ctx, m, repl.Destination)
-	if err != nil {
-		return err
+func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) (outcome, error) {
+	rec, rev, v, err := w.runFor(ctx, env)
+	if err != nil || v.Kind != repl.Fresh {
+		return w.answer(ctx, rec, v, err)
 	}
-	if rec.State != repl.OfferSent {
-		if bytes.Equal(rec.MaterialDigest, env.Digest) {
-			return w.republish(ctx, rec)
-		}
-		return checkRunMsg(m, env.Digest, rec.MaterialMsgID, rec.MaterialDigest,
-			refuse(reasonStateMismatch, "material for replication %s in state %s", rec.ID, rec.State))
+	cfg := w.core()
+	op, ref := repl.OnMaterial(rec, env, cfg)
+	if ref != nil {
+		return accepted, ref
 	}
-	if !bytes.Equal(m.Material.OfferDigest, rec.OfferDigest) {
-		return refuse(reasonStateMismatch, "material answers another offer")
-	}
-	ref := hsmsvc.KeyRef{KeyID: rec.KeyID, Version: rec.Version}
-	kctx := hsmsvc.KDFContext{
-		Partition: w.bundle().Partition(), SrcRegion: rec.Peer, DstRegion: w.cfg.Region,
-		SrcKID: rec.SrcKID, DstKID: rec.DstKID, RAKA: m.Material.RAKA, RAKB: rec.RAKB,
-		ReplicationID: rec.ID, KeyID: rec.KeyID, Version: rec.Version,
-		InitDigest: rec.InitDigest, OfferDigest: rec.OfferDigest,
-	}
-	status := messages.StatusOK
+	href := hsmsvc.KeyRef(op.Ref)
 	err = w.hsmOp("unwrap_from_peer", func() error {
-		return w.cfg.HSM.UnwrapFromPeer(ctx, hsmsvc.UnwrapRequest{PeerPublicKey: m.Material.RAKA, Wrapped: m.Material.WrappedKey, Context: kctx})
+		return w.cfg.HSM.UnwrapFromPeer(ctx, hsmsvc.UnwrapRequest{PeerPublicKey: op.PeerKey, Wrapped: op.Wrapped, Context: hsmsvc.KDFContext(op.KDF)})
 	})
+	res := repl.Unwrapped
 	switch {
 	case err == nil:
 	case errors.Is(err, hsmsvc.ErrExists):
-		// Another key under this ref: the key confirmation below tells
-		// the source it is not the right key.
+		res = repl.UnwrapKeyExists
 	case errors.Is(err, hsmsvc.ErrNotFound):
 		// RAKB gone: consumed by an unwrap whose state write was lost (K
-		// is here, and the key confirmation below proves it), or expired,
-		// destroyed or lost (no K): the source starts a fresh run.
-		if has, herr := w.cfg.HSM.HasKey(ctx, ref); herr != nil {
-			return herr
-		} else if !has {
+		// is here), or expired, destroyed or lost (no K).
+		has, herr := w.cfg.HSM.HasKey(ctx, href)
+		if herr != nil {
+			return accepted, herr
+		}
+		res = repl.UnwrapRAKBGoneKeyHeld
+		if !has {
 			w.log.Warn("agreement key lost", "replication_id", rec.ID, "err", err)
-			status = messages.StatusAgreementKeyLost
+			res = repl.UnwrapRAKBGone
 		}
 	case errors.Is(err, hsmsvc.ErrUnwrapFailed), errors.Is(err, hsmsvc.ErrInvalidPeerKey):
 		w.log.Warn("unwrap failed", "replication_id", rec.ID, "err", err)
-		status = messages.StatusUnwrapFailed
+		res = repl.UnwrapFailed
 	default:
 		// The HSM failed on its own account (a token or disk error, a
 		// crash): the RAKB is still there, or K is, so the redelivered
 		// material is unwrapped again or answered from K.
-		return fmt.Errorf("unwrap: %w", err)
+		return accepted, fmt.Errorf("unwrap: %w", err)
 	}
-	next := *rec
-	next.MaterialDigest, next.MaterialMsgID = env.Digest, m.MsgID
-	next.UpdatedAt = w.cfg.Now()
-	reply := w.newMessage(messages.TypeReceipt, rec.ID, rec.Peer)
-	reply.Receipt = &messages.Receipt{MaterialDigest: env.Digest, Status: status}
-	if status == messages.StatusOK {
-		transcript := messages.TranscriptDigest(rec.InitDigest, rec.OfferDigest, env.Digest)
+	next, reply, held := repl.AfterUnwrap(rec, env, res, cfg, w.cfg.Now())
+	if held {
+		// Ordering (exec.go): K is in the HSM and the replica's record is
+		// written before the run says COMPLETED and the receipt leaves.
 		err = w.hsmOp("key_confirmation", func() (err error) {
-			reply.Receipt.KeyConfirmation, err = w.cfg.HSM.KeyConfirmation(ctx, ref, transcript)
+			reply.Receipt.KeyConfirmation, err = w.cfg.HSM.KeyConfirmation(ctx, href, next.Transcript())
 			return err
 		})
 		if err != nil {
-			return fmt.Errorf("key confirmation: %w", err)
+			return accepted, fmt.Errorf("key confirmation: %w", err)
 		}
-		created, err := w.storeReplica(ctx, rec, m.Material.Properties)
+		created, err := w.storeReplica(ctx, rec, env.Message.Material.Properties)
 		if err != nil {
-			return err
+			return accepted, err
 		}
 		next.NewReplica = created
-		next.State = repl.Completed
-		next.UsableAt = &next.UpdatedAt
-		next.CompletedAt = &next.UpdatedAt
-	} else {
-		next.State = repl.Failed
-		next.Reason = status
 	}
-	if _, _, err := w.seal(&next, reply); err != nil {
-		return err
+	if err := w.sealRun(next, reply); err != nil {
+		return accepted, err
 	}
-	if err := w.casRun(ctx, &next, rev); err != nil {
-		return w.lostRace(ctx, m, env.Digest, err, func(o *repl.Run) []byte { return o.MaterialDigest })
+	o, err := w.writeAndSend(ctx, env, next, rev)
+	if err != nil || o == duplicate {
+		return o, err
 	}
-	if err := w.publish(ctx, &next); err != nil {
-		return err
-	}
-	w.finish(ctx, &next)
-	return nil
+	w.finish(ctx, next)
+	return accepted, nil
 }
 
 // storeReplica records the replica's metadata once a version's material is
-// in the HSM. The run that creates the replica makes its version the
-// current one (the primary sends the current version first); a version
-// that arrives later is only added: the primary's key.sync says when it
-// becomes current. It reports whether the run created the replica.
+// in the HSM (repl.NewReplicaKey, repl.StoreReplica). It reports whether
+// the run created the replica.
 func (w *Worker) storeReplica(ctx context.Context, rec *repl.Run, props messages.Properties) (bool, error) {
 	now := w.cfg.Now()
-	fresh := func(old *repl.Key) *repl.Key {
-		k := &keyRecord{
-			KeyID: rec.KeyID, Partition: w.bundle().Partition(), Region: w.cfg.Region,
-			Role: repl.ReplicaRole, PrimaryRegion: rec.PrimaryRegion, KeySpec: props.KeySpec,
-			KeyUsage: props.KeyUsage, Description: props.Description, Enabled: true,
-			Versions: []uint32{rec.Version}, CurrentVersion: rec.Version,
-			CreatedAt: now, UpdatedAt: now, ReplicatedFrom: rec.ID, UsableAt: &now,
-			// The run brings the state of epoch 1 (the init carries no
-			// epoch); if the key changed before this replica existed, the
-			// primary syncs it at once (recordReceipt, needsSync).
-			KeyState: repl.KeyEnabled, Epoch: 1, Policy: rec.Policy,
-		}
-		k.NoteReceived(rec.Version, true, now)
-		if old != nil {
-			// Re-created after a deletion: keep numbering status reports
-			// where the deleted replica stopped.
-			k.StatusSeq, k.StatusAcked = old.StatusSeq, old.StatusAcked
-		}
-		return k
-	}
+	cfg := w.core()
 	created := false
-	_, err := createJSON(ctx, w.res.Keys, rec.KeyID, fresh(nil))
+	_, err := createJSON(ctx, w.res.Keys, rec.KeyID, repl.NewReplicaKey(rec, props, nil, cfg, now))
 	if err == nil {
 		created = true
 	} else if errors.Is(err, jetstream.ErrKeyExists) {
 		_, err = updateJSON(ctx, w.res.Keys, rec.KeyID, func(k *repl.Key) error {
-			if k.Deleted {
-				*k = *fresh(k)
-				created = true
-				return nil
-			}
-			created = false
-			if slices.Contains(k.Versions, rec.Version) {
+			var changed bool
+			if created, changed = repl.StoreReplica(k, rec, props, cfg, now); !changed {
 				return errNoChange
 			}
-			k.Versions = repl.AddVersion(k.Versions, rec.Version)
-			k.NoteReceived(rec.Version, false, now)
-			k.UpdatedAt = now
 			return nil
 		})
 	}

@@ -13,19 +13,17 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// refusal is a message that will never be acted on: it is dead-lettered
-
 // handleInbox verifies one inbox message and runs the state machine on it.
 // Every outcome ends in an explicit ack decision.
 func (w *Worker) handleInbox(ctx context.Context, msg jetstream.Msg) {
 	typ := "unknown"
-	err := w.processInbox(ctx, msg, &typ)
+	o, err := w.processInbox(ctx, msg, &typ)
 	var ref *refusal
 	switch {
-	case err == nil:
+	case err == nil && o == accepted:
 		w.met.received.WithLabelValues(typ, "accepted").Inc()
 		w.ack(ctx, msg)
-	case errors.Is(err, errDuplicate):
+	case err == nil:
 		w.met.received.WithLabelValues(typ, "duplicate").Inc()
 		w.ack(ctx, msg)
 	case errors.As(err, &ref):
@@ -46,11 +44,7 @@ func (w *Worker) handleInbox(ctx context.Context, msg jetstream.Msg) {
 	}
 }
 
-// errDuplicate marks a message already handled: the stored reply was
-// re-published and the message can be acked.
-var errDuplicate = errors.New("duplicate")
-
-func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *string) error {
+func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *string) (outcome, error) {
 	env, err := messages.Verify(msg.Data(), messages.VerifyOptions{
 		Bundle:   w.bundle(),
 		Now:      w.cfg.Now(),
@@ -61,9 +55,9 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 	if err != nil {
 		var ve *messages.VerifyError
 		if errors.As(err, &ve) {
-			return &refusal{Reason: string(ve.Reason), Detail: ve.Detail}
+			return accepted, &refusal{Reason: string(ve.Reason), Detail: ve.Detail}
 		}
-		return &refusal{Reason: string(messages.ReasonMalformed), Detail: err.Error()}
+		return accepted, &refusal{Reason: string(messages.ReasonMalformed), Detail: err.Error()}
 	}
 	*typ = string(env.Message.Type)
 	// Audit events caused by this message name its signer's region.
@@ -71,33 +65,18 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 	// Replay check: a msg_id is accepted once; the same bytes again are a
 	// redelivery (handled idempotently), other bytes are refused. The four
 	// messages of a run are checked against the run record, which keeps
-	// each accepted message's msg_id beside its digest (checkRunMsg); the
-	// lifecycle messages against the replay cache.
+	// each accepted message's msg_id beside its digest (repl.Match, in
+	// each run handler); the lifecycle messages against the replay cache.
 	if !runMessage(env.Message.Type) {
 		if err := w.checkReplayCache(ctx, env); err != nil {
-			return err
-		}
-		return w.handle(ctx, env)
-	}
-	// A refusal judged on the run cache is judged again on the KV's record
-	// before anything is dead-lettered: another worker of the region may
-	// have moved the run on (runCache).
-	cctx, use := withCacheUse(ctx)
-	err = w.handle(cctx, env)
-	var ref *refusal
-	if use.hit && errors.As(err, &ref) {
-		w.runs.drop(env.Message.ReplicationID)
-		first := ref.Reason
-		err = w.handle(context.WithValue(ctx, noCacheKey{}, true), env)
-		if !errors.As(err, &ref) || ref.Reason != first {
-			w.met.runCache.WithLabelValues("stale").Inc()
+			return accepted, err
 		}
 	}
-	return err
+	return w.handle(ctx, env)
 }
 
 // handle runs the state machine on a verified message.
-func (w *Worker) handle(ctx context.Context, env *messages.Envelope) error {
+func (w *Worker) handle(ctx context.Context, env *messages.Envelope) (outcome, error) {
 	switch env.Message.Type {
 	case messages.TypeInit:
 		return w.onInit(ctx, env)
@@ -116,7 +95,7 @@ func (w *Worker) handle(ctx context.Context, env *messages.Envelope) error {
 	case messages.TypeAccept:
 		return w.onAccept(ctx, env)
 	}
-	return refuse(string(messages.ReasonMalformed), "unexpected type %q", env.Message.Type)
+	return accepted, refuse(string(messages.ReasonMalformed), "unexpected type %q", env.Message.Type)
 }
 
 // runMessage reports whether t is one of the four messages of a run.
@@ -145,18 +124,6 @@ func (w *Worker) checkReplayCache(ctx context.Context, env *messages.Envelope) e
 		}
 	}
 	return nil
-}
-
-// checkRunMsg is the replay check of a run's message that does not fit the
-// run's state: when the run accepted a message of this type with the same
-// msg_id (seenID) and other bytes (seenDigest), it is a replayed msg_id;
-// otherwise the caller refuses it as not fitting the state. (The same
-// bytes are a redelivery, which the caller answers before.)
-func checkRunMsg(m *messages.Message, digest []byte, seenID string, seenDigest []byte, mismatch error) error {
-	if seenID != "" && seenID == m.MsgID && !bytes.Equal(seenDigest, digest) {
-		return refuse(reasonReplayedMsgID, "msg_id %s seen before in replication %s with other content", m.MsgID, m.ReplicationID)
-	}
-	return mismatch
 }
 
 // ack acknowledges without waiting for the server's confirmation: every

@@ -73,14 +73,6 @@ func (w *Worker) publish(ctx context.Context, rec *repl.Run) error {
 	return nil
 }
 
-// republish answers a duplicate with the stored reply.
-func (w *Worker) republish(ctx context.Context, rec *repl.Run) error {
-	if err := w.publish(ctx, rec); err != nil {
-		return err
-	}
-	return errDuplicate
-}
-
 func (w *Worker) event(ctx context.Context, ev api.Event) {
 	ev.Region = w.cfg.Region
 	if ev.Actor == "" {

@@ -4,16 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
-	"strings"
-	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/repl"
 )
 
-// This file is the rotation of a primary key (docs/LIFECYCLE.md).
+// This file is the shell of the rotation of a primary key
+// (docs/LIFECYCLE.md; the decisions are in internal/repl/rotate.go).
 
 func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	var req api.RotateKeyRequest
@@ -28,21 +26,14 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	// Reserve the version number first (compare-and-set), so that two
 	// rotations never generate the same version: the HSM object of a
 	// reserved number is this request's alone, until the reservation is
-	// old enough to be a crash's leftover (reservationTimeout).
+	// old enough to be a crash's leftover (repl.ReservationTimeout).
 	now := w.cfg.Now().UTC()
 	var next uint32
 	k, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) error {
-		if err := w.canChangeShared(k); err != nil {
-			return err
+		var e *repl.RequestError
+		if next, e = repl.Reserve(k, w.core(), now); e != nil {
+			return e
 		}
-		if s := k.Staged(); s != 0 {
-			return conflict("key %s: version %d is still staged, waiting for %s", k.KeyID, s, strings.Join(k.WaitingFor(s), ", "))
-		}
-		if k.Reserved != 0 && now.Sub(k.ReservedAt) < reservationTimeout {
-			return conflict("key %s is being rotated by another request", k.KeyID)
-		}
-		next = slices.Max(k.Versions) + 1
-		k.Reserved, k.ReservedAt = next, now
 		return nil
 	})
 	if err != nil {
@@ -65,19 +56,10 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	}
 	var activated uint32
 	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
-		if k.Reserved != next || slices.Contains(k.Versions, next) {
-			return conflict("key %s: the rotation to version %d was taken over meanwhile", k.KeyID, next)
+		var e *repl.RequestError
+		if activated, e = repl.RecordVersion(k, next, w.core(), now); e != nil {
+			return e
 		}
-		if err := w.canChangeShared(k); err != nil {
-			return err
-		}
-		k.Reserved, k.ReservedAt = 0, time.Time{}
-		k.Versions = repl.AddVersion(k.Versions, next)
-		k.VersionDetails = append(k.VersionDetails, repl.KeyVersion{
-			Version: next, State: repl.VersionStaged, ReplicatedTo: []string{w.cfg.Region}, CreatedAt: now,
-		})
-		k.UpdatedAt = now
-		activated = k.TryActivate(now) // at once if no replica holds the key
 		return nil
 	})
 	if err != nil {
@@ -88,10 +70,9 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 			w.log.Warn("unrecorded version not destroyed; the next rotation replaces it", "key_id", req.KeyID, "version", next, "err", derr)
 		}
 		_, _ = w.updateKey(ctx, req.KeyID, func(k *repl.Key) error {
-			if k.Reserved != next {
+			if !repl.Unreserve(k, next) {
 				return errNoChange
 			}
-			k.Reserved, k.ReservedAt = 0, time.Time{}
 			return nil
 		})
 		return nil, err
@@ -101,38 +82,15 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	if activated != 0 {
 		w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: k.KeyID, Version: next, Regions: key.AllRegions()})
 	}
-	for _, r := range key.Replicas {
-		if r.State == repl.ReplicaFailed && !key.HoldsAny(r.Region) || r.State == repl.ReplicaPendingDeletion {
-			continue // never created (replicate to it again), or going away
-		}
-		if _, err := w.startRun(ctx, key.KeyID, r.Region, 0, 1); err != nil {
-			w.log.Warn("staged version not sent; the sweeper will", "key_id", key.KeyID, "dst", r.Region, "err", err)
+	for _, dst := range repl.RotationTargets(key) {
+		if _, err := w.startRun(ctx, key.KeyID, dst, 0, 1); err != nil {
+			w.log.Warn("staged version not sent; the sweeper will", "key_id", key.KeyID, "dst", dst, "err", err)
 		}
 	}
 	if activated != 0 {
 		w.syncReplicas(ctx, key.KeyID)
 	}
 	return w.describe(ctx, key.KeyID)
-}
-
-// reservationTimeout is how long a rotation's reservation of a version
-// number holds off other rotations (generating a key takes milliseconds; a
-// reservation this old was left by a crash).
-const reservationTimeout = time.Minute
-
-// canChangeShared checks that k's shared properties may change here: this
-// region is its primary and it is neither changing primary nor being deleted.
-func (w *Worker) canChangeShared(k *repl.Key) error {
-	if k.Role != repl.Primary {
-		return badRequest("key %s is a replica in %s; its primary region is %s", k.KeyID, w.cfg.Region, k.PrimaryRegion)
-	}
-	switch k.KeyState {
-	case repl.KeyUpdating:
-		return conflict("key %s is handing its primary role over to %s", k.KeyID, k.PendingPrimary)
-	case repl.KeyPendingDeletion:
-		return conflict("key %s is pending deletion", k.KeyID)
-	}
-	return nil
 }
 
 func (w *Worker) describe(ctx context.Context, keyID string) (*api.Key, error) {

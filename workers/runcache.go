@@ -1,7 +1,6 @@
 package workers
 
 import (
-	"context"
 	"encoding/json"
 	"sync"
 	"time"
@@ -20,7 +19,7 @@ import (
 // region wrote the run since (the entry is then dropped and the handler
 // falls back to a read, as when two workers race without a cache); and a
 // message refused on the strength of a cached record is judged again on a
-// fresh read before it is dead-lettered (processInbox). With one worker per
+// fresh read before it is dead-lettered (runFor). With one worker per
 // region the cache is exact. Entries go when the run ends here; a run
 // another worker ended stays until its deadline (after which it is read
 // from the KV, as the sweeper may have ended it) or until the cache holds
@@ -95,18 +94,4 @@ func (c *runCache) len() int {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return len(c.runs)
-}
-
-// cacheUse records, for one inbox message, whether its run was read from
-// the cache (runFor), so that a refusal based on it can be checked again.
-type cacheUse struct{ hit bool }
-
-type cacheUseKey struct{}
-
-// noCacheKey marks a context whose handler must read runs from the KV.
-type noCacheKey struct{}
-
-func withCacheUse(ctx context.Context) (context.Context, *cacheUse) {
-	u := &cacheUse{}
-	return context.WithValue(ctx, cacheUseKey{}, u), u
 }

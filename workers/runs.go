@@ -1,12 +1,9 @@
 package workers
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"errors"
-	"fmt"
-	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/internal/repl"
@@ -23,46 +20,41 @@ func (w *Worker) activeRun(ctx context.Context, r repl.Replica) *repl.Run {
 		return nil
 	}
 	run, _, err := getJSON[repl.Run](ctx, w.res.Repl, r.ReplicationID)
-	if err != nil || run.Ended() || w.expired(run) {
+	if err != nil || run.Ended() || run.Expired(w.cfg.Now()) {
 		return nil
 	}
 	return run
 }
 
-func (w *Worker) expired(r *repl.Run) bool { return w.cfg.Now().After(r.ExpiresAt) }
-
-// runFor loads the run a message belongs to (from the run cache when this
-// worker wrote it last, see runCache) and checks role and peer.
-func (w *Worker) runFor(ctx context.Context, m *messages.Message, role repl.Role) (*repl.Run, uint64, error) {
-	if ctx.Value(noCacheKey{}) == nil {
-		if rec, rev, ok := w.runs.get(m.ReplicationID, w.cfg.Now()); ok {
-			if u, _ := ctx.Value(cacheUseKey{}).(*cacheUse); u != nil {
-				u.hit = true
-			}
-			w.met.runCache.WithLabelValues("hit").Inc()
-			return w.checkRun(rec, rev, m, role)
+// runFor loads the run a message of a run belongs to (from the run cache
+// when this worker wrote it last, see runCache) and judges the message on
+// it (repl.Match). A refusal judged on the cache is judged again on the
+// KV's record: another worker of the region may have moved the run on. A
+// run absent here is nil.
+func (w *Worker) runFor(ctx context.Context, env *messages.Envelope) (*repl.Run, uint64, repl.Verdict, error) {
+	id := env.Message.ReplicationID
+	var cached repl.Verdict
+	if rec, rev, ok := w.runs.get(id, w.cfg.Now()); ok {
+		w.met.runCache.WithLabelValues("hit").Inc()
+		if cached = repl.Match(rec, env); cached.Kind != repl.Refused {
+			return rec, rev, cached, nil
 		}
+		w.runs.drop(id)
+	} else {
+		w.met.runCache.WithLabelValues("miss").Inc()
 	}
-	w.met.runCache.WithLabelValues("miss").Inc()
-	rec, rev, err := getJSON[repl.Run](ctx, w.res.Repl, m.ReplicationID)
+	rec, rev, err := getJSON[repl.Run](ctx, w.res.Repl, id)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
-		return nil, 0, refuse(reasonUnknownRun, "no replication %s in %s", m.ReplicationID, w.cfg.Region)
+		rec, err = nil, nil
 	}
 	if err != nil {
-		return nil, 0, err
+		return nil, 0, repl.Verdict{}, err
 	}
-	return w.checkRun(rec, rev, m, role)
-}
-
-// checkRun checks that m comes from the run's peer and fits our role in it.
-func (w *Worker) checkRun(rec *repl.Run, rev uint64, m *messages.Message, role repl.Role) (*repl.Run, uint64, error) {
-	if rec.Role != role {
-		return nil, 0, refuse(reasonStateMismatch, "%s for a run where %s is %s", m.Type, w.cfg.Region, rec.Role)
+	v := repl.Match(rec, env)
+	if cached.Kind == repl.Refused && (v.Kind != repl.Refused || v.Refusal.Reason != cached.Refusal.Reason) {
+		w.met.runCache.WithLabelValues("stale").Inc()
 	}
-	if rec.Peer != m.Src {
-		return nil, 0, refuse(reasonWrongPeer, "%s from %s for a run with %s", m.Type, m.Src, rec.Peer)
-	}
-	return rec, rev, nil
+	return rec, rev, v, nil
 }
 
 // casRun writes rec if the stored revision is still rev.
@@ -78,17 +70,8 @@ func (w *Worker) casRun(ctx context.Context, rec *repl.Run, rev uint64) error {
 		}
 		return err
 	}
-	w.runs.put(rec, b, next, w.runDeadline(rec))
+	w.runs.put(rec, b, next, repl.Deadline(rec, w.core()))
 	return nil
-}
-
-// runDeadline is when the sweeper may end rec: a source run after
-// RunTimeout, a destination run when it expires.
-func (w *Worker) runDeadline(rec *repl.Run) time.Time {
-	if rec.Role == repl.Source {
-		return rec.CreatedAt.Add(w.cfg.RunTimeout)
-	}
-	return rec.ExpiresAt
 }
 
 // createRun stores a new run; jetstream.ErrKeyExists if its id is taken.
@@ -101,19 +84,8 @@ func (w *Worker) createRun(ctx context.Context, rec *repl.Run) error {
 	if err != nil {
 		return err
 	}
-	w.runs.put(rec, b, rev, w.runDeadline(rec))
+	w.runs.put(rec, b, rev, repl.Deadline(rec, w.core()))
 	return nil
-}
-
-// lostRace handles a failed compare-and-set: if another worker already
-// consumed the same message, answer as a duplicate; otherwise retry later.
-func (w *Worker) lostRace(ctx context.Context, m *messages.Message, digest []byte, err error, consumed func(*repl.Run) []byte) error {
-	if errors.Is(err, jetstream.ErrKeyExists) {
-		if other, _, gerr := getJSON[repl.Run](ctx, w.res.Repl, m.ReplicationID); gerr == nil && bytes.Equal(consumed(other), digest) {
-			return w.republish(ctx, other)
-		}
-	}
-	return fmt.Errorf("store replication %s: %w", m.ReplicationID, err)
 }
 
 // finish counts, times and announces a run's end in this region.

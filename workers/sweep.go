@@ -213,7 +213,7 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 		// and what it leads to) is done before its entry goes: a crash in
 		// between repeats it.
 		switch {
-		case rec.Role == repl.Source && retryable(rec):
+		case rec.Role == repl.Source && repl.Retryable(rec):
 			if err := w.retryOrGiveUp(ctx, rec); err != nil {
 				return err
 			}
@@ -224,20 +224,11 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 		}
 		return w.clearPending(ctx, id)
 	}
-	deadline := rec.ExpiresAt
-	if rec.Role == repl.Source {
-		deadline = rec.CreatedAt.Add(w.cfg.RunTimeout)
+	next := repl.TimeOut(rec, w.core(), now)
+	if next == nil {
+		return nil // in flight, before its deadline (repl.Deadline)
 	}
-	if now.Before(deadline) {
-		return nil
-	}
-	next := *rec
-	next.State = repl.Failed
-	next.TimedOut = true
-	next.Reason = fmt.Sprintf("timed out in %s after %s", rec.State, now.Sub(rec.CreatedAt).Round(time.Second))
-	next.UpdatedAt = now
-	next.CompletedAt = &now
-	if err := w.casRun(ctx, &next, rev); err != nil {
+	if err := w.casRun(ctx, next, rev); err != nil {
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			return nil // the run moved on meanwhile
 		}
@@ -249,9 +240,9 @@ func (w *Worker) sweepRun(ctx context.Context, id string) error {
 		}
 	}
 	w.met.timedOut.WithLabelValues(string(rec.Role)).Inc()
-	w.finish(ctx, &next)
+	w.finish(ctx, next)
 	if rec.Role == repl.Source {
-		if err := w.retryOrGiveUp(ctx, &next); err != nil {
+		if err := w.retryOrGiveUp(ctx, next); err != nil {
 			return err // the entry stays: the next sweep tries again
 		}
 	}
@@ -267,13 +258,14 @@ func (w *Worker) retryOrGiveUp(ctx context.Context, failed *repl.Run) error {
 	ctx = withActor(ctx, "worker")
 	key, err := w.loadKey(ctx, failed.KeyID)
 	if err != nil {
-		return nil // the key is gone: nothing to retry
+		key = nil // the key is gone: nothing to retry
 	}
-	if r, ok := key.Replica(failed.Peer); !ok || r.ReplicationID != failed.ID || key.Holds(failed.Peer, failed.Version) {
+	d := repl.Retry(failed, key, w.core())
+	switch d.Kind {
+	case repl.RetryNothing:
 		return nil
-	}
-	if failed.Attempt < w.cfg.MaxAttempts {
-		next, err := w.startRun(ctx, failed.KeyID, failed.Peer, failed.Version, failed.Attempt+1)
+	case repl.RetryStart:
+		next, err := w.startRun(ctx, failed.KeyID, failed.Peer, failed.Version, d.Attempt)
 		if err != nil {
 			var ae *apiError
 			if errors.As(err, &ae) {
@@ -289,20 +281,15 @@ func (w *Worker) retryOrGiveUp(ctx context.Context, failed *repl.Run) error {
 			"failed_run", failed.ID, "new_run", next.ID, "attempt", next.Attempt)
 		return nil
 	}
-	reason := fmt.Sprintf("gave up after %d attempts: %s", failed.Attempt, failed.Reason)
 	_, err = w.updateKey(ctx, failed.KeyID, func(k *repl.Key) error {
-		r, ok := k.Replica(failed.Peer)
-		if !ok || r.ReplicationID != failed.ID || k.Holds(failed.Peer, failed.Version) {
+		if !repl.GiveUp(k, failed, d.Reason, w.cfg.Now()) {
 			return errNoChange // a newer run or a late receipt decided
 		}
-		r.State, r.Reason, r.UpdatedAt = repl.ReplicaFailed, reason, w.cfg.Now()
-		k.SetReplica(r)
-		k.UpdatedAt = w.cfg.Now()
 		return nil
 	})
 	if err == nil {
 		w.met.gaveUp.Inc()
-		w.log.Warn("replica failed", "key_id", failed.KeyID, "dst", failed.Peer, "version", failed.Version, "reason", reason)
+		w.log.Warn("replica failed", "key_id", failed.KeyID, "dst", failed.Peer, "version", failed.Version, "reason", d.Reason)
 	}
 	return err
 }
@@ -316,13 +303,10 @@ func (w *Worker) markKeyPending(ctx context.Context, keyID string) error {
 	return w.markPending(ctx, lcPrefix+keyID)
 }
 
-// tombstoneLifetime bounds how long a deleted replica keeps reporting its
-// deletion to a primary that does not acknowledge it.
-const tombstoneLifetime = 24 * time.Hour
-
-// sweepKey does the lifecycle work due for one key: resend what was not
-// acknowledged within MessageTTL, delete when the date has come, restart
-// the copy of versions a replica lacks. It reports whether work remains.
+// sweepKey does the lifecycle work due for one key (repl.Duties): resend
+// what was not acknowledged within MessageTTL, delete when the date has
+// come, restart the copy of versions a replica lacks. It reports whether
+// work remains.
 func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 	ctx = withActor(ctx, "worker")
 	k, _, err := getJSON[repl.Key](ctx, w.res.Keys, keyID)
@@ -334,108 +318,72 @@ func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 	}
 	k.Normalize()
 	now := w.cfg.Now()
-	due := func(t time.Time) bool { return now.Sub(t) >= w.cfg.MessageTTL }
-	pending := false
+	d := repl.Duties(k, w.core(), now)
 	var errs []error
-	if k.KeyState == repl.KeyPendingDeletion && !k.Deleted {
-		pending = true
-		if k.DeletionDate != nil && !now.Before(*k.DeletionDate) {
-			if err := w.deleteNow(ctx, k); err != nil {
-				return true, err
-			}
-			return w.sweepKey(ctx, keyID) // a tombstone still reports
+	switch {
+	case d.Delete:
+		if err := w.deleteNow(ctx, k); err != nil {
+			return true, err
 		}
-	}
-	switch k.Role {
-	case repl.Primary:
-		if k.KeyState == repl.KeyUpdating && k.PendingPrimary != "" {
-			pending = true
-			if due(k.HandoverSentAt) {
-				_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
-					if k.PendingPrimary == "" {
-						return errNoChange
-					}
-					k.HandoverSentAt = now
-					return nil
-				})
-				if err == nil {
-					err = w.sendHandover(ctx, k)
-				}
-				errs = append(errs, err)
-			}
+		return w.sweepKey(ctx, keyID) // a tombstone still reports
+	case d.DropTombstone:
+		if err := w.res.Keys.Delete(ctx, keyID); err != nil {
+			return true, err
 		}
-		if k.KeyState == repl.KeyUpdating && k.PendingPrimary == "" {
-			pending = true // new primary waiting for the old one's status
-		}
-		for _, r := range k.Replicas {
-			if k.NeedsSync(r) {
-				pending = true
-			}
-			if r.State != repl.ReplicaFailed && r.State != repl.ReplicaPendingDeletion && len(k.Missing(r.Region)) > 0 {
-				pending = true
-				if w.activeRun(ctx, r) == nil {
-					if _, err := w.startRun(ctx, keyID, r.Region, 0, 1); err != nil {
-						errs = append(errs, err)
-					}
-				}
-			}
-		}
-		if s := k.Staged(); s != 0 {
-			pending = true
-			if len(k.WaitingFor(s)) == 0 {
-				// Nobody left to wait for (a receipt or status that
-				// should have activated it was cut short).
-				var activated uint32
-				key, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
-					if activated = k.TryActivate(now); activated == 0 {
-						return errNoChange
-					}
-					return nil
-				})
-				errs = append(errs, err)
-				if err == nil && activated != 0 {
-					w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: keyID, Version: activated, Regions: key.AllRegions()})
-				}
-			}
-		}
-		if pending {
-			w.syncReplicas(ctx, keyID)
-		}
-	case repl.ReplicaRole:
-		if k.Deleted && now.Sub(k.UpdatedAt) > tombstoneLifetime {
-			// Never acknowledged (the primary is gone too): give up.
-			if err := w.res.Keys.Delete(ctx, keyID); err != nil {
-				return true, err
-			}
+		if d.Abandoned {
 			w.log.Warn("deleted replica's tombstone removed without the primary's acknowledgement", "key_id", keyID)
-			return false, nil
 		}
-		if k.StatusSeq > k.StatusAcked {
-			pending = true
-			if due(k.StatusSentAt) {
-				_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error { k.StatusSentAt = now; return nil })
-				if err == nil {
-					err = w.sendStatus(ctx, k, k.PrimaryRegion, nil)
-				}
-				errs = append(errs, err)
+		return false, nil
+	}
+	if d.ResendHandover {
+		_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
+			if k.PendingPrimary == "" {
+				return errNoChange
 			}
-		} else if k.Deleted {
-			// Acknowledged: the tombstone can go.
-			if err := w.res.Keys.Delete(ctx, keyID); err != nil {
-				return true, err
-			}
-			return false, nil
+			k.HandoverSentAt = now
+			return nil
+		})
+		if err == nil {
+			err = w.sendHandover(ctx, k)
 		}
-		if len(k.Announce) > 0 {
-			pending = true
-			if due(k.AnnounceSentAt) {
-				_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error { k.AnnounceSentAt = now; return nil })
-				if err == nil {
-					w.announce(ctx, k)
-				}
+		errs = append(errs, err)
+	}
+	for _, dst := range d.Copy {
+		if r, _ := k.Replica(dst); w.activeRun(ctx, r) == nil {
+			if _, err := w.startRun(ctx, keyID, dst, 0, 1); err != nil {
 				errs = append(errs, err)
 			}
 		}
 	}
-	return pending, errors.Join(errs...)
+	if d.Activate {
+		var activated uint32
+		key, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
+			if activated = k.TryActivate(now); activated == 0 {
+				return errNoChange
+			}
+			return nil
+		})
+		errs = append(errs, err)
+		if err == nil && activated != 0 {
+			w.event(ctx, api.Event{Type: api.EventVersionActivated, KeyID: keyID, Version: activated, Regions: key.AllRegions()})
+		}
+	}
+	if d.Sync {
+		w.syncReplicas(ctx, keyID)
+	}
+	if d.ResendStatus {
+		_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error { k.StatusSentAt = now; return nil })
+		if err == nil {
+			err = w.sendStatus(ctx, k, k.PrimaryRegion, nil)
+		}
+		errs = append(errs, err)
+	}
+	if d.ResendAnnounce {
+		_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error { k.AnnounceSentAt = now; return nil })
+		if err == nil {
+			w.announce(ctx, k)
+		}
+		errs = append(errs, err)
+	}
+	return d.Pending, errors.Join(errs...)
 }
