@@ -55,11 +55,6 @@ func CancelDeletion(k *Key, now time.Time) *RequestError {
 	return nil
 }
 
-// DeletionDue reports whether k's deletion date has come at now.
-func DeletionDue(k *Key, now time.Time) bool {
-	return k.KeyState == KeyPendingDeletion && !k.Deleted && k.DeletionDate != nil && !now.Before(*k.DeletionDate)
-}
-
 // Tombstone turns a replica whose versions the HSM destroyed into its
 // tombstone at now; it reports whether k changed. (A primary's record is
 // removed instead.)
