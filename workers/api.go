@@ -209,7 +209,7 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 		return nil, err
 	}
 	now := w.cfg.Now().UTC()
-	key := &keyRecord{
+	key := &repl.Key{
 		KeyID: messages.NewKeyID(), Partition: w.bundle().Partition(), Region: w.cfg.Region,
 		Role: repl.Primary, PrimaryRegion: w.cfg.Region, KeySpec: api.KeySpecSymmetricDefault,
 		KeyUsage: req.KeyUsage, Description: req.Description, Enabled: true,
@@ -421,7 +421,7 @@ func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, 
 	// carried for the replica, else it is the admins' to see.
 	k, err := w.loadKey(ctx, rec.KeyID)
 	if err != nil {
-		k = &keyRecord{KeyID: rec.KeyID, Policy: rec.Policy}
+		k = &repl.Key{KeyID: rec.KeyID, Policy: rec.Policy}
 	}
 	if err := w.authorize(ctx, opActions[api.OpDescribeReplication], k, nil); err != nil {
 		return nil, err

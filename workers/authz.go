@@ -13,7 +13,6 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"slices"
 	"sync"
@@ -311,24 +310,21 @@ func (w *Worker) apiPutKeyPolicy(ctx context.Context, data []byte) (any, error) 
 	if err := w.checkNewPolicy(ctx, req.Policy, req.BypassPolicyLockoutSafetyCheck); err != nil {
 		return nil, err
 	}
-	k, err := w.updateKey(ctx, req.KeyID, func(k *repl.Key) error {
+	k, err := w.updateKey(ctx, req.KeyID, func(k *repl.Key) (bool, error) {
 		if k.Deleted {
-			return notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
+			return false, notFound("key %s not found in region %s", req.KeyID, w.cfg.Region)
 		}
 		if k.Policy == req.Policy {
-			return errNoChange
+			return false, nil
 		}
 		k.Policy = req.Policy
-		return nil
+		return true, nil
 	})
-	if err != nil && !errors.Is(err, errNoChange) {
+	if err != nil {
 		return nil, err
 	}
-	if err == nil {
-		w.event(ctx, api.Event{Type: api.EventKeyPolicyChanged, KeyID: req.KeyID, Action: opActions[api.OpPutKeyPolicy]})
-		return api.KeyPolicy{KeyID: k.KeyID, Policy: k.Policy}, nil
-	}
-	return api.KeyPolicy{KeyID: req.KeyID, Policy: req.Policy}, nil
+	w.event(ctx, api.Event{Type: api.EventKeyPolicyChanged, KeyID: req.KeyID, Action: opActions[api.OpPutKeyPolicy]})
+	return api.KeyPolicy{KeyID: k.KeyID, Policy: k.Policy}, nil
 }
 
 // auditDataPlane publishes an encrypt, decrypt or generate-data-key event
@@ -381,18 +377,15 @@ func (w *Worker) setReplicaPolicy(ctx context.Context, keyID, dst, doc string) e
 	if err := w.checkNewPolicy(ctx, doc, true); err != nil {
 		return err
 	}
-	_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
+	_, err := w.updateKey(ctx, keyID, func(k *repl.Key) (bool, error) {
 		if k.ReplicaPolicies[dst] == doc {
-			return errNoChange
+			return false, nil
 		}
 		if k.ReplicaPolicies == nil {
 			k.ReplicaPolicies = map[string]string{}
 		}
 		k.ReplicaPolicies[dst] = doc
-		return nil
+		return true, nil
 	})
-	if errors.Is(err, errNoChange) {
-		return nil
-	}
 	return err
 }

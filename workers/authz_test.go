@@ -7,6 +7,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/internal/authz"
+	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/nats-io/nats.go"
 )
 
@@ -105,7 +106,7 @@ func TestRequestAAD(t *testing.T) {
 
 func TestAdminsOnlyPolicy(t *testing.T) {
 	w := authzWorker(t, Config{Admins: []string{"MRK/admin", "OPS"}})
-	k := &keyRecord{KeyID: "mrk-00000000000000000000000000000000"}
+	k := &repl.Key{KeyID: "mrk-00000000000000000000000000000000"}
 	pol, err := w.keyPolicy(k)
 	if err != nil {
 		t.Fatal(err)

@@ -30,7 +30,7 @@ func (w *Worker) apiScheduleKeyDeletion(ctx context.Context, data []byte) (any, 
 		return nil, err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) error {
+	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) (bool, error) {
 		var inFlight []string
 		if k.Role == repl.Primary {
 			for _, r := range k.Replicas {
@@ -40,9 +40,9 @@ func (w *Worker) apiScheduleKeyDeletion(ctx context.Context, data []byte) (any, 
 			}
 		}
 		if e := repl.ScheduleDeletion(k, wait, inFlight, now); e != nil {
-			return e
+			return false, e
 		}
-		return nil
+		return true, nil
 	})
 	if err != nil {
 		return nil, err
@@ -67,11 +67,11 @@ func (w *Worker) apiCancelKeyDeletion(ctx context.Context, data []byte) (any, er
 		return nil, err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) error {
+	key, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) (bool, error) {
 		if e := repl.CancelDeletion(k, now); e != nil {
-			return e
+			return false, e
 		}
-		return nil
+		return true, nil
 	})
 	if err != nil {
 		return nil, err
@@ -107,11 +107,8 @@ func (w *Worker) deleteNow(ctx context.Context, k *repl.Key) error {
 		return nil
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
-		if !repl.Tombstone(k, now) {
-			return errNoChange
-		}
-		return nil
+	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) (bool, error) {
+		return repl.Tombstone(k, now), nil
 	})
 	if err != nil {
 		return err

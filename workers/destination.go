@@ -181,12 +181,10 @@ func (w *Worker) storeReplica(ctx context.Context, rec *repl.Run, props messages
 	if err == nil {
 		created = true
 	} else if errors.Is(err, jetstream.ErrKeyExists) {
-		_, err = updateJSON(ctx, w.res.Keys, rec.KeyID, func(k *repl.Key) error {
+		_, err = updateJSON(ctx, w.res.Keys, rec.KeyID, func(k *repl.Key) (bool, error) {
 			var changed bool
-			if created, changed = repl.StoreReplica(k, rec, props, cfg, now); !changed {
-				return errNoChange
-			}
-			return nil
+			created, changed = repl.StoreReplica(k, rec, props, cfg, now)
+			return changed, nil
 		})
 	}
 	if err != nil {

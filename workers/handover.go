@@ -40,15 +40,15 @@ func (w *Worker) apiUpdatePrimaryRegion(ctx context.Context, data []byte) (any, 
 	}
 	now := w.cfg.Now().UTC()
 	id := messages.NewID()
-	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
+	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) (bool, error) {
 		if err := w.canChangeShared(k); err != nil {
-			return err
+			return false, err
 		}
 		if err := w.handoverReady(ctx, k, target); err != nil {
-			return err
+			return false, err
 		}
 		repl.BeginHandover(k, target, id, now)
-		return nil
+		return true, nil
 	})
 	if err != nil {
 		return nil, err
@@ -92,11 +92,8 @@ func (w *Worker) sendHandover(ctx context.Context, k *repl.Key) error {
 	if err != nil {
 		return err
 	}
-	_, err = w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
-		if !repl.RecordHandover(k, m.ReplicationID, messages.Digest(raw)) {
-			return errNoChange
-		}
-		return nil
+	_, err = w.updateKey(ctx, k.KeyID, func(k *repl.Key) (bool, error) {
+		return repl.RecordHandover(k, m.ReplicationID, messages.Digest(raw)), nil
 	})
 	if err != nil {
 		return err
@@ -126,11 +123,11 @@ func (w *Worker) onHandover(ctx context.Context, env *messages.Envelope) (outcom
 		return accepted, err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateKey(ctx, h.KeyID, func(k *repl.Key) error {
+	key, err := w.updateKey(ctx, h.KeyID, func(k *repl.Key) (bool, error) {
 		if ref := repl.TakeOver(k, env, w.core(), now); ref != nil {
-			return ref
+			return false, ref
 		}
-		return nil
+		return true, nil
 	})
 	if err != nil {
 		return accepted, err
@@ -164,11 +161,11 @@ func (w *Worker) onAccept(ctx context.Context, env *messages.Envelope) (outcome,
 		return accepted, err
 	}
 	now := w.cfg.Now().UTC()
-	key, err := w.updateKey(ctx, a.KeyID, func(k *repl.Key) error {
+	key, err := w.updateKey(ctx, a.KeyID, func(k *repl.Key) (bool, error) {
 		if ref := repl.BecomeReplica(k, m.Src, m.ReplicationID, now); ref != nil {
-			return ref
+			return false, ref
 		}
-		return nil
+		return true, nil
 	})
 	if err != nil {
 		return accepted, err

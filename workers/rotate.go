@@ -29,12 +29,12 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 	// old enough to be a crash's leftover (repl.ReservationTimeout).
 	now := w.cfg.Now().UTC()
 	var next uint32
-	k, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) error {
+	k, err := w.updateLiveKey(ctx, req.KeyID, func(k *repl.Key) (bool, error) {
 		var e *repl.RequestError
 		if next, e = repl.Reserve(k, w.core(), now); e != nil {
-			return e
+			return false, e
 		}
-		return nil
+		return true, nil
 	})
 	if err != nil {
 		return nil, err
@@ -55,12 +55,12 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 		return nil, fmt.Errorf("generate version %d: %w", next, err)
 	}
 	var activated uint32
-	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
+	key, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) (bool, error) {
 		var e *repl.RequestError
 		if activated, e = repl.RecordVersion(k, next, w.core(), now); e != nil {
-			return e
+			return false, e
 		}
-		return nil
+		return true, nil
 	})
 	if err != nil {
 		// Not recorded (the key changed state meanwhile, say a hand-over
@@ -69,11 +69,8 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 		if derr := w.cfg.HSM.DestroyKey(ctx, ref); derr != nil && !errors.Is(derr, hsmsvc.ErrNotFound) {
 			w.log.Warn("unrecorded version not destroyed; the next rotation replaces it", "key_id", req.KeyID, "version", next, "err", derr)
 		}
-		_, _ = w.updateKey(ctx, req.KeyID, func(k *repl.Key) error {
-			if !repl.Unreserve(k, next) {
-				return errNoChange
-			}
-			return nil
+		_, _ = w.updateKey(ctx, req.KeyID, func(k *repl.Key) (bool, error) {
+			return repl.Unreserve(k, next), nil
 		})
 		return nil, err
 	}

@@ -51,7 +51,7 @@ func (c *runCache) get(id string, now time.Time) (*repl.Run, uint64, bool) {
 	if !ok || now.After(e.deadline) {
 		return nil, 0, false
 	}
-	rec := new(replication)
+	rec := new(repl.Run)
 	if err := json.Unmarshal(e.raw, rec); err != nil {
 		return nil, 0, false
 	}

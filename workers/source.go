@@ -98,19 +98,19 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 	var winner string
 	// From the record read above (no second read unless another writer
 	// came in between); key is not used after this.
-	_, err = w.updateKeyFrom(ctx, keyID, key, keyRev, func(k *repl.Key) error {
+	_, err = w.updateKeyFrom(ctx, keyID, key, keyRev, func(k *repl.Key) (bool, error) {
 		winner = ""
 		r, _ := k.Replica(dst)
 		other := r.ReplicationID != "" && r.ReplicationID != rec.ID && w.activeRun(ctx, r) != nil
 		lost, rerr := repl.AttachRun(k, rec, other, cfg, now)
 		switch {
 		case rerr != nil:
-			return rerr
+			return false, rerr
 		case lost:
 			winner = r.ReplicationID
-			return errNoChange
+			return false, nil
 		}
-		return nil
+		return true, nil
 	})
 	if err != nil || winner != "" {
 		w.runs.drop(rec.ID)
@@ -252,12 +252,10 @@ func (w *Worker) followUp(ctx context.Context, run *repl.Run) error {
 func (w *Worker) recordReceipt(ctx context.Context, run *repl.Run) (*repl.Key, uint32, error) {
 	now := w.cfg.Now()
 	var activated uint32
-	key, err := w.updateKey(ctx, run.KeyID, func(k *repl.Key) error {
+	key, err := w.updateKey(ctx, run.KeyID, func(k *repl.Key) (bool, error) {
 		var changed bool
-		if activated, changed = repl.RecordReceipt(k, run, now); !changed {
-			return errNoChange
-		}
-		return nil
+		activated, changed = repl.RecordReceipt(k, run, now)
+		return changed, nil
 	})
 	return key, activated, err
 }

@@ -11,15 +11,8 @@ import (
 	"github.com/nats-io/nats.go/jetstream"
 )
 
-// keyRecord is a key's record in the KEYS bucket and replication a run's
-// in the REPL bucket: the storage schema is the core's (internal/repl).
-type (
-	keyRecord   = repl.Key
-	replication = repl.Run
-)
-
-// errNoChange tells update that fn decided not to write.
-var errNoChange = errors.New("no change")
+// The storage schema is the core's: repl.Key in the KEYS bucket, repl.Run
+// in the REPL bucket (internal/repl/model.go).
 
 // getJSON reads key from kv. It returns jetstream.ErrKeyNotFound if absent.
 func getJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string) (*T, uint64, error) {
@@ -44,16 +37,18 @@ func createJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string, v
 }
 
 // updateJSON applies fn to the current value of key and writes it back with
-// compare-and-set, retrying when another worker wrote in between. fn may
-// return errNoChange to leave the value as it is.
-func updateJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn func(*T) error) (*T, error) {
+// compare-and-set, retrying when another worker wrote in between: on a
+// lost compare-and-set fn is called again on the value read again (the
+// core's transitions are pure, so this decides again). fn reports whether
+// to write; a value fn leaves as it is is returned as read.
+func updateJSON[T any](ctx context.Context, kv jetstream.KeyValue, key string, fn func(*T) (bool, error)) (*T, error) {
 	return updateJSONFrom(ctx, kv, key, nil, 0, fn)
 }
 
 // updateJSONFrom is updateJSON starting from a value the caller has just
 // read (first, at revision rev), which saves a read when nobody wrote in
 // between; first is handed over (fn changes it). A nil first reads.
-func updateJSONFrom[T any](ctx context.Context, kv jetstream.KeyValue, key string, first *T, rev uint64, fn func(*T) error) (*T, error) {
+func updateJSONFrom[T any](ctx context.Context, kv jetstream.KeyValue, key string, first *T, rev uint64, fn func(*T) (bool, error)) (*T, error) {
 	for attempt := 0; ; attempt++ {
 		v := first
 		first = nil
@@ -63,11 +58,12 @@ func updateJSONFrom[T any](ctx context.Context, kv jetstream.KeyValue, key strin
 				return nil, err
 			}
 		}
-		if err := fn(v); err != nil {
-			if errors.Is(err, errNoChange) {
-				return v, nil
-			}
+		write, err := fn(v)
+		if err != nil {
 			return nil, err
+		}
+		if !write {
+			return v, nil
 		}
 		b, err := json.Marshal(v)
 		if err != nil {
@@ -110,14 +106,14 @@ func (w *Worker) loadKeyRev(ctx context.Context, keyID string) (*repl.Key, uint6
 }
 
 // updateKey is updateJSON for key records, normalised before fn sees them.
-func (w *Worker) updateKey(ctx context.Context, keyID string, fn func(*repl.Key) error) (*repl.Key, error) {
+func (w *Worker) updateKey(ctx context.Context, keyID string, fn func(*repl.Key) (bool, error)) (*repl.Key, error) {
 	return w.updateKeyFrom(ctx, keyID, nil, 0, fn)
 }
 
 // updateKeyFrom is updateKey starting from a record just read (see
 // updateJSONFrom).
-func (w *Worker) updateKeyFrom(ctx context.Context, keyID string, first *repl.Key, rev uint64, fn func(*repl.Key) error) (*repl.Key, error) {
-	return updateJSONFrom(ctx, w.res.Keys, keyID, first, rev, func(k *repl.Key) error {
+func (w *Worker) updateKeyFrom(ctx context.Context, keyID string, first *repl.Key, rev uint64, fn func(*repl.Key) (bool, error)) (*repl.Key, error) {
+	return updateJSONFrom(ctx, w.res.Keys, keyID, first, rev, func(k *repl.Key) (bool, error) {
 		k.Normalize()
 		return fn(k)
 	})
@@ -125,10 +121,10 @@ func (w *Worker) updateKeyFrom(ctx context.Context, keyID string, first *repl.Ke
 
 // updateLiveKey is updateKey for API requests: a key absent or deleted
 // here is an API "not found", like loadKey.
-func (w *Worker) updateLiveKey(ctx context.Context, keyID string, fn func(*repl.Key) error) (*repl.Key, error) {
-	k, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
+func (w *Worker) updateLiveKey(ctx context.Context, keyID string, fn func(*repl.Key) (bool, error)) (*repl.Key, error) {
+	k, err := w.updateKey(ctx, keyID, func(k *repl.Key) (bool, error) {
 		if k.Deleted {
-			return jetstream.ErrKeyNotFound
+			return false, jetstream.ErrKeyNotFound
 		}
 		return fn(k)
 	})

@@ -281,11 +281,8 @@ func (w *Worker) retryOrGiveUp(ctx context.Context, failed *repl.Run) error {
 			"failed_run", failed.ID, "new_run", next.ID, "attempt", next.Attempt)
 		return nil
 	}
-	_, err = w.updateKey(ctx, failed.KeyID, func(k *repl.Key) error {
-		if !repl.GiveUp(k, failed, d.Reason, w.cfg.Now()) {
-			return errNoChange // a newer run or a late receipt decided
-		}
-		return nil
+	_, err = w.updateKey(ctx, failed.KeyID, func(k *repl.Key) (bool, error) {
+		return repl.GiveUp(k, failed, d.Reason, w.cfg.Now()), nil
 	})
 	if err == nil {
 		w.met.gaveUp.Inc()
@@ -336,12 +333,12 @@ func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 		return false, nil
 	}
 	if d.ResendHandover {
-		_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
+		_, err := w.updateKey(ctx, keyID, func(k *repl.Key) (bool, error) {
 			if k.PendingPrimary == "" {
-				return errNoChange
+				return false, nil
 			}
 			k.HandoverSentAt = now
-			return nil
+			return true, nil
 		})
 		if err == nil {
 			err = w.sendHandover(ctx, k)
@@ -357,11 +354,9 @@ func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 	}
 	if d.Activate {
 		var activated uint32
-		key, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
-			if activated = k.TryActivate(now); activated == 0 {
-				return errNoChange
-			}
-			return nil
+		key, err := w.updateKey(ctx, keyID, func(k *repl.Key) (bool, error) {
+			activated = k.TryActivate(now)
+			return activated != 0, nil
 		})
 		errs = append(errs, err)
 		if err == nil && activated != 0 {
@@ -372,14 +367,14 @@ func (w *Worker) sweepKey(ctx context.Context, keyID string) (bool, error) {
 		w.syncReplicas(ctx, keyID)
 	}
 	if d.ResendStatus {
-		_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error { k.StatusSentAt = now; return nil })
+		_, err := w.updateKey(ctx, keyID, func(k *repl.Key) (bool, error) { k.StatusSentAt = now; return true, nil })
 		if err == nil {
 			err = w.sendStatus(ctx, k, k.PrimaryRegion, nil)
 		}
 		errs = append(errs, err)
 	}
 	if d.ResendAnnounce {
-		_, err := w.updateKey(ctx, keyID, func(k *repl.Key) error { k.AnnounceSentAt = now; return nil })
+		_, err := w.updateKey(ctx, keyID, func(k *repl.Key) (bool, error) { k.AnnounceSentAt = now; return true, nil })
 		if err == nil {
 			w.announce(ctx, k)
 		}

@@ -40,11 +40,9 @@ func (w *Worker) syncReplicas(ctx context.Context, keyID string) {
 		w.log.Warn("pending index not written", "key_id", keyID, "err", err)
 	}
 	var due []string
-	key, err := w.updateKey(ctx, keyID, func(k *repl.Key) error {
-		if due = repl.SyncDue(k, w.core(), w.cfg.Now()); len(due) == 0 {
-			return errNoChange
-		}
-		return nil
+	key, err := w.updateKey(ctx, keyID, func(k *repl.Key) (bool, error) {
+		due = repl.SyncDue(k, w.core(), w.cfg.Now())
+		return len(due) > 0, nil
 	})
 	if err != nil {
 		w.log.Warn("sync not sent; the sweeper will", "key_id", keyID, "err", err)
@@ -68,7 +66,7 @@ func (w *Worker) onSync(ctx context.Context, env *messages.Envelope) (outcome, e
 	k, _, err := getJSON[repl.Key](ctx, w.res.Keys, s.KeyID)
 	if errors.Is(err, jetstream.ErrKeyNotFound) {
 		// Never here, or deleted and acknowledged: say so.
-		return accepted, w.sendStatus(ctx, &keyRecord{KeyID: s.KeyID, PrimaryRegion: m.Src, Deleted: true}, m.Src, env.Digest)
+		return accepted, w.sendStatus(ctx, &repl.Key{KeyID: s.KeyID, PrimaryRegion: m.Src, Deleted: true}, m.Src, env.Digest)
 	}
 	if err != nil {
 		return accepted, err
@@ -84,11 +82,9 @@ func (w *Worker) onSync(ctx context.Context, env *messages.Envelope) (outcome, e
 		}
 	}
 	var out repl.SyncOutcome
-	k, err = w.updateKey(ctx, s.KeyID, func(k *repl.Key) error {
-		if out = repl.ApplySync(k, s, w.cfg.Now()); !out.Changed {
-			return errNoChange
-		}
-		return nil
+	k, err = w.updateKey(ctx, s.KeyID, func(k *repl.Key) (bool, error) {
+		out = repl.ApplySync(k, s, w.cfg.Now())
+		return out.Changed, nil
 	})
 	if err != nil {
 		return accepted, err
@@ -141,11 +137,9 @@ func (w *Worker) onStatus(ctx context.Context, env *messages.Envelope) (outcome,
 		}
 	}
 	var out repl.StatusOutcome
-	key, err := w.updateKey(ctx, st.KeyID, func(k *repl.Key) error {
-		if out = repl.ApplyStatus(k, m.Src, st, w.core(), w.cfg.Now()); !out.Changed {
-			return errNoChange
-		}
-		return nil
+	key, err := w.updateKey(ctx, st.KeyID, func(k *repl.Key) (bool, error) {
+		out = repl.ApplyStatus(k, m.Src, st, w.core(), w.cfg.Now())
+		return out.Changed, nil
 	})
 	if err != nil {
 		return accepted, err
@@ -195,11 +189,8 @@ func (w *Worker) onAnnounceAck(ctx context.Context, k *repl.Key, m *messages.Mes
 	if !repl.AnnounceAcked(k, m.Src, m.Status) {
 		return duplicate, nil // crossed a hand-over, or not yet: the next announcement tells
 	}
-	_, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) error {
-		if !repl.DropAnnounce(k, m.Src) {
-			return errNoChange
-		}
-		return nil
+	_, err := w.updateKey(ctx, k.KeyID, func(k *repl.Key) (bool, error) {
+		return repl.DropAnnounce(k, m.Src), nil
 	})
 	return accepted, err
 }

@@ -308,6 +308,19 @@ func (g *region) handle(env *messages.Envelope) {
 		reply := AfterRAKB(rec, []byte("rakb-"+op.RunID), g.cfg, now)
 		s := g.seal(reply)
 		rec.Record(reply, s)
+		if g.loseCAS {
+			// Another worker of the region handled the same init at the
+			// same time and stored its run (with its own RAKB) first.
+			g.loseCAS = false
+			other := *rec
+			other.RAKB = []byte("rakb-other-" + rec.ID)
+			offer := AfterRAKB(&other, other.RAKB, g.cfg, now)
+			s := g.seal(offer)
+			other.Record(offer, s)
+			g.runs[rec.ID] = &other
+			g.send(offer, s)
+			g.w.printf("%s: create run %s: exists (another worker); our RAKB destroyed", g.cfg.Region, rec.ID)
+		}
 		if g.runs[rec.ID] != nil {
 			// Another worker took this init first: keep its RAKB.
 			g.w.printf("%s: run %s stored by another worker meanwhile", g.cfg.Region, rec.ID)
