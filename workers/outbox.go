@@ -14,36 +14,15 @@ import (
 )
 
 // This file builds, seals and publishes what a region sends: a run's
-// messages (stored in the run as its last message, see seal), lifecycle
+// messages (stored in the run as its last message, see sealRun), lifecycle
 // messages (sent fresh each time) and audit events.
 
-// newMessage fills the header of a message this region sends.
+// newMessage fills the header of a lifecycle message this region sends
+// now (repl.Config.NewMessage), with a fresh msg_id.
 func (w *Worker) newMessage(t messages.Type, replicationID, dst string) *messages.Message {
-	now := w.cfg.Now()
-	return &messages.Message{Header: messages.Header{
-		V:             messages.Version,
-		Type:          t,
-		MsgID:         messages.NewID(),
-		ReplicationID: replicationID,
-		Partition:     w.bundle().Partition(),
-		Src:           w.cfg.Region,
-		Dst:           dst,
-		SentAt:        now.UnixMilli(),
-		ExpiresAt:     now.Add(w.cfg.MessageTTL).UnixMilli(),
-	}}
-}
-
-// seal signs m and records it as the run's last message; it returns the
-// message's digest and the kid of the RSK that signed it.
-func (w *Worker) seal(rec *repl.Run, m *messages.Message) (digest, kid []byte, err error) {
-	raw, kid, err := w.sign(m)
-	if err != nil {
-		return nil, nil, err
-	}
-	rec.LastSent = raw
-	rec.LastSentSubject = messages.OutboxSubject(w.cfg.Region, m.Dst, m.Type)
-	rec.LastSentMsgID = m.MsgID
-	return messages.Digest(raw), kid, nil
+	m := w.core().NewMessage(t, replicationID, dst, w.cfg.Now())
+	m.MsgID = messages.NewID()
+	return m
 }
 
 // sign seals m with the region's RSK valid at m's sent_at (rskAt).
