@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -27,19 +28,16 @@ import (
 // maxRequest bounds a request body (a 4 KiB plaintext in base64 plus JSON).
 const maxRequest = 16 << 10
 
-// startAPI registers the region's request API as a micro service. Several
-// workers of a region share the default queue group, so each request is
-// served once.
-func (w *Worker) startAPI() (micro.Service, error) {
-	svc, err := micro.AddService(w.cfg.Conn, micro.Config{
-		Name:        "mrkrepl",
-		Version:     obs.ReadBuildInfo().SemVer(), // mrkrepl_build_info's version, as SemVer
-		Description: "mrkrepl region " + w.cfg.Region,
-		Metadata:    map[string]string{"region": w.cfg.Region},
-	})
-	if err != nil {
-		return nil, err
-	}
+// startAPI registers the region's request API as micro services: one
+// instance per Concurrency, each serving every endpoint one request at a
+// time, in the default queue group (shared with the region's other
+// workers), so each request is served once.
+//
+// micro accounts a request (its count, errors, processing time: `nats micro
+// stats`) while its handler runs, so the handler answers before it returns;
+// the instances give the concurrency (a slow HSM call or KV round trip holds
+// up one instance's endpoint, not the API).
+func (w *Worker) startAPI() ([]micro.Service, error) {
 	handlers := map[string]func(context.Context, []byte) (any, error){
 		api.OpCreateKey:           w.apiCreateKey,
 		api.OpDescribeKey:         w.apiDescribeKey,
@@ -56,64 +54,64 @@ func (w *Worker) startAPI() (micro.Service, error) {
 		api.OpGetKeyPolicy:        w.apiGetKeyPolicy,
 		api.OpPutKeyPolicy:        w.apiPutKeyPolicy,
 	}
-	for op, fn := range handlers {
-		err := svc.AddEndpoint(op, w.endpoint(op, fn), micro.WithEndpointSubject(layout.APISubject(w.cfg.Region, op)))
-		if err != nil {
-			_ = svc.Stop()
-			return nil, fmt.Errorf("endpoint %s: %w", op, err)
+	var svcs []micro.Service
+	stop := func() {
+		for _, s := range svcs {
+			_ = s.Stop()
 		}
 	}
-	return svc, nil
+	for i := range w.cfg.Concurrency {
+		svc, err := micro.AddService(w.cfg.Conn, micro.Config{
+			Name:        "mrkrepl",
+			Version:     obs.ReadBuildInfo().SemVer(), // mrkrepl_build_info's version, as SemVer
+			Description: "mrkrepl region " + w.cfg.Region,
+			Metadata:    map[string]string{"region": w.cfg.Region, "slot": strconv.Itoa(i)},
+		})
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		svcs = append(svcs, svc)
+		for op, fn := range handlers {
+			err := svc.AddEndpoint(op, w.endpoint(op, fn), micro.WithEndpointSubject(layout.APISubject(w.cfg.Region, op)))
+			if err != nil {
+				stop()
+				return nil, fmt.Errorf("endpoint %s: %w", op, err)
+			}
+		}
+	}
+	return svcs, nil
 }
 
-// endpoint adapts fn to a micro handler. micro calls a handler from its
-// subscription's goroutine, one request after another; the work runs on its
-// own goroutine instead (at most 2×Concurrency at once, then the
-// subscription waits), so that one slow HSM call or KV round trip does not
-// hold up every other request of the endpoint.
-//
-// The micro.Request stays on micro's goroutine: micro reads what Respond
-// and Error record in it (for its endpoint stats) as soon as the handler
-// returns, so the work gets a copy of the request and answers on the reply
-// subject itself, in micro's format (reply).
+// endpoint adapts fn to a micro handler, which micro calls on its
+// subscription's goroutine: the request is served and answered there
+// (Respond or Error), so micro's stats count it as it ended. A request that
+// arrives while the worker stops is answered 500.
 func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, error)) micro.HandlerFunc {
 	return func(req micro.Request) {
-		in := apiRequest{data: req.Data(), header: nats.Header(req.Headers()), reply: req.Reply()}
-		w.apiSem <- struct{}{}
-		started := w.inflight.Go(func() {
-			defer func() { <-w.apiSem }()
-			w.serve(op, fn, in)
-		})
-		if !started {
-			<-w.apiSem
+		if !w.inflight.Do(func() { w.serve(op, fn, req) }) {
 			_ = req.Error(api.CodeInternal, "worker stopping", nil)
 		}
 	}
 }
 
-// apiRequest is what serve needs of a micro.Request.
-type apiRequest struct {
-	data   []byte
-	header nats.Header // Nats-Request-Info names the caller (principalOf)
-	reply  string
-}
-
-func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req apiRequest) {
+func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req micro.Request) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var resp any
-	p, err := w.principalOf(req.header)
+	data := req.Data()
+	p, err := w.principalOf(nats.Header(req.Headers()))
 	if err == nil {
 		ctx = withPrincipal(ctx, p)
 		switch {
-		case len(req.data) > maxRequest:
-			err = badRequest("request of %d bytes exceeds %d", len(req.data), maxRequest)
+		case len(data) > maxRequest:
+			err = badRequest("request of %d bytes exceeds %d", len(data), maxRequest)
 		case keyOps[op]:
-			if err = w.authorizeKeyOp(ctx, op, req.data); err == nil {
-				resp, err = fn(ctx, req.data)
+			if err = w.authorizeKeyOp(ctx, op, data); err == nil {
+				resp, err = fn(ctx, data)
 			}
 		default:
-			resp, err = fn(ctx, req.data)
+			resp, err = fn(ctx, data)
 		}
 	}
 	if err != nil {
@@ -123,33 +121,23 @@ func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error),
 			w.log.Error("request failed", "op", op, "err", err)
 			ae = &apiError{Code: api.CodeInternal, Detail: "internal error"}
 		}
-		w.reply(op, req.reply, &nats.Msg{Header: nats.Header{
-			micro.ErrorHeader:     []string{ae.Detail},
-			micro.ErrorCodeHeader: []string{ae.Code},
-		}})
+		w.answer(op, req.Error(ae.Code, ae.Detail, nil))
 		return
 	}
 	w.met.requests.WithLabelValues(op, "ok").Inc()
-	data, err := json.Marshal(resp)
+	out, err := json.Marshal(resp)
 	if err != nil {
 		w.log.Error("response not encoded", "op", op, "err", err)
-		w.reply(op, req.reply, &nats.Msg{Header: nats.Header{
-			micro.ErrorHeader:     []string{"internal error"},
-			micro.ErrorCodeHeader: []string{api.CodeInternal},
-		}})
+		w.answer(op, req.Error(api.CodeInternal, "internal error", nil))
 		return
 	}
-	w.reply(op, req.reply, &nats.Msg{Data: data})
+	w.answer(op, req.Respond(out))
 }
 
-// reply publishes m on the request's reply subject (none: the requester
-// asked for no answer).
-func (w *Worker) reply(op, subject string, m *nats.Msg) {
-	if subject == "" {
-		return
-	}
-	m.Subject = subject
-	if err := w.cfg.Conn.PublishMsg(m); err != nil {
+// answer logs a reply that could not be sent (a request published without
+// a reply subject is answered into the void: nats.ErrMsgNoReply).
+func (w *Worker) answer(op string, err error) {
+	if err != nil && !errors.Is(err, nats.ErrMsgNoReply) {
 		w.log.Warn("response not sent", "op", op, "err", err)
 	}
 }

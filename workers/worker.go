@@ -110,10 +110,9 @@ type Worker struct {
 	mu        sync.Mutex
 	consumes  []jetstream.ConsumeContext
 	stopSweep context.CancelFunc
-	svc       micro.Service
-	inflight  inflight.Group // goroutines of messages, requests and the sweeper
+	svcs      []micro.Service // the API's instances (startAPI)
+	inflight  inflight.Group  // goroutines of messages, requests and the sweeper
 	sem       chan struct{}
-	apiSem    chan struct{} // API requests in flight
 
 	audit        jetstream.JetStream // data-plane audit events (auditDataPlane)
 	local        *authz.Principal    // Config.LocalPrincipal, parsed
@@ -191,7 +190,6 @@ func New(cfg Config) (*Worker, error) {
 		met:     met,
 		backend: cfg.HSM.Backend(),
 		sem:     make(chan struct{}, 2*cfg.Concurrency),
-		apiSem:  make(chan struct{}, 2*cfg.Concurrency),
 		runs:    newRunCache(maxCachedRuns),
 	}
 	// Data-plane audit events are published asynchronously (auditDataPlane);
@@ -255,7 +253,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.svc = svc
+	w.svcs = svc
 	for _, c := range []struct {
 		cons jetstream.Consumer
 		fn   func(context.Context, jetstream.Msg)
@@ -344,10 +342,10 @@ func (w *Worker) stopLocked() {
 		c.Stop()
 	}
 	w.consumes = nil
-	if w.svc != nil {
-		_ = w.svc.Stop()
-		w.svc = nil
+	for _, svc := range w.svcs {
+		_ = svc.Stop()
 	}
+	w.svcs = nil
 }
 
 // rsk returns the signer this worker signs with now and its kid. Every
