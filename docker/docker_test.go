@@ -13,7 +13,6 @@ import (
 	"testing"
 
 	"github.com/mrkrepl/mrkrepl/internal/config"
-	"github.com/nats-io/nats-server/v2/server"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -329,47 +328,6 @@ func readPrometheus(t *testing.T) *prometheusFile {
 		t.Fatalf("prometheus.yml: %v", err)
 	}
 	return &p
-}
-
-// TestNATSConfigs runs every server config through nats-server's own
-// parser and checks each cluster: three nodes named after the compose
-// services, JetStream on, routes to exactly its own region's nodes.
-func TestNATSConfigs(t *testing.T) {
-	c := readCompose(t)
-	files, err := filepath.Glob("nats/*.conf")
-	if err != nil || len(files) != 3*len(regions) {
-		t.Fatalf("nats/*.conf: %d files (%v), want %d", len(files), err, 3*len(regions))
-	}
-	for _, f := range files {
-		opts, err := server.ProcessConfigFile(f)
-		if err != nil {
-			t.Errorf("%s: %v", f, err)
-			continue
-		}
-		node := strings.TrimSuffix(filepath.Base(f), ".conf") // us-east-1-a
-		region := node[:len(node)-2]
-		svc := "nats-" + node
-		if opts.ServerName != node || opts.Cluster.Name != region || !opts.JetStream || opts.StoreDir == "" {
-			t.Errorf("%s: server_name %q, cluster %q, jetstream %v, store_dir %q", f, opts.ServerName, opts.Cluster.Name, opts.JetStream, opts.StoreDir)
-		}
-		var routes []string
-		for _, r := range opts.Routes {
-			if !strings.HasPrefix(r.Host, "nats-"+region+"-") {
-				t.Errorf("%s: route to %s, outside region %s", f, r.Host, region)
-			}
-			if _, ok := c.Services[r.Hostname()]; !ok {
-				t.Errorf("%s: route to %s, which is not a service", f, r.Host)
-			}
-			routes = append(routes, r.Hostname())
-		}
-		if len(routes) != 3 {
-			t.Errorf("%s: %d routes, want the region's 3 nodes", f, len(routes))
-		}
-		s, ok := c.Services[svc]
-		if !ok || !slices.Contains(s.Volumes, "./"+f+":/etc/nats/nats-server.conf:ro") {
-			t.Errorf("service %s does not mount %s", svc, f)
-		}
-	}
 }
 
 // TestPromtool runs promtool on the Prometheus config, the rules and the
