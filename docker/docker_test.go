@@ -29,6 +29,8 @@ type service struct {
 	DependsOn   yaml.Node         `yaml:"depends_on"`
 	Ports       []string          `yaml:"ports"`
 	Profiles    []string          `yaml:"profiles"`
+	Secrets     []string          `yaml:"secrets"`
+	NetworkMode string            `yaml:"network_mode"`
 	Healthcheck *struct {
 		Test []string `yaml:"test"`
 	} `yaml:"healthcheck"`
@@ -39,12 +41,16 @@ type composeFile struct {
 	Services map[string]service `yaml:"services"`
 	Volumes  map[string]any     `yaml:"volumes"`
 	Networks map[string]any     `yaml:"networks"`
+	Secrets  map[string]struct {
+		Environment string `yaml:"environment"`
+		File        string `yaml:"file"`
+	} `yaml:"secrets"`
 }
 
 // serviceKeys are the compose keys the file may use; a typo is an error.
 var serviceKeys = []string{
 	"image", "build", "command", "environment", "volumes", "networks", "depends_on",
-	"ports", "profiles", "healthcheck", "restart",
+	"ports", "profiles", "healthcheck", "restart", "secrets", "network_mode",
 }
 
 func readCompose(t *testing.T) *composeFile {
@@ -121,7 +127,7 @@ func TestCompose(t *testing.T) {
 	if len(c.Services) == 0 {
 		t.Fatal("no services")
 	}
-	usedVolumes, usedNetworks := map[string]bool{}, map[string]bool{}
+	usedVolumes, usedNetworks, usedSecrets := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for name, s := range c.Services {
 		if s.Image == "" && s.Build == nil {
 			t.Errorf("service %s: neither image nor build", name)
@@ -151,6 +157,12 @@ func TestCompose(t *testing.T) {
 				}
 			}
 		}
+		for _, sec := range s.Secrets {
+			usedSecrets[sec] = true
+			if _, ok := c.Secrets[sec]; !ok {
+				t.Errorf("service %s: secret %s is not declared", name, sec)
+			}
+		}
 		for _, p := range s.Ports {
 			if !strings.HasPrefix(p, "127.0.0.1:") {
 				t.Errorf("service %s publishes %s beyond localhost", name, p)
@@ -160,6 +172,11 @@ func TestCompose(t *testing.T) {
 	for v := range c.Volumes {
 		if !usedVolumes[v] {
 			t.Errorf("volume %s is declared but unused", v)
+		}
+	}
+	for n := range c.Secrets {
+		if !usedSecrets[n] {
+			t.Errorf("secret %s is declared but unused", n)
 		}
 	}
 	for n := range c.Networks {
