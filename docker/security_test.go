@@ -14,9 +14,9 @@ import (
 
 // secretOf names the compose secret holding each user's password.
 var secretOf = map[string]string{
-	natsauth.Key(natsauth.Account, natsauth.UserWorker): "nats_worker_password",
-	natsauth.Key(natsauth.Account, natsauth.UserProxy):  "nats_proxy_password",
-	natsauth.Key(natsauth.Account, natsauth.UserAdmin):  "nats_admin_password",
+	natsauth.Key(natsauth.Account, natsauth.UserWorker):                     "nats_worker_password",
+	natsauth.Key(natsauth.Account, natsauth.UserProxy):                      "nats_proxy_password",
+	natsauth.Key(natsauth.Account, natsauth.UserAdmin):                      "nats_admin_password",
 	natsauth.Key(natsauth.DefaultApp.Account, natsauth.DefaultApp.Users[0]): "nats_app_password",
 }
 
