@@ -1,11 +1,16 @@
 #!/bin/sh
 # Entrypoint of the mrkrepl image.
 #
-#   mrkrepl-entrypoint worker [flags]   bootstrap the region (below), then run the worker
+#   mrkrepl-entrypoint bootstrap        bootstrap the region (below), then exit
+#   mrkrepl-entrypoint worker [flags]   wait for the trust bundle, then run the worker
 #   mrkrepl-entrypoint proxy [flags]    wait for the trust bundle, then run the proxy
 #   mrkrepl-entrypoint ARGS...          run "mrkrepl ARGS..."
 #
-# Worker bootstrap, idempotent (every start runs it):
+# The bootstrap is the only step that writes the bundle volume: compose runs
+# it in a one-shot container per region (bootstrap-<region>) and mounts the
+# bundle read-only into the workers and proxies, which only wait for it.
+#
+# Region bootstrap, idempotent (every "compose up" runs it again):
 #   1. at first start, initialise the region's SoftHSM2 token in the tokens
 #      volume with random PINs (the user PIN stays in the volume, mode 0600:
 #      the worker reads it from there, hsm.pin_file);
@@ -13,7 +18,7 @@
 #   3. write the region's bundle fragment to the shared bundle volume (again
 #      if the token's RSK changed);
 #   4. wait for the fragments of every region in BOOTSTRAP_REGIONS and merge
-#      them into bundle.json (every worker computes the same bundle).
+#      them into bundle.json (every region's bootstrap computes the same bundle).
 #
 # Variables: MRKREPL_REGION, MRKREPL_HSM (the token's pkcs11: URI) — also
 # read by the worker itself — and BOOTSTRAP_PARTITION, BOOTSTRAP_REGIONS
@@ -88,18 +93,22 @@ bootstrap_worker() {
 	log "trust bundle of partition $BOOTSTRAP_PARTITION: $BOOTSTRAP_REGIONS"
 }
 
-case "${1:-}" in
-worker)
-	shift
-	bootstrap_worker
-	exec mrkrepl worker "$@"
-	;;
-proxy)
-	shift
+# wait_bundle: wait for bundle.json naming every region of BOOTSTRAP_REGIONS.
+wait_bundle() {
 	: "${BOOTSTRAP_REGIONS:?set BOOTSTRAP_REGIONS}"
 	# shellcheck disable=SC2086 # one word per region
 	wait_for "$bundle_dir/bundle.json" $BOOTSTRAP_REGIONS
-	exec mrkrepl proxy "$@"
+}
+
+case "${1:-}" in
+bootstrap)
+	bootstrap_worker
+	;;
+worker | proxy)
+	cmd=$1
+	shift
+	wait_bundle
+	exec mrkrepl "$cmd" "$@"
 	;;
 *)
 	exec mrkrepl "$@"
