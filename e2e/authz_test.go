@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -178,6 +179,20 @@ func TestKeyPolicies(t *testing.T) {
 	lockout := `{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"MRK":"APP_ORDERS/bob"},"Action":"kms:Decrypt","Resource":"*"}]}`
 	if err := alice.PutKeyPolicy(ctx, api.PutKeyPolicyRequest{KeyID: key.KeyID, Policy: lockout}); err == nil {
 		t.Error("a policy that locks its author out was put without the bypass")
+	}
+
+	// A policy larger than other requests (up to AWS's 32 KiB) is accepted.
+	var many []string
+	for i := range 1000 {
+		many = append(many, fmt.Sprintf("APP_ORDERS/user%04d", i))
+	}
+	big, _ := json.Marshal(map[string]any{"Version": "2012-10-17", "Statement": []map[string]any{
+		{"Effect": "Allow", "Principal": map[string]any{"MRK": append(many, "APP_ORDERS/alice")}, "Action": "kms:*", "Resource": "*"}}})
+	if len(big) < 20<<10 || len(big) > 32<<10 {
+		t.Fatalf("test policy of %d bytes", len(big))
+	}
+	if err := alice.PutKeyPolicy(ctx, api.PutKeyPolicyRequest{KeyID: key.KeyID, Policy: string(big)}); err != nil {
+		t.Fatalf("a %d-byte policy: %v", len(big), err)
 	}
 
 	// Bob may decrypt, only with his tenant's context; alice keeps control.

@@ -28,6 +28,20 @@ import (
 // maxRequest bounds a request body (a 4 KiB plaintext in base64 plus JSON).
 const maxRequest = 16 << 10
 
+// maxPolicyRequest bounds the body of a request that carries a key policy
+// (create-key, put-key-policy, replicate-key): a policy of up to 32 KiB, as
+// AWS KMS allows, escaped in JSON.
+const maxPolicyRequest = 80 << 10
+
+// requestLimit is the largest body op accepts.
+func requestLimit(op string) int {
+	switch op {
+	case api.OpCreateKey, api.OpPutKeyPolicy, api.OpReplicateKey:
+		return maxPolicyRequest
+	}
+	return maxRequest
+}
+
 // startAPI registers the region's request API as micro services: one
 // instance per Concurrency, each serving every endpoint one request at a
 // time, in the default queue group (shared with the region's other
@@ -104,8 +118,8 @@ func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error),
 	if err == nil {
 		ctx = withPrincipal(ctx, p)
 		switch {
-		case len(data) > maxRequest:
-			err = badRequest("request of %d bytes exceeds %d", len(data), maxRequest)
+		case len(data) > requestLimit(op):
+			err = badRequest("request of %d bytes exceeds %d", len(data), requestLimit(op))
 		case keyOps[op]:
 			if err = w.authorizeKeyOp(ctx, op, data); err == nil {
 				resp, err = fn(ctx, data)
@@ -560,7 +574,7 @@ func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
 		err = perr
 	case op != api.OpReplicateKey:
 		err = badRequest("unsupported request event %q (only %s)", op, api.OpReplicateKey)
-	case len(msg.Data()) > maxRequest:
+	case len(msg.Data()) > requestLimit(op):
 		err = badRequest("request too large")
 	default:
 		ctx = withPrincipal(ctx, p)
