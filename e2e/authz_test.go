@@ -351,7 +351,7 @@ func TestRequestEventAuthorized(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := alice.WaitKey(ctx, key.KeyID, func(k *api.Key) bool {
-		r, ok := findReplicaOf(k, eu)
+		r, ok := replicaOf(k, eu)
 		return ok && r.State == api.ReplicaEnabled
 	}); err != nil {
 		t.Fatal(err)
@@ -359,18 +359,6 @@ func TestRequestEventAuthorized(t *testing.T) {
 	if ev := waitEvent(t, ctx, events, api.EventReplicationStarted, key.KeyID); ev.Actor != "APP_OTHER" {
 		t.Errorf("ReplicationStarted actor %q, want APP_OTHER", ev.Actor)
 	}
-}
-
-func findReplicaOf(k *api.Key, region string) (api.Replica, bool) {
-	if k == nil {
-		return api.Replica{}, false
-	}
-	for _, r := range k.Replicas {
-		if r.Region == region {
-			return r, true
-		}
-	}
-	return api.Replica{}, false
 }
 
 func mustConnect(t *testing.T, p *mrkrepltest.Partition, region string) *nats.Conn {
