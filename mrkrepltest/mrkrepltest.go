@@ -118,6 +118,13 @@ type Options struct {
 	// no Server, and StopServer/StartServer do nothing for it. Not with
 	// ClusterSize or TLS; implies NoAuth.
 	ServerURLs map[string]string
+	// KMS starts each worker's KMS API endpoint (AWS KMS JSON API, SigV4;
+	// docs/KMS-API.md) on 127.0.0.1, a random port: Region.KMSURL.
+	// KMSAccountID and KMSARNPartition go into its ARNs (default
+	// workers.DefaultKMSAccountID and "aws"). Issue access keys with
+	// Partition.CreateAccessKey.
+	KMS                           bool
+	KMSAccountID, KMSARNPartition string
 }
 
 // Region is one running region.
@@ -129,7 +136,9 @@ type Region struct {
 	HSM    hsmsvc.HSM
 	Worker *workers.Worker
 	Client *client.Client
+	KMSURL string // with Options.KMS: http://127.0.0.1:port
 
+	kmsAddr  string
 	nodes    []node // the region's nats-servers (one, or three as a cluster)
 	storeDir string // JetStream data, kept across restarts
 }

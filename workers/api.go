@@ -67,6 +67,10 @@ func (w *Worker) startAPI() ([]micro.Service, error) {
 		api.OpCancelKeyDeletion:   w.apiCancelKeyDeletion,
 		api.OpGetKeyPolicy:        w.apiGetKeyPolicy,
 		api.OpPutKeyPolicy:        w.apiPutKeyPolicy,
+		// The KMS endpoint's access keys (kms_accesskeys.go): admins only.
+		api.OpCreateAccessKey: w.apiCreateAccessKey,
+		api.OpListAccessKeys:  w.apiListAccessKeys,
+		api.OpDeleteAccessKey: w.apiDeleteAccessKey,
 	}
 	var svcs []micro.Service
 	stop := func() {
@@ -215,7 +219,7 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 		Role: api.RolePrimary, PrimaryRegion: w.cfg.Region, KeySpec: api.KeySpecSymmetricDefault,
 		KeyUsage: req.KeyUsage, Description: req.Description, Enabled: true,
 		Versions: []uint32{1}, CurrentVersion: 1, CreatedAt: now, UpdatedAt: now,
-		KeyState: api.KeyStateEnabled, Epoch: 1,
+		KeyState: api.KeyStateEnabled, Epoch: 1, SingleRegion: req.MultiRegion != nil && !*req.MultiRegion,
 		VersionDetails: []api.KeyVersion{{
 			Version: 1, State: api.VersionCurrent, ReplicatedTo: []string{w.cfg.Region}, CreatedAt: now, ActivatedAt: &now,
 		}},
@@ -289,6 +293,9 @@ func (w *Worker) apiListKeys(ctx context.Context, data []byte) (any, error) {
 func (w *Worker) apiReplicateKey(ctx context.Context, data []byte) (any, error) {
 	var req api.ReplicateKeyRequest
 	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if err := w.refuseSingleRegion(ctx, req.KeyID); err != nil { // kms.go
 		return nil, err
 	}
 	if req.Policy != "" {

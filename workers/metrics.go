@@ -52,6 +52,7 @@ var apiOps = []string{
 	api.OpDescribeReplication, api.OpEncrypt, api.OpDecrypt, api.OpGenerateDataKey,
 	api.OpRotateKey, api.OpUpdatePrimaryRegion, api.OpScheduleKeyDeletion, api.OpCancelKeyDeletion,
 	api.OpGetKeyPolicy, api.OpPutKeyPolicy,
+	api.OpCreateAccessKey, api.OpListAccessKeys, api.OpDeleteAccessKey,
 }
 
 // eventOps are the request events the worker consumes.

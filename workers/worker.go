@@ -91,6 +91,9 @@ type Config struct {
 	// NoDataPlaneAudit turns off the audit events of encrypt, decrypt and
 	// generate-data-key (one asynchronous publish each).
 	NoDataPlaneAudit bool
+	// KMS, if set, serves the AWS KMS JSON API of the region
+	// (docs/KMS-API.md, kms.go).
+	KMS *KMSConfig
 }
 
 // Worker is one region's HSM worker. Start it with Start, stop it with Stop.
@@ -119,6 +122,7 @@ type Worker struct {
 	regionPolicy *authz.Policy       // Config.RegionPolicy, or the admins'
 	adminsPolicy string              // the policy of a key stored without one
 	policies     policies            // parsed key policies
+	kms          *kmsState           // the KMS API endpoint (kms.go), nil without Config.KMS
 }
 
 // maxAuditPending bounds the data-plane audit events awaiting JetStream's
@@ -251,6 +255,12 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker %s: api: %w", w.cfg.Region, err)
 	}
+	if err := w.startKMS(ctx); err != nil {
+		for _, s := range svc {
+			_ = s.Stop()
+		}
+		return fmt.Errorf("worker %s: kms: %w", w.cfg.Region, err)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	w.svcs = svc
@@ -334,6 +344,7 @@ func (w *Worker) Stop() {
 
 func (w *Worker) stopLocked() {
 	w.stopObservers() // metrics hook (observe.go)
+	w.stopKMS()       // kms.go
 	if w.stopSweep != nil {
 		w.stopSweep()
 		w.stopSweep = nil

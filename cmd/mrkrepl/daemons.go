@@ -267,6 +267,10 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	kms, err := kmsConfig(cfg.KMS) // kms_worker.go
+	if err != nil {
+		return err
+	}
 	w, err := workers.New(workers.Config{
 		Region: cfg.Region, Bundle: bundle, HSM: hsm, Conn: nc, Logger: logger, Registerer: reg,
 		Layout: layout.Options{Replicas: cfg.JetStream.Replicas}, Concurrency: cfg.Concurrency,
@@ -274,6 +278,7 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		DeletionWaitingPeriod: cfg.DeletionWaitingPeriod,
 		Admins:                cfg.Authz.Admins, RegionPolicy: regionPolicy, LocalPrincipal: cfg.Authz.LocalPrincipal,
 		AccountNames: cfg.Authz.AccountNames, NoDataPlaneAudit: cfg.Authz.NoDataPlaneAudit,
+		KMS: kms,
 	})
 	if err != nil {
 		return err

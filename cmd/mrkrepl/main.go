@@ -10,6 +10,7 @@
 //	mrkrepl hsm init   create the region's RSK inside a PKCS#11 token
 //	mrkrepl key        create, describe, replicate keys; encrypt and decrypt (the request API)
 //	mrkrepl events     show a region's audit events, or follow them
+//	mrkrepl access-key issue, list, delete access keys of a region's KMS API
 //
 // Run "mrkrepl <command> -h" for a command's flags.
 package main
@@ -46,6 +47,7 @@ var commands = []command{
 	{"bench", "measure replication throughput, latency and cost against the crypto bound", runBench},
 	{"key", "create, replicate, rotate, move and delete keys; encrypt, decrypt, generate data keys", runKey},
 	{"events", "show a region's audit events (--follow to keep following)", runEvents},
+	{"access-key", "issue, list and delete access keys of a region's KMS API (AWS SigV4)", runAccessKey},
 }
 
 func usage(w io.Writer) {
@@ -55,7 +57,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "commands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-10s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, `Run "mrkrepl <command> -h" for a command's flags.`)

@@ -113,6 +113,19 @@ type Worker struct {
 	Log                  Log           `yaml:"log,omitempty"`
 	// Authz is who may do what (docs/AUTHZ.md).
 	Authz Authz `yaml:"authz,omitempty"`
+	// KMS is the worker's AWS KMS API endpoint (docs/KMS-API.md).
+	KMS KMS `yaml:"kms,omitempty"`
+}
+
+// KMS configures the worker's AWS KMS API endpoint (docs/KMS-API.md).
+// Empty Listen serves none. Without TLSCert and TLSKey it serves plain
+// HTTP, which the worker refuses on anything but a loopback address.
+type KMS struct {
+	Listen       string `yaml:"listen,omitempty"`        // host:port
+	TLSCert      string `yaml:"tls_cert,omitempty"`      // PEM certificate chain file
+	TLSKey       string `yaml:"tls_key,omitempty"`       // PEM private key file
+	AccountID    string `yaml:"account_id,omitempty"`    // 12 digits, in ARNs (default 000000000000)
+	ARNPartition string `yaml:"arn_partition,omitempty"` // in ARNs (default aws)
 }
 
 // Authz configures the worker's authorization (docs/AUTHZ.md).

@@ -81,7 +81,8 @@ func KVStream(bucket string) string { return "KV_" + bucket }
 
 // Buckets returns the names of region's KV buckets.
 func Buckets(region string) []string {
-	return []string{KeysBucket(region), ReplBucket(region), ReplayBucket(region), PendingBucket(region), TokensBucket(region)}
+	return []string{KeysBucket(region), ReplBucket(region), ReplayBucket(region), PendingBucket(region), TokensBucket(region),
+		AccessKeysBucket(region), AliasesBucket(region)}
 }
 
 // Streams returns the names of every stream of region, those behind its KV
@@ -118,6 +119,12 @@ const AckWait = 4 * time.Second
 const PendingMarkerTTL = 10 * time.Second
 
 func TokensBucket(region string) string { return "MRK_" + upper(region) + "_TOKENS" }
+
+// AccessKeysBucket holds the KMS API's access keys of the region, by
+// access key id; AliasesBucket its aliases, by alias name
+// (docs/KMS-API.md).
+func AccessKeysBucket(region string) string { return "MRK_" + upper(region) + "_ACCESS_KEYS" }
+func AliasesBucket(region string) string    { return "MRK_" + upper(region) + "_ALIASES" }
 
 // Subjects.
 func RequestSubject(region, op string) string { return "mrk." + region + ".requests." + op }
@@ -337,6 +344,9 @@ type Region struct {
 	Replay   jetstream.KeyValue
 	Pending  jetstream.KeyValue
 	Tokens   jetstream.KeyValue
+	// The KMS API's (docs/KMS-API.md).
+	AccessKeys jetstream.KeyValue
+	Aliases    jetstream.KeyValue
 }
 
 // EnsureRegion creates every stream and bucket a region's workers use.
@@ -398,6 +408,10 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 			Description: "mrkrepl " + region + ": keys with work outstanding, for the sweeper"}},
 		{&r.Tokens, jetstream.KeyValueConfig{Bucket: TokensBucket(region), History: 1, TTL: ClientTokenTTL,
 			Description: "mrkrepl " + region + ": replicate-key client tokens, kept 24 hours"}},
+		{&r.AccessKeys, jetstream.KeyValueConfig{Bucket: AccessKeysBucket(region), History: 1,
+			Description: "mrkrepl " + region + ": access keys of the KMS API, their secrets sealed by the region's HSM"}},
+		{&r.Aliases, jetstream.KeyValueConfig{Bucket: AliasesBucket(region), History: 1,
+			Description: "mrkrepl " + region + ": aliases of the KMS API (the region's own), by alias name"}},
 	}
 	for _, b := range buckets {
 		b.cfg.Storage = o.Storage
