@@ -25,6 +25,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -87,6 +88,7 @@ type cluster struct {
 	toxi      *proc
 	passwords map[string]string
 	workers   int // per region
+	began     time.Time
 }
 
 // linkIndex numbers the link of proxy p to region r.
@@ -100,6 +102,7 @@ func newCluster(t *testing.T, workersPerRegion int) *cluster {
 	dir := t.TempDir()
 	c := &cluster{t: t, dir: dir, workers: workersPerRegion, passwords: map[string]string{}}
 	c.bins = buildBinaries(t, dir)
+	c.began = time.Now()
 	for _, role := range []string{natsauth.RoleWorker, natsauth.RoleProxy, natsauth.RoleClient} {
 		c.passwords[role] = fmt.Sprintf("%s-%d-%d", role, os.Getpid(), time.Now().UnixNano())
 		writeSecret(t, filepath.Join(dir, role+".password"), c.passwords[role])
@@ -131,8 +134,17 @@ func newCluster(t *testing.T, workersPerRegion int) *cluster {
 	c.makeBundle()
 	ctx, cancel := context.WithTimeout(t.Context(), 3*time.Minute)
 	defer cancel()
+	var wg sync.WaitGroup
 	for _, rg := range c.regions {
-		c.startRegion(ctx, rg)
+		wg.Go(func() {
+			if err := c.startRegion(ctx, rg); err != nil {
+				t.Errorf("region %s: %v", rg.name, err)
+			}
+		})
+	}
+	wg.Wait()
+	if t.Failed() {
+		t.FailNow()
 	}
 	c.startToxiproxy(ctx)
 	for p := range proxies {
@@ -232,37 +244,38 @@ func (c *cluster) serverEnv() []string {
 	return env
 }
 
-func (c *cluster) startRegion(ctx context.Context, rg *region) {
+func (c *cluster) startRegion(ctx context.Context, rg *region) error {
 	var urls []string
 	for n := range nodesPerRegion {
 		urls = append(urls, fmt.Sprintf("nats://127.0.0.1:%d", clientPort+n))
 		cfg := filepath.Join(c.dir, rg.name, fmt.Sprintf("n%d.conf", n))
 		if err := os.MkdirAll(filepath.Dir(cfg), 0o700); err != nil {
-			c.t.Fatal(err)
+			return err
 		}
 		if err := os.WriteFile(cfg, []byte(c.serverConfig(rg, n)), 0o600); err != nil {
-			c.t.Fatal(err)
+			return err
 		}
 		name := serverName(rg, n)
 		rg.servers = append(rg.servers, &proc{
 			name: name, ns: rg.ns, argv: []string{c.bins.natsServer, "-c", cfg}, env: c.serverEnv(),
 			logPath: c.logPath(name),
-			// Up, and JetStream has a meta leader (healthz without
-			// js-enabled-only would also wait for every stream).
-			ready: httpReady(rg.ns, fmt.Sprintf("http://127.0.0.1:%d/healthz?js-server-only=true", monitorPort+n)),
+			// Up, JetStream has a meta leader and this node's streams
+			// and consumers are current.
+			ready: httpReady(rg.ns, fmt.Sprintf("http://127.0.0.1:%d/healthz", monitorPort+n)),
 		})
 	}
 	rg.urls = strings.Join(urls, ",")
 	for _, s := range rg.servers {
 		if err := s.start(); err != nil {
-			c.t.Fatal(err)
+			return err
 		}
 	}
 	for _, s := range rg.servers {
 		if err := s.waitReady(ctx); err != nil {
-			c.t.Fatal(err)
+			return err
 		}
 	}
+	c.t.Logf("%s: %d nats-servers ready at +%v", rg.name, nodesPerRegion, time.Since(c.began).Round(time.Millisecond))
 	for w := range c.workers {
 		name := fmt.Sprintf("worker-%s-%d", rg.name, w)
 		rg.workers = append(rg.workers, &proc{
@@ -277,12 +290,14 @@ func (c *cluster) startRegion(ctx context.Context, rg *region) {
 	}
 	for _, w := range rg.workers {
 		if err := w.start(); err != nil {
-			c.t.Fatal(err)
+			return err
 		}
 		if err := w.waitReady(ctx); err != nil {
-			c.t.Fatal(err)
+			return err
 		}
+		c.t.Logf("%s ready at +%v", w.name, time.Since(c.began).Round(time.Millisecond))
 	}
+	return nil
 }
 
 // startToxiproxy runs toxiproxy-server in the proxy namespace and makes
