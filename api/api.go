@@ -28,19 +28,28 @@ const (
 	OpUpdatePrimaryRegion = "update-primary-region"
 	OpScheduleKeyDeletion = "schedule-key-deletion"
 	OpCancelKeyDeletion   = "cancel-key-deletion"
+	OpGetKeyPolicy        = "get-key-policy"
+	OpPutKeyPolicy        = "put-key-policy"
 )
 
-// ActorHeader is the request header that names who asks (the client sets
-// it to its NATS user name). Audit events carry it as the actor; see
-// docs/LIFECYCLE.md for what it does and does not prove.
+// ActorHeader was the request header in which a client named itself. It
+// proves nothing and is ignored: the caller is the principal the NATS
+// server stamps on the request (docs/AUTHZ.md). Kept so that old clients'
+// requests still parse.
 const ActorHeader = "Mrkrepl-Actor"
 
 // Error codes, sent in the Nats-Service-Error-Code header of a failed reply.
 const (
 	CodeBadRequest = "400"
-	CodeNotFound   = "404"
-	CodeConflict   = "409"
-	CodeInternal   = "500"
+	// CodeUnauthenticated: the request carries no identity the server
+	// proved (docs/AUTHZ.md, "Principals").
+	CodeUnauthenticated = "401"
+	// CodeForbidden: the key's policy (or the region's, for create-key and
+	// list-keys) does not allow the caller the action.
+	CodeForbidden = "403"
+	CodeNotFound  = "404"
+	CodeConflict  = "409"
+	CodeInternal  = "500"
 )
 
 // Key specs and usages.
@@ -90,6 +99,12 @@ const (
 type CreateKeyRequest struct {
 	Description string `json:"description,omitempty"`
 	KeyUsage    string `json:"key_usage,omitempty"` // default ENCRYPT_DECRYPT
+	// Policy is the key's policy in this region (docs/AUTHZ.md); empty
+	// gives the default policy: the region's admins and the creator.
+	Policy string `json:"policy,omitempty"`
+	// BypassPolicyLockoutSafetyCheck allows a Policy that does not let the
+	// creator put the key's policy again.
+	BypassPolicyLockoutSafetyCheck bool `json:"bypass_policy_lockout_safety_check,omitempty"`
 }
 
 // KeyRequest names a key.
@@ -148,6 +163,12 @@ type Key struct {
 	// PendingPrimary is the region taking over while KeyState is UPDATING.
 	PendingPrimary string     `json:"pending_primary,omitempty"`
 	DeletionDate   *time.Time `json:"deletion_date,omitempty"` // PENDING_DELETION only
+	// MaterialMissing lists the versions of Versions whose material this
+	// region's HSM does not hold (describe-key only): the key's record
+	// outlived its HSM's state, say a soft HSM kept in memory, or a token
+	// replaced. Encrypt and decrypt with such a version are refused
+	// (CodeConflict); see docs/API.md.
+	MaterialMissing []uint32 `json:"material_missing,omitempty"`
 }
 
 // ListKeysResponse lists key ids known in the region.
@@ -164,6 +185,10 @@ type ReplicateKeyRequest struct {
 	KeyID         string `json:"key_id"`
 	ReplicaRegion string `json:"replica_region"`
 	ClientToken   string `json:"client_token,omitempty"`
+	// Policy is the replica's key policy in ReplicaRegion (docs/AUTHZ.md);
+	// empty sends the key's policy in this region. It travels signed in
+	// replication.init; from then on each region's policy is its own.
+	Policy string `json:"policy,omitempty"`
 }
 
 // Replication is one replication run as a region sees it.
@@ -185,12 +210,17 @@ type ReplicationRequest struct {
 	ReplicationID string `json:"replication_id"`
 }
 
-// EncryptRequest encrypts with the key's current version. AAD is the
-// encryption context: the same bytes must be given to decrypt.
+// EncryptRequest encrypts with the key's current version.
+//
+// EncryptionContext is bound to the ciphertext (canonically encoded into
+// its AAD): decrypt must give the same map. It is not secret: key policies
+// test it and audit events record it. AAD is the older raw form (opaque
+// bytes, which no policy can test); give one or the other, not both.
 type EncryptRequest struct {
-	KeyID     string `json:"key_id"`
-	Plaintext []byte `json:"plaintext"`
-	AAD       []byte `json:"aad,omitempty"`
+	KeyID             string            `json:"key_id"`
+	Plaintext         []byte            `json:"plaintext"`
+	EncryptionContext map[string]string `json:"encryption_context,omitempty"`
+	AAD               []byte            `json:"aad,omitempty"`
 }
 
 // EncryptResponse carries a self-describing ciphertext (it names the key
@@ -202,9 +232,14 @@ type EncryptResponse struct {
 }
 
 // DecryptRequest decrypts a ciphertext made in any region of the partition.
+//
+// KeyID, if set, must name the key the ciphertext was made with (else 400):
+// a caller pins the key it expects, as AWS KMS's KeyId does.
 type DecryptRequest struct {
-	CiphertextBlob []byte `json:"ciphertext_blob"`
-	AAD            []byte `json:"aad,omitempty"`
+	CiphertextBlob    []byte            `json:"ciphertext_blob"`
+	KeyID             string            `json:"key_id,omitempty"`
+	EncryptionContext map[string]string `json:"encryption_context,omitempty"`
+	AAD               []byte            `json:"aad,omitempty"`
 }
 
 // DecryptResponse returns the plaintext and the key that opened it.
@@ -221,9 +256,10 @@ const MaxPlaintext = 4096
 // 24 or 32; default 32) returned in plaintext and encrypted under the key's
 // current version, with AAD as the encryption context.
 type GenerateDataKeyRequest struct {
-	KeyID         string `json:"key_id"`
-	NumberOfBytes int    `json:"number_of_bytes,omitempty"`
-	AAD           []byte `json:"aad,omitempty"`
+	KeyID             string            `json:"key_id"`
+	NumberOfBytes     int               `json:"number_of_bytes,omitempty"`
+	EncryptionContext map[string]string `json:"encryption_context,omitempty"`
+	AAD               []byte            `json:"aad,omitempty"`
 }
 
 // GenerateDataKeyResponse holds the data key twice: in plaintext, for the
@@ -259,22 +295,47 @@ type ScheduleKeyDeletionRequest struct {
 	PendingWindowDays int    `json:"pending_window_days,omitempty"`
 }
 
+// KeyPolicyRequest names a key whose policy is asked for.
+type KeyPolicyRequest struct {
+	KeyID string `json:"key_id"`
+}
+
+// KeyPolicy is a key's policy document in one region, as it was put.
+type KeyPolicy struct {
+	KeyID  string `json:"key_id"`
+	Policy string `json:"policy"`
+}
+
+// PutKeyPolicyRequest replaces a key's policy in the region asked (each
+// region's policy is its own). The caller must still be allowed
+// kms:PutKeyPolicy by the new policy unless BypassPolicyLockoutSafetyCheck.
+type PutKeyPolicyRequest struct {
+	KeyID                          string `json:"key_id"`
+	Policy                         string `json:"policy"`
+	BypassPolicyLockoutSafetyCheck bool   `json:"bypass_policy_lockout_safety_check,omitempty"`
+}
+
 // Event is an audit event published on mrk.<region>.events.<type>.
 type Event struct {
 	Type   string    `json:"type"`
 	Time   time.Time `json:"time"`
 	Region string    `json:"region"`
-	// Actor is who caused the event: the requester named in the
-	// Mrkrepl-Actor header for API requests ("anonymous" when absent), or
-	// "region:<name>" for a change another region asked for in a signed
-	// message, or "worker" for the worker's own timers (sweeps, deletion).
-	Actor         string   `json:"actor,omitempty"`
-	KeyID         string   `json:"key_id,omitempty"`
-	ReplicationID string   `json:"replication_id,omitempty"`
-	Peer          string   `json:"peer,omitempty"`
-	Version       uint32   `json:"version,omitempty"`
-	Regions       []string `json:"regions,omitempty"` // the regions concerned, where more than one
-	Reason        string   `json:"reason,omitempty"`
+	// Actor is who caused the event: for a request, the principal the
+	// NATS server proved ("ACCOUNT/user"; "ACCOUNT" for a request event,
+	// which carries only its account); "region:<name>" for a change another
+	// region asked for in a signed message; "worker" for the worker's own
+	// timers (sweeps, deletion).
+	Actor string `json:"actor,omitempty"`
+	// Action is the policy action a request asked for (kms:Decrypt …).
+	Action string `json:"action,omitempty"`
+	// EncryptionContext is the request's encryption context (not secret).
+	EncryptionContext map[string]string `json:"encryption_context,omitempty"`
+	KeyID             string            `json:"key_id,omitempty"`
+	ReplicationID     string            `json:"replication_id,omitempty"`
+	Peer              string            `json:"peer,omitempty"`
+	Version           uint32            `json:"version,omitempty"`
+	Regions           []string          `json:"regions,omitempty"` // the regions concerned, where more than one
+	Reason            string            `json:"reason,omitempty"`
 }
 
 // Event types.
@@ -287,6 +348,15 @@ const (
 	EventReplicationFailed    = "ReplicationFailed"
 	EventRequestRejected      = "RequestRejected"
 	EventMessageRefused       = "MessageRefused"
+	// EventAccessDenied: a request its principal may not make (403).
+	EventAccessDenied = "AccessDenied"
+	// EventKeyPolicyChanged: put-key-policy replaced a key's policy.
+	EventKeyPolicyChanged = "KeyPolicyChanged"
+	// Data-plane uses of a key (Config.AuditDataPlane), with the
+	// encryption context.
+	EventEncrypt         = "Encrypt"
+	EventDecrypt         = "Decrypt"
+	EventGenerateDataKey = "GenerateDataKey"
 
 	EventVersionStaged            = "VersionStaged"
 	EventVersionActivated         = "VersionActivated"

@@ -25,23 +25,25 @@ import (
 )
 
 // Client calls one region's API.
+//
+// Who the client is, is the NATS connection's business: the workers take
+// the caller's principal from what the NATS server proves about the
+// connection (its account and user, docs/AUTHZ.md), never from the request.
 type Client struct {
 	nc     *nats.Conn
 	region string
-	actor  string
 }
 
-// New returns a client for region's API over nc. Requests name the
-// connection's NATS user (if any) as their actor in audit events.
+// New returns a client for region's API over nc.
 func New(nc *nats.Conn, region string) *Client {
-	return &Client{nc: nc, region: region, actor: nc.Opts.User}
+	return &Client{nc: nc, region: region}
 }
 
-// WithActor returns a copy of c whose requests name actor in audit events.
-func (c *Client) WithActor(actor string) *Client {
-	cc := *c
-	cc.actor = actor
-	return &cc
+// IsForbidden reports whether err is an API "access denied" reply: the
+// key's (or region's) policy does not allow the caller the action.
+func IsForbidden(err error) bool {
+	var e *Error
+	return errors.As(err, &e) && e.Code == api.CodeForbidden
 }
 
 // Region returns the region the client talks to.
@@ -75,9 +77,6 @@ func (c *Client) Call(ctx context.Context, op string, req, resp any) error {
 	}
 	out := nats.NewMsg(layout.APISubject(c.region, op))
 	out.Data = data
-	if c.actor != "" {
-		out.Header.Set(api.ActorHeader, c.actor)
-	}
 	msg, err := c.nc.RequestMsgWithContext(ctx, out)
 	if err != nil {
 		if errors.Is(err, nats.ErrNoResponders) {
@@ -159,6 +158,40 @@ func (c *Client) Encrypt(ctx context.Context, keyID string, plaintext, aad []byt
 func (c *Client) Decrypt(ctx context.Context, blob, aad []byte) (*api.DecryptResponse, error) {
 	var r api.DecryptResponse
 	return &r, c.Call(ctx, api.OpDecrypt, api.DecryptRequest{CiphertextBlob: blob, AAD: aad}, &r)
+}
+
+// EncryptWithContext encrypts plaintext with the key's current version,
+// bound to the encryption context ec (decrypt needs the same map; key
+// policies may test it; audit events record it — it is not secret).
+func (c *Client) EncryptWithContext(ctx context.Context, keyID string, plaintext []byte, ec map[string]string) (*api.EncryptResponse, error) {
+	var r api.EncryptResponse
+	return &r, c.Call(ctx, api.OpEncrypt, api.EncryptRequest{KeyID: keyID, Plaintext: plaintext, EncryptionContext: ec}, &r)
+}
+
+// DecryptWithContext decrypts a blob made with the encryption context ec.
+// keyID, if not empty, must be the key the blob was made with.
+func (c *Client) DecryptWithContext(ctx context.Context, keyID string, blob []byte, ec map[string]string) (*api.DecryptResponse, error) {
+	var r api.DecryptResponse
+	return &r, c.Call(ctx, api.OpDecrypt, api.DecryptRequest{KeyID: keyID, CiphertextBlob: blob, EncryptionContext: ec}, &r)
+}
+
+// GetKeyPolicy returns the key's policy in the client's region.
+func (c *Client) GetKeyPolicy(ctx context.Context, keyID string) (string, error) {
+	var r api.KeyPolicy
+	return r.Policy, c.Call(ctx, api.OpGetKeyPolicy, api.KeyPolicyRequest{KeyID: keyID}, &r)
+}
+
+// PutKeyPolicy replaces the key's policy in the client's region (each
+// region's policy is its own).
+func (c *Client) PutKeyPolicy(ctx context.Context, req api.PutKeyPolicyRequest) error {
+	return c.Call(ctx, api.OpPutKeyPolicy, req, nil)
+}
+
+// ReplicateKeyRequest sends a whole replicate-key request (with a client
+// token or the replica's policy).
+func (c *Client) ReplicateKeyRequest(ctx context.Context, req api.ReplicateKeyRequest) (*api.Replication, error) {
+	var r api.Replication
+	return &r, c.Call(ctx, api.OpReplicateKey, req, &r)
 }
 
 // ReplicateKeyWithToken is ReplicateKey made idempotent by clientToken:

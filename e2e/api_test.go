@@ -123,8 +123,8 @@ func TestReplicationRequestedAsEvent(t *testing.T) {
 	if ev := seen[api.EventReplicationCompleted]; ev.KeyID != key.KeyID || ev.Peer != "ap-southeast-2" {
 		t.Errorf("completed event %+v", ev)
 	}
-	if ev := seen[api.EventRequestRejected]; !strings.Contains(ev.Reason, "nowhere-1") {
-		t.Errorf("rejected event %+v, want the reason to name the bad region", ev)
+	if ev := seen[api.EventRequestRejected]; !strings.Contains(ev.Reason, "nowhere-1") || ev.KeyID != key.KeyID {
+		t.Errorf("rejected event %+v, want the reason to name the bad region, and key_id %s", ev, key.KeyID)
 	}
 	reasons := deadLetters(t, ctx, nc, layout.DLQStream(us.Name), 1)
 	if len(reasons) != 1 || reasons[0] != "bad_request" {

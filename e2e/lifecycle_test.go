@@ -117,7 +117,14 @@ func TestRotationStagedThenActivated(t *testing.T) {
 	replicated(t, ctx, c, key.KeyID, ap)
 	before := encryptEverywhere(t, ctx, p, key.KeyID, 1)
 
-	rotated, err := c.WithActor("alice").RotateKey(ctx, key.KeyID)
+	// Rotated by the partition's admin: the event names the principal the
+	// server proved, not the application that made the key.
+	adminNC, err := p.Connect(us, "admin")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer adminNC.Close()
+	rotated, err := client.New(adminNC, us).RotateKey(ctx, key.KeyID)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,11 +157,11 @@ func TestRotationStagedThenActivated(t *testing.T) {
 	after := encryptEverywhere(t, ctx, p, key.KeyID, 2)
 	decryptEverywhere(t, ctx, p, append(before, after...))
 
-	// The audit trail: staged by alice, copied by runs, activated.
+	// The audit trail: staged by the admin, copied by runs, activated.
 	evs := readEvents(t, ctx, p, us)
 	staged := findEvent(evs, api.EventVersionStaged, key.KeyID)
-	if staged == nil || staged.Actor != "alice" || staged.Version != 2 {
-		t.Errorf("VersionStaged event %+v, want actor alice version 2", staged)
+	if staged == nil || staged.Actor != mrkrepltest.AdminPrincipal || staged.Version != 2 {
+		t.Errorf("VersionStaged event %+v, want actor %s version 2", staged, mrkrepltest.AdminPrincipal)
 	}
 	if ev := findEvent(evs, api.EventVersionActivated, key.KeyID); ev == nil || ev.Version != 2 {
 		t.Errorf("VersionActivated event in %s: %+v", us, ev)

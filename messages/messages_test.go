@@ -279,6 +279,8 @@ func TestSealRefuses(t *testing.T) {
 		{"status", mod(w.receipt, func(m *Message) { m.Receipt.Status = "OK" }), keyA, ReasonMalformed},
 		{"confirmation-short", mod(w.receipt, func(m *Message) { m.Receipt.KeyConfirmation = make([]byte, 15) }), keyA, ReasonMalformed},
 		{"confirmation-on-error", mod(w.failed, func(m *Message) { m.Receipt.KeyConfirmation = []byte{0} }), keyA, ReasonMalformed},
+		{"init-policy-long", mod(w.init, func(m *Message) { m.Init.Policy = strings.Repeat("p", MaxPolicySize+1) }), keyA, ReasonMalformed},
+		{"init-policy-utf8", mod(w.init, func(m *Message) { m.Init.Policy = "{\xff}" }), keyA, ReasonMalformed},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			raw, err := Seal(tc.msg, tc.signer)
@@ -310,12 +312,23 @@ func TestSealRefuses(t *testing.T) {
 		})},
 		{"name-63", mod(w.init, func(m *Message) { m.Partition = strings.Repeat("p", 63) })},
 		{"description-utf8", mod(w.material, func(m *Message) { m.Material.Properties.Description = "clé de test ✓" })},
+		{"init-policy-max", mod(w.init, func(m *Message) { m.Init.Policy = strings.Repeat("p", MaxPolicySize) })},
 	} {
 		t.Run("accept-"+tc.name, func(t *testing.T) {
 			if _, err := Seal(tc.msg, keyA); err != nil {
 				t.Fatal(err)
 			}
 		})
+	}
+	// An init's policy survives sealing and parsing as it was.
+	withPolicy := mod(w.init, func(m *Message) { m.Init.Policy = `{"Version":"2012-10-17"}` })
+	raw, err := Seal(withPolicy, keyA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, err := Parse(raw)
+	if err != nil || got.Message.Init.Policy != withPolicy.Init.Policy {
+		t.Fatalf("init policy after Parse: %+v %v", got, err)
 	}
 }
 

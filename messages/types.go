@@ -56,6 +56,10 @@ type Init struct {
 	KeyUsage      string `cbor:"key_usage"`
 	Version       uint32 `cbor:"version"` // material version, ≥ 1
 	PrimaryRegion string `cbor:"primary_region"`
+	// Policy is the key policy (JSON, docs/AUTHZ.md) the destination gives
+	// the replica if it creates one; absent: the destination's default.
+	// At most MaxPolicySize bytes of UTF-8.
+	Policy string `cbor:"policy,omitempty" json:",omitempty"`
 }
 
 // Offer is the body of replication.offer (B→A).

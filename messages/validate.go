@@ -4,6 +4,7 @@ import (
 	"crypto/ecdh"
 	"fmt"
 	"time"
+	"unicode/utf8"
 )
 
 // Limits and fixed values checked by [Message.Validate].
@@ -16,6 +17,11 @@ const (
 	// MaxDescriptionSize bounds properties.description, in bytes (the KMS
 	// limit for a key description).
 	MaxDescriptionSize = 8192
+	// MaxPolicySize bounds init.policy, in bytes: with every other field at
+	// its largest, an init stays well within MaxMessageSize (a key policy
+	// put through the API may be longer, up to 32 KiB as in AWS KMS, but
+	// then cannot travel with a replication).
+	MaxPolicySize = 8192
 	// MaxWrappedKeySize bounds material.wrapped_key for key specs other than
 	// SYMMETRIC_DEFAULT: KWP of a 1024-byte key.
 	MaxWrappedKeySize = 1024 + 8
@@ -159,6 +165,10 @@ func checkInit(b *Init) *VerifyError {
 		return malformed("init.version: want ≥ 1")
 	case !IsName(b.PrimaryRegion):
 		return malformed("init.primary_region: bad region name")
+	case len(b.Policy) > MaxPolicySize:
+		return malformed("init.policy: more than %d bytes", MaxPolicySize)
+	case !utf8.ValidString(b.Policy):
+		return malformed("init.policy: not UTF-8")
 	}
 	return nil
 }

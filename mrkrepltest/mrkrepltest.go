@@ -29,6 +29,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/proxy"
@@ -37,6 +38,11 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/prometheus/client_golang/prometheus"
 )
+
+// DefaultApp is the application account of every partition with
+// authorization: Region.Client connects as its first user; tests connect
+// as any with Partition.ConnectApp.
+var DefaultApp = natsauth.App{Account: "APP_TEST", Users: []string{"app", "app2"}}
 
 // DefaultRegions are the regions started when Options.Regions is empty.
 var DefaultRegions = []string{"us-east-1", "eu-west-1", "ap-southeast-2"}
@@ -65,10 +71,21 @@ type Options struct {
 	MessageTTL time.Duration
 	// Concurrency is passed to the workers and proxy (0: their defaults).
 	Concurrency int
-	// Auth runs every server with per-role users and permissions
-	// (internal/natsauth): workers, the proxy and clients each connect as
-	// their role; Partition.Connect connects as an unrestricted admin.
-	Auth bool
+	// NoAuth runs every server without authorization: every connection
+	// is unrestricted, in one account, and the proxy creates its own
+	// streams and consumers (proxy.Config.ManageStreams). By default each
+	// region's server has the production accounts of internal/natsauth:
+	// workers connect as MRK's worker, the proxy as MRK's proxy (with its
+	// private inbox prefix), Region.Client as DefaultApp's first user, and
+	// Partition.Connect as MRK's unrestricted admin.
+	NoAuth bool
+	// Apps are application accounts added to DefaultApp on every region
+	// (Partition.ConnectApp connects as one of their users).
+	Apps []natsauth.App
+	// RegionPolicyApps are the application accounts the region policy
+	// lets create and list keys (workers.Config.RegionPolicy). nil: every
+	// account of Apps and DefaultApp.
+	RegionPolicyApps []string
 	// TLS makes every server require TLS with a throwaway CA; every
 	// connection the partition makes verifies the server against it.
 	TLS bool
@@ -92,7 +109,7 @@ type Options struct {
 	// (by region name): the partition connects to it instead of starting
 	// an embedded one, and leaves it running at Close. Such a region has
 	// no Server, and StopServer/StartServer do nothing for it. Not with
-	// ClusterSize, Auth or TLS.
+	// ClusterSize or TLS; implies NoAuth.
 	ServerURLs map[string]string
 }
 
@@ -117,11 +134,13 @@ type Partition struct {
 	opts       Options
 	regions    []*Region
 	proxyConns map[string]*nats.Conn
-	passwords  map[string]string // by role, with Auth
-	tls        *testTLS          // with TLS
-	conns      []*nats.Conn
-	dir        string
-	ownDir     bool
+	specs      map[string]natsauth.Spec // by region, with passwords; nil with NoAuth
+	// regionPolicy is the workers' region policy (RegionPolicy).
+	regionPolicy *authz.Policy
+	tls          *testTLS // with TLS
+	conns        []*nats.Conn
+	dir          string
+	ownDir       bool
 }
 
 // Start brings up every region, then the proxy. On error everything started
@@ -140,10 +159,36 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 		opts.Logger = slog.New(slog.DiscardHandler)
 	}
 	p = &Partition{dir: opts.Dir, opts: opts}
-	if opts.Auth {
-		p.passwords = map[string]string{}
-		for _, role := range []string{natsauth.RoleWorker, natsauth.RoleProxy, natsauth.RoleClient, "admin"} {
-			p.passwords[role] = messages.NewID()
+	if opts.ServerURLs != nil {
+		opts.NoAuth = true
+		p.opts.NoAuth = true
+	}
+	apps := opts.RegionPolicyApps
+	if apps == nil {
+		apps = []string{DefaultApp.Account}
+		for _, a := range opts.Apps {
+			apps = append(apps, a.Account)
+		}
+	}
+	if p.regionPolicy, err = RegionPolicy(apps...); err != nil {
+		return p, err
+	}
+	if !opts.NoAuth {
+		p.specs = map[string]natsauth.Spec{}
+		for _, r := range opts.Regions {
+			spec := natsauth.Spec{Region: r, Apps: append([]natsauth.App{DefaultApp}, opts.Apps...), Admin: true, Passwords: map[string]string{}}
+			for _, u := range []string{natsauth.UserWorker, natsauth.UserProxy, natsauth.UserAdmin} {
+				spec.Passwords[natsauth.Key(natsauth.Account, u)] = messages.NewID()
+			}
+			for _, a := range spec.Apps {
+				for _, u := range a.Users {
+					spec.Passwords[natsauth.Key(a.Account, u)] = messages.NewID()
+				}
+			}
+			if err := spec.Check(); err != nil {
+				return nil, err
+			}
+			p.specs[r] = spec
 		}
 	}
 	if p.dir == "" {
@@ -164,8 +209,8 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 		}
 	}
 
-	if opts.ServerURLs != nil && (opts.ClusterSize > 1 || opts.Auth || opts.TLS) {
-		return p, errors.New("mrkrepltest: ServerURLs cannot be combined with ClusterSize, Auth or TLS")
+	if opts.ServerURLs != nil && (opts.ClusterSize > 1 || opts.TLS) {
+		return p, errors.New("mrkrepltest: ServerURLs cannot be combined with ClusterSize or TLS")
 	}
 
 	var keys []messages.BundleKey
@@ -264,27 +309,49 @@ func (p *Partition) Region(name string) *Region {
 	return nil
 }
 
+// Dir is the partition's data directory.
+func (p *Partition) Dir() string { return p.dir }
+
 // Regions returns the regions in the order they were started.
 func (p *Partition) Regions() []*Region { return slices.Clone(p.regions) }
 
 // Connect opens a new connection to a region's server; Close closes it.
 // The connection reconnects forever, so it survives server restarts. With
-// Options.Auth it connects as an unrestricted admin.
+// authorization (the default) it connects as MRK's unrestricted admin.
 func (p *Partition) Connect(region, name string) (*nats.Conn, error) {
-	return p.ConnectAs(region, "admin", name)
+	return p.ConnectAs(region, natsauth.UserAdmin, name)
 }
 
-// ConnectAs is Connect as one of the roles of internal/natsauth (with
-// Options.Auth; without, every connection is unrestricted).
-func (p *Partition) ConnectAs(region, role, name string) (*nats.Conn, error) {
+// ConnectAs is Connect as a user of the region's own account
+// (natsauth.UserWorker, UserProxy or UserAdmin), with the user's
+// permissions; the proxy's connection has the proxy's inbox prefix.
+// Without authorization every connection is unrestricted.
+func (p *Partition) ConnectAs(region, user, name string) (*nats.Conn, error) {
+	return p.connect(region, natsauth.Account, user, name)
+}
+
+// ConnectApp is Connect as user of application account (DefaultApp or one
+// of Options.Apps).
+func (p *Partition) ConnectApp(region, account, user string) (*nats.Conn, error) {
+	return p.connect(region, account, user, account+"-"+user)
+}
+
+func (p *Partition) connect(region, account, user, name string) (*nats.Conn, error) {
 	r := p.Region(region)
 	if r == nil || r.URL == "" {
 		return nil, fmt.Errorf("no region %q", region)
 	}
 	opts := []nats.Option{nats.Name("mrkrepl-" + name + "-" + region), nats.MaxReconnects(-1),
 		nats.ReconnectWait(100 * time.Millisecond), nats.RetryOnFailedConnect(true)}
-	if p.passwords != nil {
-		opts = append(opts, nats.UserInfo(role, p.passwords[role]))
+	if p.specs != nil {
+		pw, ok := p.specs[region].Passwords[natsauth.Key(account, user)]
+		if !ok {
+			return nil, fmt.Errorf("region %s: no user %s", region, natsauth.Key(account, user))
+		}
+		opts = append(opts, nats.UserInfo(user, pw))
+		if account == natsauth.Account && user == natsauth.UserProxy {
+			opts = append(opts, nats.CustomInboxPrefix(natsauth.ProxyInboxPrefix))
+		}
 	}
 	if p.tls != nil {
 		opts = append(opts, nats.Secure(p.tls.client.Clone()))
@@ -295,6 +362,15 @@ func (p *Partition) ConnectAs(region, role, name string) (*nats.Conn, error) {
 	}
 	p.conns = append(p.conns, nc)
 	return nc, nil
+}
+
+// Password returns the password of user of account on region's server
+// ("" without authorization), for processes that connect by themselves.
+func (p *Partition) Password(region, account, user string) string {
+	if p.specs == nil {
+		return ""
+	}
+	return p.specs[region].Passwords[natsauth.Key(account, user)]
 }
 
 // Close stops the proxy, the workers, the HSMs and the servers.

@@ -50,8 +50,10 @@ func (p *Partition) startNode(r *Region, i int) error {
 		NoLog:      true,
 		NoSigs:     true,
 	}
-	if p.passwords != nil {
-		opts.Users = natsauth.Users(r.Name, p.passwords)
+	if p.specs != nil {
+		if err := p.specs[r.Name].ServerOptions(opts); err != nil {
+			return fmt.Errorf("region %s: %w", r.Name, err)
+		}
 	}
 	if p.tls != nil {
 		opts.TLS = true
@@ -98,8 +100,8 @@ func (p *Partition) startNode(r *Region, i int) error {
 // until its meta leader is elected).
 func (p *Partition) waitJetStream(r *Region) error {
 	var opts []nats.Option
-	if p.passwords != nil {
-		opts = append(opts, nats.UserInfo("admin", p.passwords["admin"]))
+	if p.specs != nil {
+		opts = append(opts, nats.UserInfo(natsauth.UserAdmin, p.specs[r.Name].Passwords[natsauth.Key(natsauth.Account, natsauth.UserAdmin)]))
 	}
 	if p.tls != nil {
 		opts = append(opts, nats.Secure(p.tls.client.Clone()))
@@ -129,7 +131,7 @@ func (p *Partition) waitJetStream(r *Region) error {
 }
 
 func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.Registerer) error {
-	nc, err := p.ConnectAs(r.Name, natsauth.RoleWorker, "worker")
+	nc, err := p.ConnectAs(r.Name, natsauth.UserWorker, "worker")
 	if err != nil {
 		return err
 	}
@@ -140,6 +142,7 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 		RunTimeout: p.opts.RunTimeout, MaxAttempts: p.opts.MaxAttempts, SweepInterval: p.opts.SweepInterval,
 		DeletionWaitingPeriod: p.opts.DeletionWaitingPeriod,
 		Layout:                p.layout(), ClockSkew: p.opts.ClockSkew,
+		Admins: []string{AdminPrincipal}, LocalPrincipal: AdminPrincipal, RegionPolicy: p.regionPolicy,
 	})
 	if err != nil {
 		nc.Close()
@@ -151,8 +154,8 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 	}
 	r.Conn, r.Worker = nc, w
 	cc := nc
-	if p.passwords != nil {
-		if cc, err = p.ConnectAs(r.Name, natsauth.RoleClient, "client"); err != nil {
+	if p.specs != nil {
+		if cc, err = p.ConnectApp(r.Name, DefaultApp.Account, DefaultApp.Users[0]); err != nil {
 			return err
 		}
 	}
@@ -163,17 +166,21 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 func (p *Partition) startProxy(ctx context.Context, reg prometheus.Registerer) error {
 	conns := map[string]*nats.Conn{}
 	for _, r := range p.regions {
-		nc, err := p.ConnectAs(r.Name, natsauth.RoleProxy, "proxy")
+		nc, err := p.ConnectAs(r.Name, natsauth.UserProxy, "proxy")
 		if err != nil {
 			return err
 		}
 		conns[r.Name] = nc
+	}
+	if err := p.tuneProxyConsumers(ctx); err != nil {
+		return err
 	}
 	px, err := proxy.New(proxy.Config{
 		Bundle: p.Bundle, Conns: conns, Logger: p.opts.Logger,
 		Registerer: wrap(reg, "instance", "proxy"),
 		Delay:      map[string]time.Duration{"*": p.opts.ProxyDelay}, Concurrency: p.opts.Concurrency,
 		Layout: p.layout(), ClockSkew: p.opts.ClockSkew,
+		ManageStreams: p.specs == nil, // without authorization, as before
 	})
 	if err != nil {
 		return err
@@ -182,6 +189,35 @@ func (p *Partition) startProxy(ctx context.Context, reg prometheus.Registerer) e
 		return err
 	}
 	p.Proxy, p.proxyConns = px, conns
+	return nil
+}
+
+// tuneProxyConsumers sizes the proxy's consumers, which the workers
+// create with layout's defaults, for Options.ProxyDelay and Concurrency
+// (as the proxy did when it created them), as the admin. A worker that
+// restarts puts the defaults back.
+func (p *Partition) tuneProxyConsumers(ctx context.Context) error {
+	if p.specs == nil || (p.opts.ProxyDelay == 0 && p.opts.Concurrency <= 0) {
+		return nil
+	}
+	c := layout.ProxyConsumers{AckWait: 30*time.Second + p.opts.ProxyDelay}
+	if p.opts.Concurrency > 0 {
+		c.MaxAckPending = 4 * p.opts.Concurrency
+	}
+	for _, r := range p.regions {
+		nc, err := p.Connect(r.Name, "tune")
+		if err != nil {
+			return err
+		}
+		js, err := jetstream.New(nc)
+		if err == nil {
+			err = layout.EnsureProxyConsumers(ctx, js, r.Name, p.Bundle.Regions(), c)
+		}
+		nc.Close()
+		if err != nil {
+			return fmt.Errorf("region %s: %w", r.Name, err)
+		}
+	}
 	return nil
 }
 

@@ -9,12 +9,14 @@ import (
 )
 
 // Ready reports whether the proxy can forward, for /readyz: it has started,
-// its connection to every region's cluster is up, and every region's outbox
-// and dead-letter streams and every pair's durable consumer exist. The
-// error names the first check that failed.
+// its connection to every region's cluster is up, and every pair's durable
+// consumer (so every region's outbox) exists. The error names the first
+// check that failed. The dead-letter streams are not checked: the proxy's
+// NATS user may not read stream information (internal/natsauth), and a
+// missing one shows as a failed dead letter, retried and logged.
 //
-// Ready makes a few JetStream API requests per region; it is meant for
-// probes every few seconds.
+// Ready makes one JetStream API request per pair; it is meant for probes
+// every few seconds.
 func (p *Proxy) Ready(ctx context.Context) error {
 	p.mu.Lock()
 	started := len(p.consumes) > 0
@@ -30,16 +32,11 @@ func (p *Proxy) Ready(ctx context.Context) error {
 	}
 	for _, src := range regions {
 		js := p.js[src]
-		for _, s := range []string{layout.OutboxStream(src), layout.DLQStream(src)} {
-			if _, err := js.Stream(ctx, s); err != nil {
-				return fmt.Errorf("%s: stream %s: %w", src, s, err)
-			}
-		}
 		for _, dst := range regions {
 			if dst == src {
 				continue
 			}
-			name := p.cfg.Durable + "-" + dst
+			name := layout.ProxyConsumer(p.cfg.Durable, dst)
 			if _, err := js.Consumer(ctx, layout.OutboxStream(src), name); err != nil {
 				return fmt.Errorf("%s: consumer %s on %s: %w", src, name, layout.OutboxStream(src), err)
 			}

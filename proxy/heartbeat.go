@@ -5,7 +5,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"strings"
 	"sync"
 	"time"
 
@@ -23,8 +22,9 @@ import (
 //     forwards from) through its connection to src's cluster, and then
 //  2. publishes a small unsigned probe to mrk.<dst>.heartbeat.<src> on
 //     dst's cluster and waits for the PubAck of dst's heartbeat stream
-//     MRK_<DST>_HEARTBEAT (created by the proxy; replicated like the other
-//     streams, one message kept per subject, an hour at most).
+//     MRK_<DST>_HEARTBEAT (created by dst's workers, layout.EnsureHeartbeat;
+//     replicated like the other streams, one message kept per subject, an
+//     hour at most).
 //
 // The round trip of both steps is mrkrepl_proxy_heartbeat_round_trip_seconds,
 // and mrkrepl_proxy_heartbeat_last_success_timestamp_seconds is stamped
@@ -63,14 +63,12 @@ func (c HeartbeatConfig) withDefaults() HeartbeatConfig {
 	return c
 }
 
-// HeartbeatStream is the name of region's heartbeat stream.
-func HeartbeatStream(region string) string {
-	// Same scheme as the other streams (MRK_<R>_…).
-	return strings.TrimSuffix(layout.DLQStream(region), "DLQ") + "HEARTBEAT"
-}
+// HeartbeatStream is the name of region's heartbeat stream (created by the
+// region's workers: layout.EnsureHeartbeat).
+func HeartbeatStream(region string) string { return layout.HeartbeatStream(region) }
 
 // HeartbeatSubject is the subject of a probe from src, on dst's cluster.
-func HeartbeatSubject(dst, src string) string { return "mrk." + dst + ".heartbeat." + src }
+func HeartbeatSubject(dst, src string) string { return layout.HeartbeatSubject(dst, src) }
 
 // HeartbeatHeader marks a probe.
 const HeartbeatHeader = "Mrk-Heartbeat"
@@ -85,27 +83,6 @@ type heartbeatProbe struct {
 	SentAt time.Time `json:"sent_at"`
 }
 
-// ensureHeartbeatStream creates region's heartbeat stream (idempotent).
-func ensureHeartbeatStream(ctx context.Context, js jetstream.JetStream, region string, o layout.Options) error {
-	replicas := o.Replicas
-	if replicas <= 0 {
-		replicas = 1
-	}
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:              HeartbeatStream(region),
-		Subjects:          []string{"mrk." + region + ".heartbeat.>"},
-		Storage:           o.Storage,
-		Replicas:          replicas,
-		MaxMsgsPerSubject: 1,
-		MaxAge:            time.Hour,
-		Discard:           jetstream.DiscardOld,
-	})
-	if err != nil {
-		return fmt.Errorf("create stream %s: %w", HeartbeatStream(region), err)
-	}
-	return nil
-}
-
 // heartbeater runs the probes of one proxy.
 type heartbeater struct {
 	mu     sync.Mutex
@@ -118,12 +95,6 @@ func (h *heartbeater) start(ctx context.Context, p *Proxy) {
 	cfg := p.cfg.Heartbeat.withDefaults()
 	if cfg.Interval < 0 {
 		return
-	}
-	for _, r := range p.regions {
-		// Best effort here: a probe that finds no stream creates it.
-		if err := ensureHeartbeatStream(ctx, p.js[r], r, p.cfg.Layout); err != nil {
-			p.log.Warn("heartbeat stream not created; will retry", "region", r, "err", err)
-		}
 	}
 	lctx, cancel := context.WithCancel(context.Background())
 	h.mu.Lock()
@@ -199,8 +170,8 @@ func (h *heartbeater) probe(ctx context.Context, p *Proxy, src, dst string, seq 
 }
 
 func (h *heartbeater) readSource(ctx context.Context, p *Proxy, src, dst string) error {
-	if _, err := p.js[src].Consumer(ctx, layout.OutboxStream(src), p.cfg.Durable+"-"+dst); err != nil {
-		return fmt.Errorf("consumer %s-%s on %s: %w", p.cfg.Durable, dst, layout.OutboxStream(src), err)
+	if _, err := p.js[src].Consumer(ctx, layout.OutboxStream(src), layout.ProxyConsumer(p.cfg.Durable, dst)); err != nil {
+		return fmt.Errorf("consumer %s on %s: %w", layout.ProxyConsumer(p.cfg.Durable, dst), layout.OutboxStream(src), err)
 	}
 	return nil
 }
@@ -214,9 +185,9 @@ func (h *heartbeater) writeDestination(ctx context.Context, p *Proxy, src, dst s
 	msg.Data = body
 	msg.Header.Set(HeartbeatHeader, "1")
 	_, err = p.js[dst].PublishMsg(ctx, msg)
-	if errors.Is(err, jetstream.ErrNoStreamResponse) {
-		// First probe, or the stream was deleted: create it and try again.
-		if err = ensureHeartbeatStream(ctx, p.js[dst], dst, p.cfg.Layout); err == nil {
+	if errors.Is(err, jetstream.ErrNoStreamResponse) && p.cfg.ManageStreams {
+		// The stream was deleted: create it and try again.
+		if err = layout.EnsureHeartbeat(ctx, p.js[dst], dst, p.cfg.Layout); err == nil {
 			_, err = p.js[dst].PublishMsg(ctx, msg)
 		}
 	}

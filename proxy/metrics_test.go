@@ -7,12 +7,14 @@ import (
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/internal/obs/obstest"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
 	"github.com/mrkrepl/mrkrepl/proxy"
 	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 )
@@ -22,8 +24,20 @@ import (
 func startProxy(t *testing.T, p *mrkrepltest.Partition, durable string, hb proxy.HeartbeatConfig) (*proxy.Proxy, *prometheus.Registry) {
 	t.Helper()
 	conns := map[string]*nats.Conn{}
+	// The workers create the consumers of the default prefix only; those
+	// of this proxy's are the operator's (here the admin's) to create.
 	for _, r := range p.Regions() {
-		nc, err := p.ConnectAs(r.Name, natsauth.RoleProxy, "test-proxy")
+		nc, err := p.Connect(r.Name, "admin")
+		if err != nil {
+			t.Fatal(err)
+		}
+		js, _ := jetstream.New(nc)
+		if err := layout.EnsureProxyConsumers(t.Context(), js, r.Name, p.Bundle.Regions(), layout.ProxyConsumers{Durable: durable}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, r := range p.Regions() {
+		nc, err := p.ConnectAs(r.Name, natsauth.UserProxy, "test-proxy")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -73,9 +87,9 @@ func series(t *testing.T, g prometheus.Gatherer, name string, keys ...string) ma
 }
 
 func TestHeartbeat(t *testing.T) {
-	// With per-role users: the proxy role may create and write the
-	// heartbeat streams.
-	p := mrkrepltest.New(t, mrkrepltest.Options{NoProxy: true, Auth: true})
+	// With the production accounts: the workers create the heartbeat
+	// streams, the proxy user may write them.
+	p := mrkrepltest.New(t, mrkrepltest.Options{NoProxy: true})
 	// A probe times out after the interval: 1 s leaves room for a loaded
 	// machine under the race detector (100 ms did not).
 	_, reg := startProxy(t, p, "hb", proxy.HeartbeatConfig{Interval: time.Second, Timeout: time.Second})

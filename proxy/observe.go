@@ -65,7 +65,7 @@ func (c *proxyCollector) Collect(ch chan<- prometheus.Metric) {
 				if dst == src {
 					continue
 				}
-				cons, err := p.js[src].Consumer(ctx, layout.OutboxStream(src), p.cfg.Durable+"-"+dst)
+				cons, err := p.js[src].Consumer(ctx, layout.OutboxStream(src), layout.ProxyConsumer(p.cfg.Durable, dst))
 				if err != nil {
 					p.log.Debug("metrics: consumer info", "src", src, "dst", dst, "err", err)
 					continue

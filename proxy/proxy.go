@@ -50,7 +50,10 @@ type Config struct {
 	Registerer prometheus.Registerer
 	Layout     layout.Options
 	// Durable prefixes the consumer names ("<Durable>-<dst>"). Proxies with
-	// the same prefix share the work. Default "proxy".
+	// the same prefix share the work. The workers create the consumers of
+	// the default prefix only: another prefix needs ManageStreams or an
+	// operator who creates its consumers (layout.EnsureProxyConsumers).
+	// Default "proxy".
 	Durable string
 	// Delay is an injected one-way delay per pair, to emulate WAN latency
 	// in tests and benchmarks. Keys are "src>dst"; "*" applies to all.
@@ -68,6 +71,16 @@ type Config struct {
 	Now func() time.Time
 	// Heartbeat configures the end-to-end probes of every pair (heartbeat.go).
 	Heartbeat HeartbeatConfig
+	// ManageStreams makes the proxy create (or update) the outbox and
+	// dead-letter streams, its consumers and the heartbeat streams itself,
+	// as it once did. It needs rights the proxy's NATS user does not have
+	// (internal/natsauth): only for tests and servers without
+	// authorization. Without it the proxy only looks its consumers up;
+	// each region's workers create them (layout.EnsureProxyConsumers).
+	ManageStreams bool
+	// LookupRetry is the delay between lookups of a consumer that does
+	// not exist yet (default 1 s).
+	LookupRetry time.Duration
 }
 
 // Proxy forwards verified messages between regions.
@@ -105,7 +118,7 @@ func New(cfg Config) (*Proxy, error) {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	if cfg.Durable == "" {
-		cfg.Durable = "proxy"
+		cfg.Durable = layout.DefaultProxyDurable
 	}
 	if cfg.Concurrency <= 0 {
 		cfg.Concurrency = 64
@@ -130,34 +143,27 @@ func New(cfg Config) (*Proxy, error) {
 	return p, nil
 }
 
-// Start ensures every region's outbox and dead-letter streams exist and
-// starts one consumer per ordered pair of regions.
+// Start starts one consumer per ordered pair of regions. The consumers
+// are the workers' to create (layout.EnsureProxyConsumers; with
+// Config.ManageStreams the proxy creates them itself): Start waits for each
+// until it exists or ctx ends, logging what it waits for.
 func (p *Proxy) Start(ctx context.Context) error {
 	regions := p.regions
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	for _, src := range regions {
 		js := p.js[src]
-		if err := layout.EnsureOutbox(ctx, js, src, regions, p.cfg.Layout); err != nil {
-			p.stopLocked()
-			return fmt.Errorf("proxy: %w", err)
-		}
-		if err := layout.EnsureDLQ(ctx, js, src, p.cfg.Layout); err != nil {
-			p.stopLocked()
-			return fmt.Errorf("proxy: %w", err)
+		if p.cfg.ManageStreams {
+			if err := p.ensureStreams(ctx, src); err != nil {
+				p.stopLocked()
+				return fmt.Errorf("proxy: %w", err)
+			}
 		}
 		for _, dst := range regions {
 			if dst == src {
 				continue
 			}
-			cons, err := js.CreateOrUpdateConsumer(ctx, layout.OutboxStream(src), jetstream.ConsumerConfig{
-				Durable:       p.cfg.Durable + "-" + dst,
-				FilterSubject: layout.OutboxFilter(src, dst),
-				AckPolicy:     jetstream.AckExplicitPolicy,
-				AckWait:       30*time.Second + p.delay(src, dst),
-				MaxAckPending: 4 * p.cfg.Concurrency,
-				DeliverPolicy: jetstream.DeliverAllPolicy,
-			})
+			cons, err := p.lookupConsumer(ctx, js, src, dst)
 			if err != nil {
 				p.stopLocked()
 				return fmt.Errorf("proxy: consumer %s→%s: %w", src, dst, err)
@@ -174,6 +180,62 @@ func (p *Proxy) Start(ctx context.Context) error {
 	p.startObservers(ctx) // metrics hook (observe.go)
 	p.log.Info("proxy started", "partition", p.bundle().Partition(), "regions", regions)
 	return nil
+}
+
+// ensureStreams creates src's outbox, dead-letter and heartbeat streams and
+// the proxy's consumers on the outbox (Config.ManageStreams).
+func (p *Proxy) ensureStreams(ctx context.Context, src string) error {
+	js := p.js[src]
+	if err := layout.EnsureOutbox(ctx, js, src, p.regions, p.cfg.Layout); err != nil {
+		return err
+	}
+	if err := layout.EnsureDLQ(ctx, js, src, p.cfg.Layout); err != nil {
+		return err
+	}
+	if err := layout.EnsureHeartbeat(ctx, js, src, p.cfg.Layout); err != nil {
+		return err
+	}
+	for _, dst := range p.regions {
+		if dst == src {
+			continue
+		}
+		_, err := js.CreateOrUpdateConsumer(ctx, layout.OutboxStream(src), layout.ProxyConsumerConfig(src, dst, layout.ProxyConsumers{
+			Durable:       p.cfg.Durable,
+			AckWait:       30*time.Second + p.delay(src, dst),
+			MaxAckPending: 4 * p.cfg.Concurrency,
+		}))
+		if err != nil {
+			return fmt.Errorf("consumer %s→%s: %w", src, dst, err)
+		}
+	}
+	return nil
+}
+
+// lookupConsumer returns the pair's consumer on src's outbox, waiting (with
+// a log line every attempt) until it exists or ctx ends.
+func (p *Proxy) lookupConsumer(ctx context.Context, js jetstream.JetStream, src, dst string) (jetstream.Consumer, error) {
+	name := layout.ProxyConsumer(p.cfg.Durable, dst)
+	retry := p.cfg.LookupRetry
+	if retry <= 0 {
+		retry = time.Second
+	}
+	for {
+		cons, err := js.Consumer(ctx, layout.OutboxStream(src), name)
+		if err == nil {
+			return cons, nil
+		}
+		if !errors.Is(err, jetstream.ErrConsumerNotFound) && !errors.Is(err, jetstream.ErrStreamNotFound) {
+			p.log.Warn("consumer lookup failed; will retry", "consumer", name, "stream", layout.OutboxStream(src), "region", src, "err", err)
+		} else {
+			p.log.Info(fmt.Sprintf("waiting for consumer %s on region %s's outbox; the region's workers create it", name, src),
+				"consumer", name, "stream", layout.OutboxStream(src), "region", src)
+		}
+		select {
+		case <-ctx.Done():
+			return nil, fmt.Errorf("consumer %s on %s: %w (last error: %v)", name, layout.OutboxStream(src), ctx.Err(), err)
+		case <-time.After(retry):
+		}
+	}
 }
 
 // Stop stops consuming and waits for messages in flight.

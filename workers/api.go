@@ -1,6 +1,7 @@
 package workers
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
@@ -14,7 +15,9 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -30,7 +33,7 @@ const maxRequest = 16 << 10
 func (w *Worker) startAPI() (micro.Service, error) {
 	svc, err := micro.AddService(w.cfg.Conn, micro.Config{
 		Name:        "mrkrepl",
-		Version:     "0.1.0",
+		Version:     obs.ReadBuildInfo().SemVer(), // mrkrepl_build_info's version, as SemVer
 		Description: "mrkrepl region " + w.cfg.Region,
 		Metadata:    map[string]string{"region": w.cfg.Region},
 	})
@@ -50,6 +53,8 @@ func (w *Worker) startAPI() (micro.Service, error) {
 		api.OpUpdatePrimaryRegion: w.apiUpdatePrimaryRegion,
 		api.OpScheduleKeyDeletion: w.apiScheduleKeyDeletion,
 		api.OpCancelKeyDeletion:   w.apiCancelKeyDeletion,
+		api.OpGetKeyPolicy:        w.apiGetKeyPolicy,
+		api.OpPutKeyPolicy:        w.apiPutKeyPolicy,
 	}
 	for op, fn := range handlers {
 		err := svc.AddEndpoint(op, w.endpoint(op, fn), micro.WithEndpointSubject(layout.APISubject(w.cfg.Region, op)))
@@ -73,7 +78,7 @@ func (w *Worker) startAPI() (micro.Service, error) {
 // subject itself, in micro's format (reply).
 func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, error)) micro.HandlerFunc {
 	return func(req micro.Request) {
-		in := apiRequest{data: req.Data(), actor: req.Headers().Get(api.ActorHeader), reply: req.Reply()}
+		in := apiRequest{data: req.Data(), header: nats.Header(req.Headers()), reply: req.Reply()}
 		w.apiSem <- struct{}{}
 		started := w.inflight.Go(func() {
 			defer func() { <-w.apiSem }()
@@ -88,21 +93,28 @@ func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, erro
 
 // apiRequest is what serve needs of a micro.Request.
 type apiRequest struct {
-	data  []byte
-	actor string // the api.ActorHeader
-	reply string
+	data   []byte
+	header nats.Header // Nats-Request-Info names the caller (principalOf)
+	reply  string
 }
 
 func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req apiRequest) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
-	ctx = withActor(ctx, requestActor(req.actor))
 	var resp any
-	var err error
-	if len(req.data) > maxRequest {
-		err = badRequest("request of %d bytes exceeds %d", len(req.data), maxRequest)
-	} else {
-		resp, err = fn(ctx, req.data)
+	p, err := w.principalOf(req.header)
+	if err == nil {
+		ctx = withPrincipal(ctx, p)
+		switch {
+		case len(req.data) > maxRequest:
+			err = badRequest("request of %d bytes exceeds %d", len(req.data), maxRequest)
+		case keyOps[op]:
+			if err = w.authorizeKeyOp(ctx, op, req.data); err == nil {
+				resp, err = fn(ctx, req.data)
+			}
+		default:
+			resp, err = fn(ctx, req.data)
+		}
 	}
 	if err != nil {
 		w.met.requests.WithLabelValues(op, "error").Inc()
@@ -186,6 +198,15 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 	if len(req.Description) > 8192 {
 		return nil, badRequest("description longer than 8192 bytes")
 	}
+	if err := w.authorize(ctx, opActions[api.OpCreateKey], nil, nil); err != nil {
+		return nil, err
+	}
+	policy := req.Policy
+	if policy == "" {
+		policy = w.defaultKeyPolicy(ctx)
+	} else if err := w.checkNewPolicy(ctx, policy, req.BypassPolicyLockoutSafetyCheck); err != nil {
+		return nil, err
+	}
 	now := w.cfg.Now().UTC()
 	key := &api.Key{
 		KeyID: messages.NewKeyID(), Partition: w.bundle().Partition(), Region: w.cfg.Region,
@@ -203,7 +224,7 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 	if err != nil {
 		return nil, fmt.Errorf("generate key: %w", err)
 	}
-	if _, err := createJSON(ctx, w.res.Keys, key.KeyID, key); err != nil {
+	if _, err := createJSON(ctx, w.res.Keys, key.KeyID, &keyRecord{Key: *key, Policy: policy}); err != nil {
 		_ = w.cfg.HSM.DestroyKey(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: 1})
 		return nil, fmt.Errorf("store key: %w", err)
 	}
@@ -217,7 +238,28 @@ func (w *Worker) apiDescribeKey(ctx context.Context, data []byte) (any, error) {
 	if err := decodeKeyRequest(data, &req, &req.KeyID); err != nil {
 		return nil, err
 	}
-	return w.describe(ctx, req.KeyID)
+	key, err := w.describe(ctx, req.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	// The record says which versions the region holds; the HSM may not
+	// (its state lost or replaced): say so rather than look healthy.
+	for _, v := range key.Versions {
+		ok, err := w.cfg.HSM.HasKey(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: v})
+		if err != nil {
+			return nil, fmt.Errorf("describe key %s: version %d: %w", key.KeyID, v, err)
+		}
+		if !ok {
+			key.MaterialMissing = append(key.MaterialMissing, v)
+		}
+	}
+	return key, nil
+}
+
+// materialMissing is the answer to an encrypt or decrypt with a version
+// the region's records list but its HSM does not hold.
+func (w *Worker) materialMissing(keyID string, version uint32) error {
+	return conflict("key %s version %d: its material is missing from the HSM of region %s (describe-key lists it in material_missing)", keyID, version, w.cfg.Region)
 }
 
 func (w *Worker) apiListKeys(ctx context.Context, data []byte) (any, error) {
@@ -226,6 +268,9 @@ func (w *Worker) apiListKeys(ctx context.Context, data []byte) (any, error) {
 		if err := decodeRequest(data, &req); err != nil {
 			return nil, err
 		}
+	}
+	if err := w.authorize(ctx, opActions[api.OpListKeys], nil, nil); err != nil {
+		return nil, err
 	}
 	lister, err := w.res.Keys.ListKeys(ctx)
 	if err != nil {
@@ -243,6 +288,17 @@ func (w *Worker) apiReplicateKey(ctx context.Context, data []byte) (any, error) 
 	var req api.ReplicateKeyRequest
 	if err := decodeRequest(data, &req); err != nil {
 		return nil, err
+	}
+	if req.Policy != "" {
+		if err := checkKeyID(req.KeyID); err != nil {
+			return nil, err
+		}
+		if !w.bundle().HasRegion(req.ReplicaRegion) || req.ReplicaRegion == w.cfg.Region {
+			return nil, badRequest("region %q is not another region of partition %q", req.ReplicaRegion, w.bundle().Partition())
+		}
+		if err := w.setReplicaPolicy(ctx, req.KeyID, req.ReplicaRegion, req.Policy); err != nil {
+			return nil, err
+		}
 	}
 	if req.ClientToken == "" {
 		rec, err := w.startReplication(ctx, req.KeyID, req.ReplicaRegion)
@@ -330,12 +386,11 @@ func (w *Worker) apiGenerateDataKey(ctx context.Context, data []byte) (any, erro
 	if _, err := rand.Read(dk); err != nil {
 		return nil, err
 	}
-	resp, err := w.apiEncrypt(ctx, mustJSON(api.EncryptRequest{KeyID: req.KeyID, Plaintext: dk, AAD: req.AAD}))
+	ct, err := w.encrypt(ctx, api.OpGenerateDataKey, api.EncryptRequest{KeyID: req.KeyID, Plaintext: dk, EncryptionContext: req.EncryptionContext, AAD: req.AAD})
 	if err != nil {
 		clear(dk)
 		return nil, err
 	}
-	ct := resp.(api.EncryptResponse)
 	return api.GenerateDataKeyResponse{KeyID: ct.KeyID, Version: ct.Version, Plaintext: dk, CiphertextBlob: ct.CiphertextBlob}, nil
 }
 
@@ -359,11 +414,20 @@ func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, 
 	if err != nil {
 		return nil, err
 	}
+	// The run's key decides who may see it; a run whose key is gone
+	// here is the admins' to see.
+	k, err := w.loadKey(ctx, rec.KeyID)
+	if err != nil {
+		k = &keyRecord{Key: api.Key{KeyID: rec.KeyID}}
+	}
+	if err := w.authorize(ctx, opActions[api.OpDescribeReplication], k, nil); err != nil {
+		return nil, err
+	}
 	return rec.public(), nil
 }
 
-// usableKey returns the key's metadata if it can be used in this region.
-func (w *Worker) usableKey(ctx context.Context, keyID string) (*api.Key, error) {
+// usableKey returns the key's record if it can be used in this region.
+func (w *Worker) usableKey(ctx context.Context, keyID string) (*keyRecord, error) {
 	if err := checkKeyID(keyID); err != nil {
 		return nil, err
 	}
@@ -377,7 +441,7 @@ func (w *Worker) usableKey(ctx context.Context, keyID string) (*api.Key, error) 
 	if key.KeyState == api.KeyStatePendingDeletion {
 		return nil, conflict("key %s is pending deletion in %s", keyID, w.cfg.Region)
 	}
-	return &key.Key, nil
+	return key, nil
 }
 
 func (w *Worker) apiEncrypt(ctx context.Context, data []byte) (any, error) {
@@ -388,23 +452,45 @@ func (w *Worker) apiEncrypt(ctx context.Context, data []byte) (any, error) {
 	if len(req.Plaintext) == 0 || len(req.Plaintext) > api.MaxPlaintext {
 		return nil, badRequest("plaintext must be 1 to %d bytes", api.MaxPlaintext)
 	}
-	key, err := w.usableKey(ctx, req.KeyID)
+	return w.encrypt(ctx, api.OpEncrypt, req)
+}
+
+// encrypt serves encrypt and generate-data-key (op): the caller must be
+// allowed op's action on the key with the request's encryption context.
+func (w *Worker) encrypt(ctx context.Context, op string, req api.EncryptRequest) (*api.EncryptResponse, error) {
+	aad, err := requestAAD(req.EncryptionContext, req.AAD)
 	if err != nil {
 		return nil, err
 	}
+	k, err := w.usableKey(ctx, req.KeyID)
+	if err != nil {
+		return nil, err
+	}
+	if err := w.authorize(ctx, opActions[op], k, req.EncryptionContext); err != nil {
+		return nil, err
+	}
+	key := &k.Key
 	header, err := blobHeader(key.KeyID, key.CurrentVersion)
 	if err != nil {
 		return nil, err
 	}
 	var ct []byte
 	err = w.hsmOp("encrypt", func() (err error) {
-		ct, err = w.cfg.HSM.Encrypt(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: key.CurrentVersion}, req.Plaintext, blobAAD(header, req.AAD))
+		ct, err = w.cfg.HSM.Encrypt(ctx, hsmsvc.KeyRef{KeyID: key.KeyID, Version: key.CurrentVersion}, req.Plaintext, blobAAD(header, aad))
 		return err
 	})
+	if errors.Is(err, hsmsvc.ErrNotFound) {
+		return nil, w.materialMissing(key.KeyID, key.CurrentVersion)
+	}
 	if err != nil {
 		return nil, fmt.Errorf("encrypt: %w", err)
 	}
-	return api.EncryptResponse{KeyID: key.KeyID, Version: key.CurrentVersion, CiphertextBlob: append(header, ct...)}, nil
+	ev := api.EventEncrypt
+	if op == api.OpGenerateDataKey {
+		ev = api.EventGenerateDataKey
+	}
+	w.auditDataPlane(ctx, api.Event{Type: ev, KeyID: key.KeyID, Version: key.CurrentVersion, Action: opActions[op], EncryptionContext: req.EncryptionContext})
+	return &api.EncryptResponse{KeyID: key.KeyID, Version: key.CurrentVersion, CiphertextBlob: append(header, ct...)}, nil
 }
 
 func (w *Worker) apiDecrypt(ctx context.Context, data []byte) (any, error) {
@@ -412,42 +498,84 @@ func (w *Worker) apiDecrypt(ctx context.Context, data []byte) (any, error) {
 	if err := decodeRequest(data, &req); err != nil {
 		return nil, err
 	}
+	aad, err := requestAAD(req.EncryptionContext, req.AAD)
+	if err != nil {
+		return nil, err
+	}
 	keyID, version, err := parseBlobHeader(req.CiphertextBlob)
 	if err != nil {
 		return nil, badRequest("%v", err)
 	}
-	key, err := w.usableKey(ctx, keyID)
+	if req.KeyID != "" && req.KeyID != keyID {
+		return nil, badRequest("the ciphertext was made with key %s, not %s", keyID, req.KeyID)
+	}
+	k, err := w.usableKey(ctx, keyID)
 	if err != nil {
 		return nil, err
 	}
-	if !slices.Contains(key.Versions, version) {
+	if err := w.authorize(ctx, opActions[api.OpDecrypt], k, req.EncryptionContext); err != nil {
+		return nil, err
+	}
+	if !slices.Contains(k.Versions, version) {
 		return nil, notFound("key %s has no version %d in region %s", keyID, version, w.cfg.Region)
 	}
 	var pt []byte
 	err = w.hsmOp("decrypt", func() (err error) {
 		pt, err = w.cfg.HSM.Decrypt(ctx, hsmsvc.KeyRef{KeyID: keyID, Version: version},
-			req.CiphertextBlob[blobHeaderLen:], blobAAD(req.CiphertextBlob[:blobHeaderLen], req.AAD))
+			req.CiphertextBlob[blobHeaderLen:], blobAAD(req.CiphertextBlob[:blobHeaderLen], aad))
 		return err
 	})
-	if err != nil {
-		// Wrong AAD or a tampered blob: say so without detail.
-		return nil, badRequest("ciphertext does not decrypt with key %s version %d and the given aad", keyID, version)
+	if errors.Is(err, hsmsvc.ErrNotFound) {
+		return nil, w.materialMissing(keyID, version)
 	}
+	if err != nil {
+		// Wrong context or a tampered blob: say so without detail.
+		return nil, badRequest("ciphertext does not decrypt with key %s version %d and the given encryption context", keyID, version)
+	}
+	w.auditDataPlane(ctx, api.Event{Type: api.EventDecrypt, KeyID: keyID, Version: version, Action: opActions[api.OpDecrypt], EncryptionContext: req.EncryptionContext})
 	return api.DecryptResponse{KeyID: keyID, Version: version, Plaintext: pt}, nil
+}
+
+// requestAAD returns the additional data a request binds to its
+// ciphertext: its encryption context, canonically encoded, or the raw aad
+// of older clients. Raw aad that starts like an encoded context is refused:
+// it would let a caller bind a context no policy saw.
+func requestAAD(ec map[string]string, raw []byte) ([]byte, error) {
+	if len(ec) > 0 && len(raw) > 0 {
+		return nil, badRequest("give encryption_context or aad, not both")
+	}
+	if len(raw) > 0 {
+		if bytes.HasPrefix(raw, []byte(authz.ContextLabel)) {
+			return nil, badRequest("aad must not start with the encryption-context label; use encryption_context")
+		}
+		return raw, nil
+	}
+	aad, err := authz.EncodeContext(ec)
+	if err != nil {
+		return nil, badRequest("encryption context: %v", err)
+	}
+	return aad, nil
 }
 
 // handleRequestEvent processes a request published on the requests stream.
 // Only replicate-key is accepted as an event; its outcome is visible in the
 // audit stream and describe-key.
 func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
-	op := msg.Subject()[strings.LastIndexByte(msg.Subject(), '.')+1:]
+	op, account := splitRequestSubject(w.cfg.Region, msg.Subject())
 	var err error
-	if op != api.OpReplicateKey {
+	p, perr := w.eventPrincipal(account)
+	switch {
+	case perr != nil:
+		err = perr
+	case op != api.OpReplicateKey:
 		err = badRequest("unsupported request event %q (only %s)", op, api.OpReplicateKey)
-	} else if len(msg.Data()) > maxRequest {
+	case len(msg.Data()) > maxRequest:
 		err = badRequest("request too large")
-	} else {
-		_, err = w.apiReplicateKey(ctx, msg.Data())
+	default:
+		ctx = withPrincipal(ctx, p)
+		if err = w.authorizeKeyOp(ctx, op, msg.Data()); err == nil {
+			_, err = w.apiReplicateKey(ctx, msg.Data())
+		}
 	}
 	var ae *apiError
 	switch {
@@ -455,17 +583,58 @@ func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
 		w.met.requests.WithLabelValues("event:"+op, "ok").Inc()
 		w.ack(ctx, msg)
 	case errors.As(err, &ae):
-		// A bad request never succeeds: record why and drop it.
+		// A bad or forbidden request never succeeds: record why and drop it.
 		w.met.requests.WithLabelValues("event:"+op, "error").Inc()
 		w.log.Warn("request event rejected", "subject", msg.Subject(), "reason", ae.Detail)
-		w.event(ctx, api.Event{Type: api.EventRequestRejected, Reason: ae.Detail})
-		if derr := w.deadLetter(ctx, msg, &refusal{Reason: "bad_request", Detail: ae.Detail}); derr != nil {
+		if ae.Code != api.CodeForbidden { // authorize has recorded AccessDenied
+			w.event(ctx, api.Event{Type: api.EventRequestRejected, KeyID: requestKeyID(msg.Data()), Reason: ae.Detail})
+		}
+		reason := "bad_request"
+		if ae.Code == api.CodeForbidden || ae.Code == api.CodeUnauthenticated {
+			reason = "forbidden"
+		}
+		if derr := w.deadLetter(ctx, msg, &refusal{Reason: reason, Detail: ae.Detail}); derr != nil {
 			_ = msg.NakWithDelay(time.Second)
 			return
 		}
-		_ = msg.TermWithReason("bad request")
+		_ = msg.TermWithReason(reason)
 	default:
 		w.log.Warn("request event failed; will retry", "subject", msg.Subject(), "err", err)
 		_ = msg.NakWithDelay(retryDelay(msg))
 	}
+}
+
+// eventPrincipal is the caller of a request event: the account its
+// subject names (the server wrote it there), or, for one published inside
+// the workers' own account, Config.LocalPrincipal.
+func (w *Worker) eventPrincipal(account string) (authz.Principal, error) {
+	if account == "" {
+		if w.local == nil {
+			return authz.Principal{}, errUnauthenticated
+		}
+		return *w.local, nil
+	}
+	if strings.Contains(account, ".") { // one token: the account the import wrote
+		return authz.Principal{}, errUnauthenticated
+	}
+	p := authz.Principal{Account: account}
+	if name, ok := w.cfg.AccountNames[account]; ok {
+		p.Account = name
+	}
+	if _, err := authz.ParsePrincipal(p.String()); err != nil {
+		return authz.Principal{}, errUnauthenticated
+	}
+	return p, nil
+}
+
+// requestKeyID is the key a rejected request event named, if its body is
+// JSON with a well-formed key_id (whatever else is wrong with it), or "".
+func requestKeyID(data []byte) string {
+	var req struct {
+		KeyID string `json:"key_id"`
+	}
+	if len(data) > maxRequest || json.Unmarshal(data, &req) != nil || !messages.IsKeyID(req.KeyID) {
+		return ""
+	}
+	return req.KeyID
 }

@@ -62,19 +62,6 @@ func actorFrom(ctx context.Context) string {
 	return "worker"
 }
 
-// requestActor returns the actor a request names in its Mrkrepl-Actor
-// header: 1 to 128 printable ASCII characters, else "anonymous" (or
-// "invalid" for a value that is not).
-func requestActor(a string) string {
-	if a == "" {
-		return "anonymous"
-	}
-	if len(a) > 128 || strings.IndexFunc(a, func(r rune) bool { return r < 0x20 || r > 0x7e }) >= 0 {
-		return "invalid"
-	}
-	return a
-}
-
 func allRegions(k *api.Key) []string {
 	rs := []string{k.PrimaryRegion}
 	for _, r := range k.Replicas {
@@ -358,6 +345,7 @@ func (w *Worker) onSync(ctx context.Context, env *messages.Envelope) error {
 			// the old epoch, so the primary sees it and sends the version.
 			if k.CurrentVersion != s.CurrentVersion {
 				activated = s.CurrentVersion
+				noteActivated(k, activated, w.cfg.Now().UTC())
 			}
 			if k.PrimaryRegion != s.PrimaryRegion {
 				newPrimary = s.PrimaryRegion
@@ -764,16 +752,8 @@ func (w *Worker) onHandover(ctx context.Context, env *messages.Envelope) error {
 		}
 		holding := append(slices.Clone(h.Replicas), w.cfg.Region)
 		slices.Sort(holding)
-		k.VersionDetails = nil
-		for _, v := range h.Versions {
-			st := api.VersionPrevious
-			if v == h.CurrentVersion {
-				st = api.VersionCurrent
-			}
-			k.VersionDetails = append(k.VersionDetails, api.KeyVersion{
-				Version: v, State: st, ReplicatedTo: slices.Clone(holding), CreatedAt: now,
-			})
-		}
+		k.VersionDetails = takeOverDetails(k.VersionDates, h.Versions, h.CurrentVersion, holding, now)
+		k.VersionDates = nil
 		k.Replicas = nil
 		k.SyncSent = map[string]syncSent{}
 		for _, r := range h.Replicas {
@@ -839,6 +819,7 @@ func (w *Worker) onAccept(ctx context.Context, env *messages.Envelope) error {
 		}
 		k.AnnounceEpoch, k.AnnounceSentAt = k.Epoch, now
 		k.Role, k.PrimaryRegion, k.KeyState, k.PendingPrimary = api.RoleReplica, m.Src, api.KeyStateEnabled, ""
+		keepDates(k)
 		k.Replicas, k.VersionDetails, k.SyncSent, k.HandoverID, k.HandoverDigests = nil, nil, nil, "", nil
 		k.StatusSeq++ // tell the new primary this region is its replica now
 		k.StatusSentAt = now

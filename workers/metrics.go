@@ -35,6 +35,8 @@ type metrics struct {
 	gaveUp        prometheus.Counter
 	bundleReloads *prometheus.CounterVec // result (SetBundle)
 	runCache      *prometheus.CounterVec // result (runFor: hit, miss; stale)
+	authz         *prometheus.CounterVec // action, decision
+	auditDropped  prometheus.Counter     // data-plane events not stored
 
 	view     *workerCollector     // scrape-time state, attached at Start
 	bundle   *obs.BundleCollector // the trust bundle's RSK expiry, set at Start
@@ -49,6 +51,7 @@ var apiOps = []string{
 	api.OpCreateKey, api.OpDescribeKey, api.OpListKeys, api.OpReplicateKey,
 	api.OpDescribeReplication, api.OpEncrypt, api.OpDecrypt, api.OpGenerateDataKey,
 	api.OpRotateKey, api.OpUpdatePrimaryRegion, api.OpScheduleKeyDeletion, api.OpCancelKeyDeletion,
+	api.OpGetKeyPolicy, api.OpPutKeyPolicy,
 }
 
 // eventOps are the request events the worker consumes.
@@ -148,7 +151,19 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 			Namespace: ns, Subsystem: sub, Name: "run_cache_lookups_total", ConstLabels: cl,
 			Help: "Run records looked up for an inbox message, by result: hit (taken from the worker's run cache, no KV read), miss (read from the KV), stale (a cached record turned out outdated: another worker of the region wrote the run; read again from the KV).",
 		}, []string{"result"}),
+		authz: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "authz_decisions_total", ConstLabels: cl,
+			Help: "Policy decisions on requests, by action (kms:…) and decision (allowed, denied).",
+		}, []string{"action", "decision"}),
+		auditDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Namespace: ns, Subsystem: sub, Name: "audit_events_dropped_total", ConstLabels: cl,
+			Help: "Data-plane audit events (Encrypt, Decrypt, GenerateDataKey) that JetStream did not store.",
+		}),
 		view: newWorkerCollector(region),
+	}
+	for _, a := range authzActions() {
+		m.authz.WithLabelValues(a, "allowed")
+		m.authz.WithLabelValues(a, "denied")
 	}
 	for _, r := range []string{"hit", "miss", "stale"} {
 		m.runCache.WithLabelValues(r)
@@ -183,7 +198,7 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 	m.duration.WithLabelValues(roleSource, "confirmed")
 	m.duration.WithLabelValues(roleDestination, "usable")
 	if reg != nil {
-		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests.vec, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted, m.timedOut, m.retried, m.gaveUp, m.bundleReloads, m.runCache, m.view} {
+		for _, c := range []prometheus.Collector{m.received, m.refused, m.requests.vec, m.replications, m.duration, m.hsmOps, m.hsmErrors, m.lastCompleted, m.timedOut, m.retried, m.gaveUp, m.bundleReloads, m.runCache, m.authz, m.auditDropped, m.view} {
 			if err := reg.Register(c); err != nil {
 				return nil, fmt.Errorf("register worker metrics: %w", err)
 			}

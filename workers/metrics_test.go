@@ -8,7 +8,6 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
-	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/internal/obs/obstest"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/mrkrepltest"
@@ -146,7 +145,7 @@ func TestWorkerMetricsAfterReplication(t *testing.T) {
 // bounded label, never under the subject's last token.
 func TestWorkerRequestOpBounded(t *testing.T) {
 	run := obstest.Start(t)
-	nc, err := run.Partition.ConnectAs("us-east-1", natsauth.RoleClient, "client")
+	nc, err := run.Partition.ConnectApp("us-east-1", mrkrepltest.DefaultApp.Account, mrkrepltest.DefaultApp.Users[0])
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -173,7 +172,7 @@ func TestWorkerRequestOpBounded(t *testing.T) {
 // it ends.
 func TestWorkerInFlight(t *testing.T) {
 	reg := prometheus.NewRegistry()
-	p := mrkrepltest.New(t, mrkrepltest.Options{Registerer: reg, NoProxy: true, Auth: true})
+	p := mrkrepltest.New(t, mrkrepltest.Options{Registerer: reg, NoProxy: true})
 	ctx, cancel := context.WithTimeout(t.Context(), 30*time.Second)
 	defer cancel()
 	us := p.Region("us-east-1").Client

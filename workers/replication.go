@@ -142,6 +142,19 @@ func (w *Worker) startReplication(ctx context.Context, keyID, dst string) (*repl
 	return w.startRun(ctx, keyID, dst, 0, 1)
 }
 
+// replicaPolicy is the policy an init to dst carries for the replica it
+// may create there: the one replicate-key asked for, else the key's own in
+// this region (docs/AUTHZ.md, "Replicas").
+func (w *Worker) replicaPolicy(k *keyRecord, dst string) string {
+	if p, ok := k.ReplicaPolicies[dst]; ok {
+		return p
+	}
+	if len(k.Policy) > messages.MaxPolicySize {
+		return "" // too long to travel: the destination's default
+	}
+	return k.Policy
+}
+
 // activeRun returns the replica's run in flight, if any.
 func (w *Worker) activeRun(ctx context.Context, r api.Replica) *replication {
 	if r.ReplicationID == "" {
@@ -221,7 +234,7 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 	m := w.newMessage(messages.TypeInit, rec.ID, dst)
 	m.Init = &messages.Init{
 		KeyID: keyID, KeySpec: key.KeySpec, KeyUsage: key.KeyUsage,
-		Version: version, PrimaryRegion: w.cfg.Region,
+		Version: version, PrimaryRegion: w.cfg.Region, Policy: w.replicaPolicy(key, dst),
 	}
 	if rec.InitDigest, rec.SrcKID, err = w.seal(rec, m); err != nil {
 		<-pending
@@ -334,6 +347,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 		Peer: m.Src, State: api.StateOfferSent, KeySpec: in.KeySpec, KeyUsage: in.KeyUsage,
 		PrimaryRegion: in.PrimaryRegion, SrcKID: env.KID, InitDigest: env.Digest, InitMsgID: m.MsgID,
 		CreatedAt: m.SentTime(), UpdatedAt: now, ExpiresAt: now.Add(w.cfg.ReplicationTTL),
+		Policy: w.initPolicy(in),
 	}
 	// The pending entry is also this handler's claim on the init: a second
 	// handler of the same init (a copy delivered at the same time, or a
@@ -545,7 +559,8 @@ func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messa
 			// epoch); if the key changed before this replica existed, the
 			// primary syncs it at once (recordReceipt, needsSync).
 			KeyState: api.KeyStateEnabled, Epoch: 1,
-		}}
+		}, Policy: rec.Policy}
+		noteReceived(k, rec.Version, true, now)
 		if old != nil {
 			// Re-created after a deletion: keep numbering status reports
 			// where the deleted replica stopped.
@@ -569,6 +584,7 @@ func (w *Worker) storeReplica(ctx context.Context, rec *replication, props messa
 				return errNoChange
 			}
 			k.Versions = addVersion(k.Versions, rec.Version)
+			noteReceived(k, rec.Version, false, now)
 			k.UpdatedAt = now
 			return nil
 		})

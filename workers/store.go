@@ -37,6 +37,9 @@ type replication struct {
 	KeyUsage      string `json:"key_usage"`
 	PrimaryRegion string `json:"primary_region"`
 	Description   string `json:"description,omitempty"`
+	// Destination: the policy the init carried for a replica it creates
+	// (checked; empty: the region's default).
+	Policy string `json:"policy,omitempty"`
 
 	SrcKID []byte `json:"src_kid,omitempty"` // kid that signed init
 	DstKID []byte `json:"dst_kid,omitempty"` // kid that signed offer
@@ -104,9 +107,19 @@ type keyRecord struct {
 	Announce       []string  `json:"announce,omitempty"`
 	AnnounceEpoch  uint64    `json:"announce_epoch,omitempty"`
 	AnnounceSentAt time.Time `json:"announce_sent_at,omitzero"`
+	// Replica: the dates of each version as this region saw them (see
+	// versionDates); a new primary takes them over.
+	VersionDates map[uint32]versionDates `json:"version_dates,omitempty"`
 	// Deleted is a replica's tombstone: its versions are destroyed, and the
 	// record stays until the primary has acknowledged the deletion.
 	Deleted bool `json:"deleted,omitempty"`
+	// Policy is the key's policy document in this region, as it was put
+	// (docs/AUTHZ.md). Empty for a key stored before policies: it then has
+	// the region's admins-only policy.
+	Policy string `json:"policy,omitempty"`
+	// Primary: the policy replicate-key asked for a replica, by region; it
+	// travels in every init to that region (replicaPolicy).
+	ReplicaPolicies map[string]string `json:"replica_policies,omitempty"`
 }
 
 // syncSent records a key.sync sent to a replica.

@@ -200,3 +200,82 @@ func replicaState(k *api.Key, region, prev string) string {
 	}
 	return api.ReplicaCreating
 }
+
+// versionDates is a replica's own record of a version's dates, kept so
+// that a hand-over does not lose them: the signed hand-over carries
+// versions, not dates. CreatedAt is when the version's material arrived in
+// this region (or, in a former primary, when the primary made it);
+// ActivatedAt when this region began to encrypt with it.
+type versionDates struct {
+	CreatedAt   time.Time  `json:"created_at"`
+	ActivatedAt *time.Time `json:"activated_at,omitempty"`
+}
+
+// noteReceived records on a replica that v's material arrived at now,
+// current at once if current is true.
+func noteReceived(k *keyRecord, v uint32, current bool, now time.Time) {
+	if k.VersionDates == nil {
+		k.VersionDates = map[uint32]versionDates{}
+	}
+	if _, ok := k.VersionDates[v]; ok {
+		return
+	}
+	now = now.UTC()
+	d := versionDates{CreatedAt: now}
+	if current {
+		d.ActivatedAt = &now
+	}
+	k.VersionDates[v] = d
+}
+
+// noteActivated records on a replica that v became current at now (unless
+// it already had).
+func noteActivated(k *keyRecord, v uint32, now time.Time) {
+	d, ok := k.VersionDates[v]
+	if !ok {
+		d.CreatedAt = now // arrived before replicas kept dates
+	}
+	if d.ActivatedAt == nil {
+		d.ActivatedAt = &now
+	}
+	if k.VersionDates == nil {
+		k.VersionDates = map[uint32]versionDates{}
+	}
+	k.VersionDates[v] = d
+}
+
+// keepDates copies a primary's version dates into its own record before it
+// becomes a replica, so that a later hand-over back keeps them.
+func keepDates(k *keyRecord) {
+	k.VersionDates = map[uint32]versionDates{}
+	for _, d := range k.VersionDetails {
+		k.VersionDates[d.Version] = versionDates{CreatedAt: d.CreatedAt, ActivatedAt: d.ActivatedAt}
+	}
+}
+
+// takeOverDetails is a new primary's version details after a hand-over:
+// each version in versions with its state (current is CURRENT, the others
+// PREVIOUS), the regions holding it, and the dates the replica recorded; a
+// version it has no dates for (a record older than them) gets now as its
+// created_at, and now as its activated_at if current; a PREVIOUS version
+// it never saw current gets none.
+func takeOverDetails(dates map[uint32]versionDates, versions []uint32, current uint32, holding []string, now time.Time) []api.KeyVersion {
+	var out []api.KeyVersion
+	for _, v := range versions {
+		d, ok := dates[v]
+		if !ok {
+			d.CreatedAt = now
+		}
+		st := api.VersionPrevious
+		if v == current {
+			st = api.VersionCurrent
+			if d.ActivatedAt == nil {
+				d.ActivatedAt = &now // it encrypts from now on
+			}
+		}
+		out = append(out, api.KeyVersion{
+			Version: v, State: st, ReplicatedTo: slices.Clone(holding), CreatedAt: d.CreatedAt, ActivatedAt: d.ActivatedAt,
+		})
+	}
+	return out
+}

@@ -123,10 +123,4 @@ func TestNormalizeOldRecords(t *testing.T) {
 	if got := addVersion([]uint32{1, 3}, 2); !slices.Equal(got, []uint32{1, 2, 3}) {
 		t.Errorf("addVersion: %v", got)
 	}
-	if got := requestActor("alice"); got != "alice" {
-		t.Errorf("actor %q", got)
-	}
-	if requestActor("") != "anonymous" || requestActor("a\nb") != "invalid" {
-		t.Error("actor header not checked")
-	}
 }

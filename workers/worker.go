@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/internal/inflight"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
@@ -69,6 +70,27 @@ type Config struct {
 	DeletionWaitingPeriod time.Duration
 	// Now returns the current time (tests). Default time.Now.
 	Now func() time.Time
+
+	// Who may do what (docs/AUTHZ.md).
+	//
+	// Admins are the region's administrators, as key-policy principals
+	// ("ACCOUNT", "ACCOUNT/user", "ACCOUNT/*"): every key's default policy
+	// names them, and so does the region's default policy.
+	Admins []string
+	// RegionPolicy decides the actions that name no key (kms:CreateKey,
+	// kms:ListKeys). nil: only Admins may.
+	RegionPolicy *authz.Policy
+	// LocalPrincipal is the principal of a request that carries no
+	// server-stamped identity, i.e. one published inside the workers' own
+	// account (an operator's admin user; every request on a server without
+	// accounts). Empty refuses such requests (401).
+	LocalPrincipal string
+	// AccountNames maps account public keys (NATS operator/JWT mode, where
+	// the server names an account by its key) to the names policies use.
+	AccountNames map[string]string
+	// NoDataPlaneAudit turns off the audit events of encrypt, decrypt and
+	// generate-data-key (one asynchronous publish each).
+	NoDataPlaneAudit bool
 }
 
 // Worker is one region's HSM worker. Start it with Start, stop it with Stop.
@@ -92,7 +114,17 @@ type Worker struct {
 	inflight  inflight.Group // goroutines of messages, requests and the sweeper
 	sem       chan struct{}
 	apiSem    chan struct{} // API requests in flight
+
+	audit        jetstream.JetStream // data-plane audit events (auditDataPlane)
+	local        *authz.Principal    // Config.LocalPrincipal, parsed
+	regionPolicy *authz.Policy       // Config.RegionPolicy, or the admins'
+	adminsPolicy string              // the policy of a key stored without one
+	policies     policies            // parsed key policies
 }
+
+// maxAuditPending bounds the data-plane audit events awaiting JetStream's
+// acknowledgement.
+const maxAuditPending = 4096
 
 // Durable consumer names on the region's streams.
 const (
@@ -162,6 +194,17 @@ func New(cfg Config) (*Worker, error) {
 		apiSem:  make(chan struct{}, 2*cfg.Concurrency),
 		runs:    newRunCache(maxCachedRuns),
 	}
+	// Data-plane audit events are published asynchronously (auditDataPlane);
+	// at most maxAuditPending unacknowledged at once, then publishing waits.
+	w.audit, err = jetstream.New(cfg.Conn,
+		jetstream.WithPublishAsyncMaxPending(maxAuditPending),
+		jetstream.WithPublishAsyncErrHandler(func(_ jetstream.JetStream, _ *nats.Msg, err error) { w.auditFailed(err) }))
+	if err != nil {
+		return nil, fmt.Errorf("worker: jetstream: %w", err)
+	}
+	if err := w.setAuthz(); err != nil {
+		return nil, fmt.Errorf("worker: %w", err)
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), hsmListTimeout)
 	defer cancel()
 	st, err := w.newTrust(ctx, cfg.Bundle)
@@ -177,6 +220,15 @@ func New(cfg Config) (*Worker, error) {
 func (w *Worker) Start(ctx context.Context) error {
 	res, err := layout.EnsureRegion(ctx, w.js, w.cfg.Region, w.bundle().Regions(), w.cfg.Layout)
 	if err != nil {
+		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
+	}
+	// The proxy may not create streams or consumers (internal/natsauth):
+	// its consumers on this region's outbox and its heartbeat stream here
+	// are the workers' to create.
+	if err := layout.EnsureProxyConsumers(ctx, w.js, w.cfg.Region, w.bundle().Regions(), layout.ProxyConsumers{}); err != nil {
+		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
+	}
+	if err := layout.EnsureHeartbeat(ctx, w.js, w.cfg.Region, w.cfg.Layout); err != nil {
 		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
 	}
 	w.res = res

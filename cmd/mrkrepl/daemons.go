@@ -17,8 +17,10 @@ import (
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/internal/config"
 	"github.com/mrkrepl/mrkrepl/internal/layout"
+	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/proxy"
@@ -90,7 +92,7 @@ func invalid(stderr io.Writer, cmd string, err error) error {
 // connect opens a connection that keeps retrying: a daemon started before
 // its NATS cluster waits for it, and logs every change of state. Secrets
 // are read from their files here and handed to the client only.
-func connect(n config.NATS, name string, log *slog.Logger) (*nats.Conn, error) {
+func connect(n config.NATS, name string, log *slog.Logger, extra ...nats.Option) (*nats.Conn, error) {
 	log = log.With("nats", name)
 	opts := []nats.Option{
 		nats.Name(name), nats.MaxReconnects(-1), nats.ReconnectWait(time.Second),
@@ -119,6 +121,7 @@ func connect(n config.NATS, name string, log *slog.Logger) (*nats.Conn, error) {
 	if n.CertFile != "" {
 		opts = append(opts, nats.ClientCert(n.CertFile, n.KeyFile))
 	}
+	opts = append(opts, extra...)
 	nc, err := nats.Connect(n.URL, opts...)
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", n.URL, err)
@@ -254,11 +257,17 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer nc.Close()
+	regionPolicy, err := readRegionPolicy(cfg.Authz.RegionPolicyFile)
+	if err != nil {
+		return err
+	}
 	w, err := workers.New(workers.Config{
 		Region: cfg.Region, Bundle: bundle, HSM: hsm, Conn: nc, Logger: logger, Registerer: reg,
 		Layout: layout.Options{Replicas: cfg.JetStream.Replicas}, Concurrency: cfg.Concurrency,
 		ClockSkew: cfg.ClockSkew, RunTimeout: cfg.RunTimeout, MaxAttempts: cfg.MaxAttempts,
 		DeletionWaitingPeriod: cfg.DeletionWaitingPeriod,
+		Admins:                cfg.Authz.Admins, RegionPolicy: regionPolicy, LocalPrincipal: cfg.Authz.LocalPrincipal,
+		AccountNames: cfg.Authz.AccountNames, NoDataPlaneAudit: cfg.Authz.NoDataPlaneAudit,
 	})
 	if err != nil {
 		return err
@@ -364,7 +373,10 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 	}()
 	for _, r := range bundle.Regions() {
-		if conns[r], err = connect(cfg.Region(r), "mrkrepl-proxy-"+r, logger); err != nil {
+		if conns[r], err = connect(cfg.Region(r), "mrkrepl-proxy-"+r, logger,
+			// The proxy's NATS user may receive replies there only
+			// (internal/natsauth).
+			nats.CustomInboxPrefix(natsauth.ProxyInboxPrefix)); err != nil {
 			return err
 		}
 	}
@@ -542,4 +554,21 @@ func readSecretFile(path string) (string, error) {
 		return "", fmt.Errorf("%s is empty", path)
 	}
 	return s, nil
+}
+
+// readRegionPolicy reads and checks the region's policy file ("" gives
+// nil: only the admins may create and list keys).
+func readRegionPolicy(path string) (*authz.Policy, error) {
+	if path == "" {
+		return nil, nil
+	}
+	doc, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("authz.region_policy_file: %w", err)
+	}
+	pol, err := authz.Parse(doc)
+	if err != nil {
+		return nil, fmt.Errorf("authz.region_policy_file %s: %w", path, err)
+	}
+	return pol, nil
 }

@@ -64,20 +64,26 @@ type cluster struct {
 func newCluster(t *testing.T, regions ...string) *cluster {
 	t.Helper()
 	c := &cluster{t: t, dir: t.TempDir(), regions: regions, urls: map[string]string{}, pwFiles: map[string]string{}, codes: make(chan int, 16)}
+	// The production accounts; "client" is the demo application's user.
+	users := map[string]string{"worker": natsauth.Key(natsauth.Account, natsauth.UserWorker), "proxy": natsauth.Key(natsauth.Account, natsauth.UserProxy),
+		"client": natsauth.Key(natsauth.DefaultApp.Account, natsauth.DefaultApp.Users[0])}
 	passwords := map[string]string{}
-	for _, role := range []string{natsauth.RoleWorker, natsauth.RoleProxy, natsauth.RoleClient} {
-		passwords[role] = "pw-" + role + "-" + fmt.Sprint(time.Now().UnixNano())
+	for role, key := range users {
+		passwords[key] = "pw-" + role + "-" + fmt.Sprint(time.Now().UnixNano())
 		c.pwFiles[role] = filepath.Join(c.dir, role+".password")
-		if err := os.WriteFile(c.pwFiles[role], []byte(passwords[role]+"\n"), 0o600); err != nil {
+		if err := os.WriteFile(c.pwFiles[role], []byte(passwords[key]+"\n"), 0o600); err != nil {
 			t.Fatal(err)
 		}
 	}
 	for _, r := range regions {
-		s, err := server.NewServer(&server.Options{
+		o := &server.Options{
 			ServerName: r, Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
 			StoreDir: filepath.Join(c.dir, r, "js"), NoLog: true, NoSigs: true,
-			Users: natsauth.Users(r, passwords),
-		})
+		}
+		if err := (natsauth.Spec{Region: r, Apps: []natsauth.App{natsauth.DefaultApp}, Passwords: passwords}).ServerOptions(o); err != nil {
+			t.Fatal(err)
+		}
+		s, err := server.NewServer(o)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -98,11 +104,11 @@ func newCluster(t *testing.T, regions ...string) *cluster {
 // client connects to a region as the client role.
 func (c *cluster) client(region string) *client.Client {
 	c.t.Helper()
-	pw, err := readSecretFile(c.pwFiles[natsauth.RoleClient])
+	pw, err := readSecretFile(c.pwFiles["client"])
 	if err != nil {
 		c.t.Fatal(err)
 	}
-	nc, err := nats.Connect(c.urls[region], nats.UserInfo(natsauth.RoleClient, pw))
+	nc, err := nats.Connect(c.urls[region], nats.UserInfo(natsauth.DefaultApp.Users[0], pw))
 	if err != nil {
 		c.t.Fatal(err)
 	}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -30,18 +31,26 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	logger, err := newLogger(stderr)
 	if err != nil {
-		return err
+		return usageError(fs, "%v", err)
+	}
+	if !validDemoHSM(*hsmMode) {
+		return usageError(fs, "--hsm %q: want soft, softhsm or mixed", *hsmMode)
 	}
 	dir := *data
-	if dir == "" {
+	if dir != "" {
+		// The soft HSMs' stores want an absolute directory.
+		if dir, err = filepath.Abs(dir); err != nil {
+			return err
+		}
+	} else {
 		if dir, err = os.MkdirTemp("", "mrkrepl-demo-"); err != nil {
 			return err
 		}
 		defer os.RemoveAll(dir)
 	}
-	hsmFor, hsmOpts, err := demoHSM(*hsmMode, dir)
+	hsmFor, hsmOpts, err := demoHSM(*hsmMode, dir, *data != "")
 	if err != nil {
-		return err
+		return usageError(fs, "%v", err)
 	}
 	hsmOpts.Logger = logger
 
@@ -92,12 +101,21 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "  %-22s http://%s/metrics  instance=proxy\n", "proxy", addr)
 	fmt.Fprintf(stdout, "  %-22s http://%s/healthz  http://%s/readyz\n", "health", addr, addr)
 	us := regions[0]
-	fmt.Fprintf(stdout, "\ntry:\n  nats --server %s req %s '{}'\n", us.URL, layout.APISubject(us.Name, api.OpCreateKey))
-	fmt.Fprintf(stdout, "  nats --server %s pub %s '{\"key_id\":\"<key id>\",\"replica_region\":\"%s\"}'\n", us.URL, layout.RequestSubject(us.Name, api.OpReplicateKey), regions[1].Name)
-	fmt.Fprintf(stdout, "  mrkrepl key create --server %s --region %s\n", us.URL, us.Name)
-	fmt.Fprintf(stdout, "  mrkrepl key replicate <key id> --to %s --wait --server %s --region %s\n", regions[1].Name, us.URL, us.Name)
-	fmt.Fprintf(stdout, "  mrkrepl key rotate <key id> --wait --server %s --region %s\n", us.URL, us.Name)
-	fmt.Fprintf(stdout, "  mrkrepl key update-primary <key id> %s --wait --server %s --region %s\n", regions[1].Name, us.URL, us.Name)
+	// The servers run the accounts of docs/NATS.md: connect as the test
+	// application's first user.
+	app, appUser := mrkrepltest.DefaultApp.Account, mrkrepltest.DefaultApp.Users[0]
+	pwFile := filepath.Join(p.Dir(), "app.password")
+	if err := os.WriteFile(pwFile, []byte(p.Password(us.Name, app, appUser)+"\n"), 0o600); err != nil {
+		return err
+	}
+	creds := fmt.Sprintf("--nats-user %s --nats-password-file %s", appUser, pwFile)
+	fmt.Fprintf(stdout, "\ntry (as user %s of application account %s of %s; its password is in %s):\n", appUser, app, us.Name, pwFile)
+	fmt.Fprintf(stdout, "  nats --server %s --user %s --password \"$(cat %s)\" req %s '{}'\n", us.URL, appUser, pwFile, layout.APISubject(us.Name, api.OpCreateKey))
+	fmt.Fprintf(stdout, "  nats --server %s --user %s --password \"$(cat %s)\" pub %s '{\"key_id\":\"<key id>\",\"replica_region\":\"%s\"}'\n", us.URL, appUser, pwFile, layout.RequestSubject(us.Name, api.OpReplicateKey), regions[1].Name)
+	fmt.Fprintf(stdout, "  mrkrepl key create --server %s --region %s %s\n", us.URL, us.Name, creds)
+	fmt.Fprintf(stdout, "  mrkrepl key replicate <key id> --to %s --wait --server %s --region %s %s\n", regions[1].Name, us.URL, us.Name, creds)
+	fmt.Fprintf(stdout, "  mrkrepl key rotate <key id> --wait --server %s --region %s %s\n", us.URL, us.Name, creds)
+	fmt.Fprintf(stdout, "  mrkrepl key update-primary <key id> %s --wait --server %s --region %s %s\n", regions[1].Name, us.URL, us.Name, creds)
 	fmt.Fprintf(stdout, "  mrkrepl key describe <key id> --server %s --region %s\n", regions[1].URL, regions[1].Name)
 	fmt.Fprintf(stdout, "  mrkrepl events --follow --server %s --region %s\n", us.URL, us.Name)
 	<-ctx.Done()
@@ -285,13 +303,26 @@ func demoNames(regions []*mrkrepltest.Region) string {
 	return strings.Join(names, ", ")
 }
 
-// demoHSM returns the HSM URI for each region of the demo.
-func demoHSM(mode, dir string) (func(string) string, hsmsvc.Options, error) {
+func validDemoHSM(mode string) bool {
+	return mode == "soft" || mode == "softhsm" || mode == "mixed"
+}
+
+// demoHSM returns the HSM URI for each region of the demo. With keep (the
+// demo's --data), a soft HSM is persisted in dir/<region>/hsm, beside the
+// region's JetStream data, so that the next demo on dir finds its keys and
+// its RSK (the bundle is built from the RSKs); otherwise it is in memory.
+func demoHSM(mode, dir string, keep bool) (func(string) string, hsmsvc.Options, error) {
+	soft := func(region string) string {
+		if !keep {
+			return "soft:"
+		}
+		return "soft:" + filepath.Join(dir, region, "hsm")
+	}
 	switch mode {
 	case "soft":
-		return func(string) string { return "soft:" }, hsmsvc.Options{}, nil
+		return soft, hsmsvc.Options{}, nil
 	case "softhsm", "mixed":
-		return softhsmDemo(mode, dir)
+		return softhsmDemo(mode, dir, soft)
 	}
 	return nil, hsmsvc.Options{}, errors.New(`--hsm: want soft, softhsm or mixed`)
 }

@@ -2,7 +2,9 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"path/filepath"
 
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
@@ -15,7 +17,10 @@ import (
 //
 // SoftHSM2 cannot run the protocol's KDF inside the token, so the demo turns
 // on AllowHostKDF: Z is read out for the host-side KDF (docs/PKCS11.md).
-func softhsmDemo(mode, dir string) (func(string) string, hsmsvc.Options, error) {
+//
+// A token an earlier demo made in dir is used again, with its keys and RSK
+// (--data); soft names the URI of a soft region.
+func softhsmDemo(mode, dir string, soft func(string) string) (func(string) string, hsmsvc.Options, error) {
 	opts := hsmsvc.Options{AllowHostKDF: true}
 	uris := map[string]string{}
 	var order []string // regions in the order first asked for
@@ -25,12 +30,16 @@ func softhsmDemo(mode, dir string) (func(string) string, hsmsvc.Options, error) 
 		}
 		order = append(order, region)
 		if mode == "mixed" && len(order)%2 == 0 {
-			uris[region] = "soft:"
-			return "soft:"
+			uris[region] = soft(region)
+			return uris[region]
 		}
-		uri, err := softhsm.CreateToken(filepath.Join(dir, "softhsm"), "demo-"+region)
-		if err == nil {
-			_, err = hsmsvc.InitPKCS11RSK(context.Background(), uri, opts)
+		tokens, label := filepath.Join(dir, "softhsm"), "demo-"+region
+		uri, err := softhsm.OpenToken(tokens, label)
+		if errors.Is(err, fs.ErrNotExist) {
+			uri, err = softhsm.CreateToken(tokens, label)
+			if err == nil {
+				_, err = hsmsvc.InitPKCS11RSK(context.Background(), uri, opts)
+			}
 		}
 		if err != nil {
 			// hsmsvc.Open reports the bad URI with this error's text.

@@ -172,6 +172,11 @@ func readStoredEvents(ctx context.Context, conn *clientConn, region string, cfg 
 		return fmt.Errorf("read stream %s: %w", stream, err)
 	}
 	defer msgs.Stop()
+	// The stream is readable: the header, even if no event follows (an
+	// empty result is a header alone, not nothing).
+	if err := p.printHeader(); err != nil {
+		return err
+	}
 	pending := uint64(0)
 	if info := cons.CachedInfo(); info != nil {
 		pending = info.NumPending
@@ -227,6 +232,9 @@ func readLiveEvents(ctx context.Context, conn *clientConn, subjects []string, p 
 	if err != nil {
 		return fmt.Errorf("subscribe to %s: %w", strings.Join(subjects, ", "), conn.explain(ctx, err))
 	}
+	if err := p.printHeader(); err != nil {
+		return err
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -259,8 +267,9 @@ func (p *eventPrinter) done() bool { return p.limit > 0 && p.printed >= p.limit 
 
 // The table's columns have fixed widths, so that lines printed one by one
 // as events arrive line up: time (RFC 3339 in UTC, milliseconds), type, key,
-// version, actor, peer (or, for an event that names several regions, those
-// regions, comma-separated), replication, reason.
+// version, actor, peer (or, for an event that names several regions, how
+// many: the regions follow the reason, at the end of the line, where no
+// width limits them), replication, reason.
 const eventLine = "%-24s  %-24s  %-36s  %-7s  %-21s  %-14s  %-32s  %s\n"
 
 func (p *eventPrinter) print(data []byte, seq uint64) error {
@@ -284,20 +293,34 @@ func (p *eventPrinter) print(data []byte, seq uint64) error {
 		_, err := p.w.Write(b.Bytes())
 		return err
 	}
-	if !p.header {
-		p.header = true
-		if _, err := fmt.Fprintf(p.w, eventLine, "TIME", "TYPE", "KEY", "VERSION", "ACTOR", "PEER", "REPLICATION", "REASON"); err != nil {
-			return err
-		}
+	if err := p.printHeader(); err != nil {
+		return err
 	}
-	version, peer := "", ev.Peer
+	version, peer, reason := "", ev.Peer, ev.Reason
 	if ev.Version > 0 {
 		version = strconv.FormatUint(uint64(ev.Version), 10)
 	}
-	if peer == "" {
-		peer = strings.Join(ev.Regions, ",")
+	if peer == "" && len(ev.Regions) > 0 {
+		peer = fmt.Sprintf("%d regions", len(ev.Regions))
+		if len(ev.Regions) == 1 {
+			peer = ev.Regions[0]
+		} else if regions := "regions " + strings.Join(ev.Regions, ", "); reason == "" {
+			reason = regions
+		} else {
+			reason += " (" + regions + ")"
+		}
 	}
 	_, err := fmt.Fprintf(p.w, eventLine, ev.Time.UTC().Format("2006-01-02T15:04:05.000Z07:00"), ev.Type,
-		orDash(ev.KeyID), orDash(version), orDash(ev.Actor), orDash(peer), orDash(ev.ReplicationID), orDash(ev.Reason))
+		orDash(ev.KeyID), orDash(version), orDash(ev.Actor), orDash(peer), orDash(ev.ReplicationID), orDash(reason))
+	return err
+}
+
+// printHeader writes the table's header, once (nothing for JSON lines).
+func (p *eventPrinter) printHeader() error {
+	if p.format == outputJSON || p.header {
+		return nil
+	}
+	p.header = true
+	_, err := fmt.Fprintf(p.w, eventLine, "TIME", "TYPE", "KEY", "VERSION", "ACTOR", "PEER", "REPLICATION", "REASON")
 	return err
 }

@@ -9,6 +9,8 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"reflect"
+	"strings"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/messages"
@@ -98,20 +100,45 @@ func describe(env *messages.Envelope, verified bool) map[string]any {
 		"sent_at":        m.SentTime().UTC().Format(time.RFC3339Nano),
 		"expires_at":     m.ExpiryTime().UTC().Format(time.RFC3339Nano),
 	}
-	switch {
-	case m.Init != nil:
-		out["init"] = m.Init
-	case m.Offer != nil:
-		out["offer"] = map[string]any{"init_digest": hexBytes(m.Offer.InitDigest), "rakb": hexBytes(m.Offer.RAKB)}
-	case m.Material != nil:
-		out["material"] = map[string]any{
-			"offer_digest": hexBytes(m.Material.OfferDigest), "raka": hexBytes(m.Material.RAKA),
-			"wrapped_key_bytes": len(m.Material.WrappedKey), "properties": m.Material.Properties,
+	// Each body by its CBOR field names, as on the wire (and as every other
+	// JSON of mrkrepl is: snake_case); bytes in hex. The wrapped key is
+	// shown by its length only.
+	for name, body := range map[string]any{
+		"init": m.Init, "offer": m.Offer, "material": m.Material, "receipt": m.Receipt,
+		"sync": m.Sync, "status": m.Status, "handover": m.Handover, "accept": m.Accept,
+	} {
+		v := reflect.ValueOf(body)
+		if v.IsNil() {
+			continue
 		}
-	case m.Receipt != nil:
-		out["receipt"] = map[string]any{
-			"material_digest": hexBytes(m.Receipt.MaterialDigest), "status": m.Receipt.Status,
-			"key_confirmation": hexBytes(m.Receipt.KeyConfirmation),
+		fields := cborFields(v.Elem())
+		if name == "material" {
+			delete(fields, "wrapped_key")
+			fields["wrapped_key_bytes"] = len(m.Material.WrappedKey)
+		}
+		out[name] = fields
+	}
+	return out
+}
+
+// cborFields maps a message body (a struct) to its fields by their CBOR
+// names: []byte as hex, structs as such maps, the rest as they are.
+func cborFields(v reflect.Value) map[string]any {
+	out := map[string]any{}
+	t := v.Type()
+	for i := range t.NumField() {
+		name, _, _ := strings.Cut(t.Field(i).Tag.Get("cbor"), ",")
+		if name == "" || name == "-" {
+			continue
+		}
+		f := v.Field(i)
+		switch {
+		case f.Kind() == reflect.Slice && f.Type().Elem().Kind() == reflect.Uint8:
+			out[name] = hexBytes(f.Bytes())
+		case f.Kind() == reflect.Struct:
+			out[name] = cborFields(f)
+		default:
+			out[name] = f.Interface()
 		}
 	}
 	return out

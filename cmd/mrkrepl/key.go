@@ -239,7 +239,6 @@ type keyCmd struct {
 	stdout, stderr io.Writer
 	conn           *clientConn
 	c              *client.Client
-	actor          string // --actor
 }
 
 type keySub struct {
@@ -258,9 +257,10 @@ var keySubs = []keySub{
 	{"schedule-deletion", "KEY_ID [--days N] [flags]", "schedule the deletion of the key in --region after a waiting period", keyScheduleDeletion},
 	{"cancel-deletion", "KEY_ID [flags]", "cancel the key's scheduled deletion in --region", keyCancelDeletion},
 	{"wait", "KEY_ID CONDITION... [--wait-timeout D] [flags]", "wait until the key in --region meets every condition given", keyWait},
-	{"encrypt", "KEY_ID (--plaintext TEXT | --in FILE|-) [--aad TEXT] [flags]", "encrypt with the key's current version", keyEncrypt},
-	{"decrypt", "(--in FILE|- | --ciphertext BASE64) [--aad TEXT] [flags]", "decrypt a blob made in any region that holds the key", keyDecrypt},
-	{"generate-data-key", "KEY_ID [--bytes 32] [--aad TEXT] [flags]", "make a data key, in plaintext and encrypted under the key", keyGenerateDataKey},
+	{"encrypt", "KEY_ID (--plaintext TEXT | --in FILE|-) [--context K=V]... [flags]", "encrypt with the key's current version", keyEncrypt},
+	{"decrypt", "(--in FILE|- | --ciphertext BASE64) [--context K=V]... [--key-id KEY_ID] [flags]", "decrypt a blob made in any region that holds the key", keyDecrypt},
+	{"generate-data-key", "KEY_ID [--bytes 32] [--context K=V]... [--out FILE] [--plaintext-out FILE|-] [flags]", "make a data key, in plaintext and encrypted under the key", keyGenerateDataKey},
+	{"policy", "get|put KEY_ID [--file FILE|-] [flags]", "show or replace the key's policy in --region (docs/AUTHZ.md)", keyPolicy},
 }
 
 func keyUsage(w io.Writer) {
@@ -276,8 +276,9 @@ func keyUsage(w io.Writer) {
 	fmt.Fprintln(w, "Every subcommand takes --server URL (default nats://127.0.0.1:4222), --region NAME,")
 	fmt.Fprintln(w, "--output table|json, --timeout and the NATS credentials (--nats-creds FILE, or")
 	fmt.Fprintln(w, "--nats-user NAME with --nats-password-file FILE); each can also be set by")
-	fmt.Fprintln(w, "MRKREPL_SERVER, MRKREPL_REGION, MRKREPL_OUTPUT, ... (a flag wins). --actor NAME names")
-	fmt.Fprintln(w, "you in the audit events (default: --nats-user; the worker does not check it).")
+	fmt.Fprintln(w, "MRKREPL_SERVER, MRKREPL_REGION, MRKREPL_OUTPUT, ... (a flag wins). Who you are is")
+	fmt.Fprintln(w, "what the NATS server proves of the credentials: your application account and user;")
+	fmt.Fprintln(w, "the key's policy decides what you may do (docs/AUTHZ.md), and audit events name you.")
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "rotate and update-primary start work that ends later, in several regions;")
 	fmt.Fprintln(w, "with --wait they show its progress on stderr. The key's life is in docs/LIFECYCLE.md.")
@@ -309,7 +310,6 @@ func runKey(ctx context.Context, args []string, stdout, stderr io.Writer) error 
 	}()
 	fs := newFlagSet("key "+sub.name, sub.synopsis, stderr)
 	k.flags.bind(fs)
-	fs.StringVar(&k.actor, "actor", "", "name yourself `NAME` in the region's audit events (default: --nats-user, if given; else the worker records \"anonymous\"); the worker records it as given: it proves nothing (docs/LIFECYCLE.md)")
 	err := sub.run(ctx, k, fs, args[1:])
 	if err == nil || errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
 		return err
@@ -330,9 +330,6 @@ func (k *keyCmd) connect() error {
 		return err
 	}
 	k.conn, k.c = conn, client.New(conn.nc, k.flags.region)
-	if k.actor != "" {
-		k.c = k.c.WithActor(k.actor)
-	}
 	return nil
 }
 
@@ -347,17 +344,22 @@ func do[T any](ctx context.Context, k *keyCmd, f func(ctx context.Context) (T, e
 func keyCreate(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string) error {
 	desc := fs.String("description", "", "a `text` describing the key (at most 8192 bytes)")
 	multi := fs.Bool("multi-region", true, "make a multi-Region key: every mrkrepl key is one, so this is accepted for familiarity (AWS KMS's flag) and cannot be false")
+	policyFile := fs.String("policy", "", "the key's policy in --region, a JSON document read from `FILE` (- for stdin; default: the region's admins and you, docs/AUTHZ.md)")
 	if _, err := k.flags.parse(fs, args); err != nil {
 		return err
 	}
 	if !*multi {
 		return usageError(fs, "--multi-region=false: every mrkrepl key is a multi-Region key")
 	}
+	policy, err := readPolicy(*policyFile)
+	if err != nil {
+		return err
+	}
 	if err := k.connect(); err != nil {
 		return err
 	}
 	key, err := do(ctx, k, func(ctx context.Context) (*api.Key, error) {
-		return k.c.CreateKey(ctx, api.CreateKeyRequest{Description: *desc})
+		return k.c.CreateKey(ctx, api.CreateKeyRequest{Description: *desc, Policy: policy})
 	})
 	if err != nil {
 		return err
@@ -407,7 +409,12 @@ func keyReplicate(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []strin
 	token := fs.String("client-token", "", "make the request idempotent: repeating it with the same `token` (1 to 64 printable ASCII characters, remembered 24 hours) returns the same run, never a second one")
 	wait := fs.Bool("wait", false, "wait until the replica holds every version or has failed, showing each run and change of state on stderr (a key with several versions is copied one version per run, the current one first); exit 1 if it fails or --wait-timeout passes")
 	waitTimeout := fs.Duration("wait-timeout", 2*time.Minute, "with --wait: stop waiting after this long (the replication goes on)")
+	policyFile := fs.String("policy", "", "the replica's policy in --to, a JSON document read from `FILE` (- for stdin; default: the key's policy in --region)")
 	pos, err := k.flags.parse(fs, args, "KEY_ID")
+	if err != nil {
+		return err
+	}
+	policy, err := readPolicy(*policyFile)
 	if err != nil {
 		return err
 	}
@@ -423,7 +430,7 @@ func keyReplicate(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []strin
 		return err
 	}
 	run, err := do(ctx, k, func(ctx context.Context) (*api.Replication, error) {
-		return k.c.ReplicateKeyWithToken(ctx, pos[0], *to, *token)
+		return k.c.ReplicateKeyRequest(ctx, api.ReplicateKeyRequest{KeyID: pos[0], ReplicaRegion: *to, ClientToken: *token, Policy: policy})
 	})
 	if err != nil {
 		return err
@@ -582,7 +589,8 @@ func keyReplication(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []str
 func keyEncrypt(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string) error {
 	text := fs.String("plaintext", "", "the `text` to encrypt (it shows in process listings: prefer --in for secrets)")
 	in := fs.String("in", "", "read the plaintext, 1 to 4096 bytes, from `FILE` (- for stdin)")
-	aad := fs.String("aad", "", "the encryption context: decrypt needs the same `text`")
+	ec := contextFlag(fs, "decrypt needs the same pairs")
+	aad := fs.String("aad", "", "older raw form of the context: opaque `text` no policy can test (not with --context)")
 	out := fs.String("out", "", "write the ciphertext blob, raw, to `FILE` (- for stdout) instead of printing it in base64")
 	pos, err := k.flags.parse(fs, args, "KEY_ID")
 	if err != nil {
@@ -608,7 +616,8 @@ func keyEncrypt(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string)
 		return err
 	}
 	r, err := do(ctx, k, func(ctx context.Context) (*api.EncryptResponse, error) {
-		return k.c.Encrypt(ctx, pos[0], plaintext, optionalBytes(*aad))
+		var r api.EncryptResponse
+		return &r, k.c.Call(ctx, api.OpEncrypt, api.EncryptRequest{KeyID: pos[0], Plaintext: plaintext, EncryptionContext: ec.m, AAD: optionalBytes(*aad)}, &r)
 	})
 	if err != nil {
 		return err
@@ -626,7 +635,9 @@ func keyEncrypt(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string)
 func keyDecrypt(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string) error {
 	in := fs.String("in", "", "read the ciphertext blob from `FILE` (- for stdin), raw or in base64")
 	b64 := fs.String("ciphertext", "", "the ciphertext blob in `base64`")
-	aad := fs.String("aad", "", "the encryption context `text` given to encrypt")
+	ec := contextFlag(fs, "the same pairs as given to encrypt")
+	aad := fs.String("aad", "", "the raw context `text` given to encrypt (older form)")
+	keyID := fs.String("key-id", "", "refuse the blob unless it was made with `KEY_ID`")
 	out := fs.String("out", "", "write the plaintext to `FILE` (mode 0600) instead of stdout")
 	if _, err := k.flags.parse(fs, args); err != nil {
 		return err
@@ -655,7 +666,8 @@ func keyDecrypt(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string)
 		return err
 	}
 	r, err := do(ctx, k, func(ctx context.Context) (*api.DecryptResponse, error) {
-		return k.c.Decrypt(ctx, blob, optionalBytes(*aad))
+		var r api.DecryptResponse
+		return &r, k.c.Call(ctx, api.OpDecrypt, api.DecryptRequest{KeyID: *keyID, CiphertextBlob: blob, EncryptionContext: ec.m, AAD: optionalBytes(*aad)}, &r)
 	})
 	if err != nil {
 		return err
@@ -689,8 +701,10 @@ func isTerminal(w io.Writer) bool {
 
 func keyGenerateDataKey(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string) error {
 	n := fs.Int("bytes", 32, "length of the data key: 16, 24 or 32 `bytes`")
-	aad := fs.String("aad", "", "the encryption context of the encrypted data key: decrypt needs the same `text`")
+	ec := contextFlag(fs, "decrypting the data key needs the same pairs")
+	aad := fs.String("aad", "", "older raw form of the context (opaque `text`; not with --context)")
 	out := fs.String("out", "", "write the encrypted data key (a ciphertext blob), raw, to `FILE` instead of printing it in base64")
+	ptOut := fs.String("plaintext-out", "", "write the plaintext data key, raw, to `FILE` (mode 0600; - for stdout, then with --out) instead of printing it in base64")
 	pos, err := k.flags.parse(fs, args, "KEY_ID")
 	if err != nil {
 		return err
@@ -698,33 +712,51 @@ func keyGenerateDataKey(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args [
 	switch {
 	case *n != 16 && *n != 24 && *n != 32:
 		return usageError(fs, "--bytes %d: want 16, 24 or 32", *n)
-	case *out != "" && k.flags.output == outputJSON:
-		return usageError(fs, "--out and --output json exclude each other")
+	case (*out != "" || *ptOut != "") && k.flags.output == outputJSON:
+		return usageError(fs, "--out and --plaintext-out exclude --output json")
 	case *out == "-":
-		return usageError(fs, "--out -: the plaintext data key goes to stdout; name a file")
+		return usageError(fs, "--out -: the encrypted data key goes to a file; for the plaintext one on stdout, --plaintext-out -")
+	case *ptOut == "-" && *out == "":
+		return usageError(fs, "--plaintext-out - needs --out FILE for the encrypted data key")
+	case *ptOut != "" && *ptOut == *out:
+		return usageError(fs, "--out and --plaintext-out name the same file")
 	}
 	if err := k.connect(); err != nil {
 		return err
 	}
 	r, err := do(ctx, k, func(ctx context.Context) (*api.GenerateDataKeyResponse, error) {
-		return k.c.GenerateDataKey(ctx, pos[0], *n, optionalBytes(*aad))
+		var r api.GenerateDataKeyResponse
+		return &r, k.c.Call(ctx, api.OpGenerateDataKey, api.GenerateDataKeyRequest{KeyID: pos[0], NumberOfBytes: *n, EncryptionContext: ec.m, AAD: optionalBytes(*aad)}, &r)
 	})
 	if err != nil {
 		return err
 	}
+	defer clear(r.Plaintext)
 	if k.flags.output == outputJSON {
 		return printJSON(k.stdout, r)
-	}
-	fields := []field{
-		{"key id", r.KeyID},
-		{"version", strconv.FormatUint(uint64(r.Version), 10)},
-		{"plaintext", base64.StdEncoding.EncodeToString(r.Plaintext)},
 	}
 	if *out != "" {
 		if err := writeOutput(k.stdout, *out, r.CiphertextBlob, 0o644); err != nil {
 			return err
 		}
+	}
+	if *ptOut == "-" {
+		// The raw data key alone on stdout, for a pipe.
+		_, err := k.stdout.Write(r.Plaintext)
+		return err
+	}
+	fields := []field{
+		{"key id", r.KeyID},
+		{"version", strconv.FormatUint(uint64(r.Version), 10)},
+	}
+	if *ptOut != "" {
+		if err := writeOutput(k.stdout, *ptOut, r.Plaintext, 0o600); err != nil {
+			return err
+		}
 	} else {
+		fields = append(fields, field{"plaintext", base64.StdEncoding.EncodeToString(r.Plaintext)})
+	}
+	if *out == "" {
 		fields = append(fields, field{"ciphertext", base64.StdEncoding.EncodeToString(r.CiphertextBlob)})
 	}
 	return printFields(k.stdout, fields)
@@ -764,6 +796,7 @@ func (k *keyCmd) printKey(key *api.Key) error {
 		{"usage", key.KeyUsage},
 		{"enabled", strconv.FormatBool(key.Enabled)},
 		{"versions", fmt.Sprintf("%s (current %d)", strings.Join(versions, ", "), key.CurrentVersion)},
+		{"material missing", missingText(key.MaterialMissing)},
 		{"created", timeText(key.CreatedAt)},
 		{"updated", timeText(key.UpdatedAt)},
 		{"replicated by", key.ReplicatedFrom},
@@ -796,6 +829,18 @@ func (k *keyCmd) printKey(key *api.Key) error {
 			timeText(r.UpdatedAt), timePtrText(r.DeletionDate), r.Reason}
 	}
 	return printTable(k.stdout, []string{"REPLICA", "STATE", "EPOCH", "REPLICATION", "UPDATED", "DELETION DATE", "REASON"}, rows)
+}
+
+// missingText names the versions whose material the region's HSM lacks.
+func missingText(vs []uint32) string {
+	if len(vs) == 0 {
+		return ""
+	}
+	names := make([]string, len(vs))
+	for i, v := range vs {
+		names[i] = strconv.FormatUint(uint64(v), 10)
+	}
+	return strings.Join(names, ", ") + " (not in this region's HSM: encrypt and decrypt with them fail)"
 }
 
 // stagedVersions returns the key's STAGED versions (known on the primary
@@ -901,4 +946,87 @@ func writeOutput(stdout io.Writer, path string, data []byte, perm os.FileMode) e
 		return err
 	}
 	return os.WriteFile(path, data, perm)
+}
+
+// contextPairs is a repeatable --context K=V flag: an encryption context.
+type contextPairs struct{ m map[string]string }
+
+func contextFlag(fs *flag.FlagSet, note string) *contextPairs {
+	c := &contextPairs{}
+	fs.Func("context", "a `K=V` pair of the encryption context (repeat for several; "+note+"; it is not secret: policies test it and audit events record it)", func(s string) error {
+		k, v, ok := strings.Cut(s, "=")
+		if !ok || k == "" {
+			return fmt.Errorf("want KEY=VALUE, got %q", s)
+		}
+		if c.m == nil {
+			c.m = map[string]string{}
+		}
+		if _, dup := c.m[k]; dup {
+			return fmt.Errorf("key %q given twice", k)
+		}
+		c.m[k] = v
+		return nil
+	})
+	return c
+}
+
+// maxPolicyFile bounds a policy document read from a file (AWS KMS's 32 KiB).
+const maxPolicyFile = 32 << 10
+
+// readPolicy reads a policy document from file ("" gives "": none).
+func readPolicy(file string) (string, error) {
+	if file == "" {
+		return "", nil
+	}
+	b, err := readInput(file, maxPolicyFile)
+	if err != nil {
+		return "", fmt.Errorf("--policy %s: %w", file, err)
+	}
+	return string(b), nil
+}
+
+func keyPolicy(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string) error {
+	file := fs.String("file", "", "put: read the policy document (JSON) from `FILE` (- for stdin)")
+	bypass := fs.Bool("bypass-policy-lockout-safety-check", false, "put: allow a policy that would not let you put the policy again")
+	pos, err := k.flags.parse(fs, args, "get|put", "KEY_ID")
+	if err != nil {
+		return err
+	}
+	switch {
+	case pos[0] != "get" && pos[0] != "put":
+		return usageError(fs, "%q: want get or put", pos[0])
+	case pos[0] == "put" && *file == "":
+		return usageError(fs, "put needs --file")
+	case pos[0] == "get" && *file != "":
+		return usageError(fs, "--file is for put")
+	}
+	if pos[0] == "get" {
+		if err := k.connect(); err != nil {
+			return err
+		}
+		doc, err := do(ctx, k, func(ctx context.Context) (string, error) { return k.c.GetKeyPolicy(ctx, pos[1]) })
+		if err != nil {
+			return err
+		}
+		if k.flags.output == outputJSON {
+			return printJSON(k.stdout, api.KeyPolicy{KeyID: pos[1], Policy: doc})
+		}
+		_, err = fmt.Fprintln(k.stdout, strings.TrimRight(doc, "\n"))
+		return err
+	}
+	doc, err := readPolicy(*file)
+	if err != nil {
+		return err
+	}
+	if err := k.connect(); err != nil {
+		return err
+	}
+	_, err = do(ctx, k, func(ctx context.Context) (struct{}, error) {
+		return struct{}{}, k.c.PutKeyPolicy(ctx, api.PutKeyPolicyRequest{KeyID: pos[1], Policy: doc, BypassPolicyLockoutSafetyCheck: *bypass})
+	})
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(k.stderr, "policy of %s in %s replaced\n", pos[1], k.flags.region)
+	return nil
 }

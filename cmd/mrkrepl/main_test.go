@@ -100,21 +100,26 @@ func partitionCmd(ts *testscript.TestScript, neg bool, args []string) {
 }
 
 // startAuthServer runs one nats-server for region us-east-1 with the
-// per-role users of internal/natsauth, and no worker, until the script
-// ends: $AUTH is its URL, $WORK/<role>.password holds each role's password.
+// production accounts of internal/natsauth (the demo application's user
+// "app"), and no worker, until the script ends: $AUTH is its URL,
+// $WORK/<worker|proxy|app>.password holds each user's password.
 func startAuthServer(env *testscript.Env) error {
 	passwords := map[string]string{}
-	for _, role := range []string{natsauth.RoleWorker, natsauth.RoleProxy, natsauth.RoleClient} {
-		passwords[role] = messages.NewID()
-		if err := os.WriteFile(filepath.Join(env.WorkDir, role+".password"), []byte(passwords[role]+"\n"), 0o600); err != nil {
+	for role, key := range map[string]string{"worker": natsauth.Key(natsauth.Account, natsauth.UserWorker), "proxy": natsauth.Key(natsauth.Account, natsauth.UserProxy),
+		"app": natsauth.Key(natsauth.DefaultApp.Account, natsauth.DefaultApp.Users[0])} {
+		passwords[key] = messages.NewID()
+		if err := os.WriteFile(filepath.Join(env.WorkDir, role+".password"), []byte(passwords[key]+"\n"), 0o600); err != nil {
 			return err
 		}
 	}
-	s, err := server.NewServer(&server.Options{
+	o := &server.Options{
 		Host: "127.0.0.1", Port: server.RANDOM_PORT, JetStream: true,
 		StoreDir: filepath.Join(env.WorkDir, ".nats"), NoLog: true, NoSigs: true,
-		Users: natsauth.Users("us-east-1", passwords),
-	})
+	}
+	if err := (natsauth.Spec{Region: "us-east-1", Apps: []natsauth.App{natsauth.DefaultApp}, Passwords: passwords}).ServerOptions(o); err != nil {
+		return err
+	}
+	s, err := server.NewServer(o)
 	if err != nil {
 		return err
 	}

@@ -33,6 +33,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"go.yaml.in/yaml/v3"
 )
@@ -110,6 +111,27 @@ type Worker struct {
 	BundleReloadInterval time.Duration `yaml:"bundle_reload_interval,omitempty"`
 	Metrics              Metrics       `yaml:"metrics,omitempty"`
 	Log                  Log           `yaml:"log,omitempty"`
+	// Authz is who may do what (docs/AUTHZ.md).
+	Authz Authz `yaml:"authz,omitempty"`
+}
+
+// Authz configures the worker's authorization (docs/AUTHZ.md).
+type Authz struct {
+	// Admins are the region's administrators as key-policy principals
+	// (ACCOUNT, ACCOUNT/user, ACCOUNT/*): every key's default policy names
+	// them, and without a region policy only they may create keys.
+	Admins []string `yaml:"admins,omitempty"`
+	// RegionPolicyFile is the region's policy (JSON, the key-policy
+	// language) for create-key and list-keys.
+	RegionPolicyFile string `yaml:"region_policy_file,omitempty"`
+	// LocalPrincipal is the principal of requests published inside the
+	// workers' own account (no server-stamped identity); empty refuses them.
+	LocalPrincipal string `yaml:"local_principal,omitempty"`
+	// AccountNames maps account public keys (operator/JWT mode) to the
+	// names policies use.
+	AccountNames map[string]string `yaml:"account_names,omitempty"`
+	// NoDataPlaneAudit turns off the Encrypt/Decrypt/GenerateDataKey events.
+	NoDataPlaneAudit bool `yaml:"no_data_plane_audit,omitempty"`
 }
 
 // Heartbeat configures the proxy's end-to-end probes (docs/METRICS.md).
@@ -404,6 +426,17 @@ func (w *Worker) Validate() error {
 		c.fail("hsm.uri", "--hsm", "scheme %q, want soft: or pkcs11:", scheme)
 	}
 	c.file("hsm.pin_file", "--pin-file", w.HSM.PINFile, false)
+	c.file("authz.region_policy_file", "", w.Authz.RegionPolicyFile, false)
+	for i, a := range w.Authz.Admins {
+		if _, err := authz.ParsePrincipal(strings.TrimSuffix(a, "/*")); err != nil {
+			c.fail(fmt.Sprintf("authz.admins[%d]", i), "", "%v", err)
+		}
+	}
+	if p := w.Authz.LocalPrincipal; p != "" {
+		if _, err := authz.ParsePrincipal(p); err != nil {
+			c.fail("authz.local_principal", "", "%v", err)
+		}
+	}
 	c.skew(w.ClockSkew)
 	if w.RunTimeout < 0 {
 		c.fail("run_timeout", "--run-timeout", "negative")
@@ -549,6 +582,9 @@ func (w Worker) LogValue() slog.Value {
 		slog.Duration("run_timeout", w.RunTimeout),
 		slog.Int("max_attempts", w.MaxAttempts),
 		slog.String("metrics_addr", w.Metrics.Addr),
+		slog.Any("admins", w.Authz.Admins),
+		slog.String("region_policy_file", w.Authz.RegionPolicyFile),
+		slog.String("local_principal", w.Authz.LocalPrincipal),
 	)
 }
 

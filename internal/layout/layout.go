@@ -10,11 +10,18 @@
 //	stream MRK_<R>_INBOX     mrk.r.in.>              verified messages for r
 //	stream MRK_<R>_EVENTS    mrk.r.events.>          audit events
 //	stream MRK_<R>_DLQ       mrk.r.dlq.>             refused messages, with reason
+//	stream MRK_<R>_HEARTBEAT mrk.r.heartbeat.>       the proxy's probes (one per pair)
 //	kv     MRK_<R>_KEYS      key metadata
 //	kv     MRK_<R>_REPL      replication state
 //	kv     MRK_<R>_REPLAY    lifecycle msg_ids seen (TTL = replay window)
 //	kv     MRK_<R>_PENDING   ids of runs in flight, for the sweeper
 //	kv     MRK_<R>_TOKENS    replicate-key client tokens (TTL 24 h)
+//
+// and, on the outbox, one durable consumer per destination region,
+// "proxy-<dst>", from which the proxy forwards (EnsureProxyConsumers).
+// The region's workers create all of them at start; the proxy, which has
+// no right to create or change streams and consumers (internal/natsauth),
+// only looks its consumers up.
 //
 // <R> is the region upper-cased with '-' replaced by '_'.
 package layout
@@ -58,15 +65,34 @@ func upper(region string) string {
 }
 
 // Stream and bucket names.
-func RequestsStream(region string) string { return "MRK_" + upper(region) + "_REQUESTS" }
-func OutboxStream(region string) string   { return "MRK_" + upper(region) + "_OUTBOX" }
-func InboxStream(region string) string    { return "MRK_" + upper(region) + "_INBOX" }
-func EventsStream(region string) string   { return "MRK_" + upper(region) + "_EVENTS" }
-func DLQStream(region string) string      { return "MRK_" + upper(region) + "_DLQ" }
-func KeysBucket(region string) string     { return "MRK_" + upper(region) + "_KEYS" }
-func ReplBucket(region string) string     { return "MRK_" + upper(region) + "_REPL" }
-func ReplayBucket(region string) string   { return "MRK_" + upper(region) + "_REPLAY" }
-func PendingBucket(region string) string  { return "MRK_" + upper(region) + "_PENDING" }
+func RequestsStream(region string) string  { return "MRK_" + upper(region) + "_REQUESTS" }
+func OutboxStream(region string) string    { return "MRK_" + upper(region) + "_OUTBOX" }
+func InboxStream(region string) string     { return "MRK_" + upper(region) + "_INBOX" }
+func EventsStream(region string) string    { return "MRK_" + upper(region) + "_EVENTS" }
+func DLQStream(region string) string       { return "MRK_" + upper(region) + "_DLQ" }
+func KeysBucket(region string) string      { return "MRK_" + upper(region) + "_KEYS" }
+func ReplBucket(region string) string      { return "MRK_" + upper(region) + "_REPL" }
+func ReplayBucket(region string) string    { return "MRK_" + upper(region) + "_REPLAY" }
+func PendingBucket(region string) string   { return "MRK_" + upper(region) + "_PENDING" }
+func HeartbeatStream(region string) string { return "MRK_" + upper(region) + "_HEARTBEAT" }
+
+// KVStream is the stream behind a KV bucket.
+func KVStream(bucket string) string { return "KV_" + bucket }
+
+// Buckets returns the names of region's KV buckets.
+func Buckets(region string) []string {
+	return []string{KeysBucket(region), ReplBucket(region), ReplayBucket(region), PendingBucket(region), TokensBucket(region)}
+}
+
+// Streams returns the names of every stream of region, those behind its KV
+// buckets included.
+func Streams(region string) []string {
+	s := []string{RequestsStream(region), OutboxStream(region), InboxStream(region), EventsStream(region), DLQStream(region), HeartbeatStream(region)}
+	for _, b := range Buckets(region) {
+		s = append(s, KVStream(b))
+	}
+	return s
+}
 
 // PullExpiry is how long each pull request of the workers' and proxy's
 // consumers lasts (nats.go's default is 30 s, with heartbeats every 15 s).
@@ -85,8 +111,46 @@ const PendingMarkerTTL = 10 * time.Second
 func TokensBucket(region string) string { return "MRK_" + upper(region) + "_TOKENS" }
 
 // Subjects.
-func RequestSubject(region, op string) string  { return "mrk." + region + ".requests." + op }
-func RequestsWildcard(region string) string    { return "mrk." + region + ".requests.>" }
+func RequestSubject(region, op string) string { return "mrk." + region + ".requests." + op }
+func RequestsWildcard(region string) string   { return "mrk." + region + ".requests.>" }
+
+// RequestSubjectFor is the subject under which the REQUESTS stream stores
+// a request event for op published by a client of application account
+// account: the account's import maps the client's RequestSubject(region, op)
+// to it (internal/natsauth), so the last token names the account the
+// server authenticated, and no application can write another's subject.
+// An empty account gives RequestSubject: published inside the region's own
+// account (an operator or test with the admin user).
+func RequestSubjectFor(region, op, account string) string {
+	if account == "" {
+		return RequestSubject(region, op)
+	}
+	return RequestSubject(region, op) + "." + account
+}
+
+// ParseRequestSubject is the inverse of RequestSubjectFor: the operation
+// and the account ("" when published inside the region's own account) of a
+// subject of region's REQUESTS stream. ok is false for a subject of another
+// shape.
+func ParseRequestSubject(region, subject string) (op, account string, ok bool) {
+	rest, found := strings.CutPrefix(subject, "mrk."+region+".requests.")
+	if !found {
+		return "", "", false
+	}
+	toks := strings.Split(rest, ".")
+	for _, t := range toks {
+		if t == "" || t == "*" || t == ">" {
+			return "", "", false
+		}
+	}
+	switch len(toks) {
+	case 1:
+		return toks[0], "", true
+	case 2:
+		return toks[0], toks[1], true
+	}
+	return "", "", false
+}
 func OutboxFilter(src, dst string) string      { return "mrk." + src + ".out." + dst + ".>" }
 func InboxWildcard(region string) string       { return "mrk." + region + ".in.>" }
 func EventSubject(region, event string) string { return "mrk." + region + ".events." + event }
@@ -95,6 +159,17 @@ func DLQSubject(region, component string) string {
 	return "mrk." + region + ".dlq." + component
 }
 func DLQWildcard(region string) string { return "mrk." + region + ".dlq.>" }
+
+// HeartbeatSubject is the subject of a proxy's probe from src, on dst's
+// cluster (stored in dst's heartbeat stream).
+func HeartbeatSubject(dst, src string) string { return "mrk." + dst + ".heartbeat." + src }
+func HeartbeatWildcard(region string) string  { return "mrk." + region + ".heartbeat.>" }
+
+// APIWildcard matches every API operation of region.
+func APIWildcard(region string) string { return "mrk." + region + ".api.>" }
+
+// OutboxWildcard matches every message leaving region.
+func OutboxWildcard(region string) string { return "mrk." + region + ".out.>" }
 
 // APISubject is the request/reply subject of an API operation.
 func APISubject(region, op string) string { return "mrk." + region + ".api." + op }
@@ -136,13 +211,14 @@ func EnsureOutbox(ctx context.Context, js jetstream.JetStream, region string, pa
 		return fmt.Errorf("outbox of %s: partition has no other region", region)
 	}
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:       OutboxStream(region),
-		Subjects:   subjects,
-		Storage:    o.Storage,
-		Replicas:   o.replicas(),
-		Duplicates: DedupWindow,
-		MaxAge:     24 * time.Hour,
-		Retention:  jetstream.LimitsPolicy,
+		Name:        OutboxStream(region),
+		Description: "mrkrepl " + region + ": signed messages to other regions, for the proxy to forward",
+		Subjects:    subjects,
+		Storage:     o.Storage,
+		Replicas:    o.replicas(),
+		Duplicates:  DedupWindow,
+		MaxAge:      24 * time.Hour,
+		Retention:   jetstream.LimitsPolicy,
 
 		MaxMsgsPerSubject: NoPerSubjectLimit,
 	})
@@ -155,16 +231,90 @@ func EnsureOutbox(ctx context.Context, js jetstream.JetStream, region string, pa
 // EnsureDLQ creates region's dead-letter stream.
 func EnsureDLQ(ctx context.Context, js jetstream.JetStream, region string, o Options) error {
 	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
-		Name:     DLQStream(region),
-		Subjects: []string{DLQWildcard(region)},
-		Storage:  o.Storage,
-		Replicas: o.replicas(),
-		MaxAge:   30 * 24 * time.Hour,
+		Name:        DLQStream(region),
+		Description: "mrkrepl " + region + ": dead letters (refused messages and requests), with header Mrk-Reason",
+		Subjects:    []string{DLQWildcard(region)},
+		Storage:     o.Storage,
+		Replicas:    o.replicas(),
+		MaxAge:      30 * 24 * time.Hour,
 
 		MaxMsgsPerSubject: NoPerSubjectLimit,
 	})
 	if err != nil {
 		return fmt.Errorf("create stream %s: %w", DLQStream(region), err)
+	}
+	return nil
+}
+
+// EnsureHeartbeat creates region's heartbeat stream (idempotent): the
+// proxy's probes of every pair (src, region) land there, one message kept
+// per subject, an hour at most; no worker reads it.
+func EnsureHeartbeat(ctx context.Context, js jetstream.JetStream, region string, o Options) error {
+	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+		Name:              HeartbeatStream(region),
+		Subjects:          []string{HeartbeatWildcard(region)},
+		Storage:           o.Storage,
+		Replicas:          o.replicas(),
+		MaxMsgsPerSubject: 1,
+		MaxAge:            time.Hour,
+		Discard:           jetstream.DiscardOld,
+	})
+	if err != nil {
+		return fmt.Errorf("create stream %s: %w", HeartbeatStream(region), err)
+	}
+	return nil
+}
+
+// DefaultProxyDurable prefixes the names of the proxy's consumers.
+const DefaultProxyDurable = "proxy"
+
+// ProxyConsumer is the name of the proxy's durable consumer on a source
+// region's outbox for messages to dst.
+func ProxyConsumer(durable, dst string) string {
+	if durable == "" {
+		durable = DefaultProxyDurable
+	}
+	return durable + "-" + dst
+}
+
+// ProxyConsumers sizes the proxy's consumers (EnsureProxyConsumers).
+type ProxyConsumers struct {
+	Durable       string        // name prefix; default DefaultProxyDurable
+	AckWait       time.Duration // default 30 s
+	MaxAckPending int           // default 256 (4 × the proxy's default concurrency)
+}
+
+// ProxyConsumerConfig is the configuration of the proxy's consumer on
+// src's outbox for messages to dst.
+func ProxyConsumerConfig(src, dst string, c ProxyConsumers) jetstream.ConsumerConfig {
+	if c.AckWait <= 0 {
+		c.AckWait = 30 * time.Second
+	}
+	if c.MaxAckPending <= 0 {
+		c.MaxAckPending = 256
+	}
+	return jetstream.ConsumerConfig{
+		Durable:       ProxyConsumer(c.Durable, dst),
+		FilterSubject: OutboxFilter(src, dst),
+		AckPolicy:     jetstream.AckExplicitPolicy,
+		AckWait:       c.AckWait,
+		MaxAckPending: c.MaxAckPending,
+		DeliverPolicy: jetstream.DeliverAllPolicy,
+	}
+}
+
+// EnsureProxyConsumers creates (or updates) on region's outbox the proxy's
+// durable consumer for every other region of the partition. The outbox
+// must exist (EnsureOutbox).
+func EnsureProxyConsumers(ctx context.Context, js jetstream.JetStream, region string, partitionRegions []string, c ProxyConsumers) error {
+	for _, dst := range partitionRegions {
+		if dst == region {
+			continue
+		}
+		cfg := ProxyConsumerConfig(region, dst, c)
+		if _, err := js.CreateOrUpdateConsumer(ctx, OutboxStream(region), cfg); err != nil {
+			return fmt.Errorf("create consumer %s on %s: %w", cfg.Durable, OutboxStream(region), err)
+		}
 	}
 	return nil
 }
@@ -190,15 +340,18 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 	}{
 		{&r.Requests, jetstream.StreamConfig{
 			Name: RequestsStream(region), Subjects: []string{RequestsWildcard(region)},
-			Duplicates: DedupWindow, MaxAge: 7 * 24 * time.Hour,
+			Description: "mrkrepl " + region + ": request events (replicate-key), kept 7 days",
+			Duplicates:  DedupWindow, MaxAge: 7 * 24 * time.Hour,
 		}},
 		{&r.Inbox, jetstream.StreamConfig{
 			Name: InboxStream(region), Subjects: []string{InboxWildcard(region)},
-			Duplicates: DedupWindow, MaxAge: 24 * time.Hour,
+			Description: "mrkrepl " + region + ": signed messages from other regions, as the proxy delivered them",
+			Duplicates:  DedupWindow, MaxAge: 24 * time.Hour,
 		}},
 		{nil, jetstream.StreamConfig{
 			Name: EventsStream(region), Subjects: []string{EventsWildcard(region)},
-			MaxAge: 30 * 24 * time.Hour,
+			Description: "mrkrepl " + region + ": audit events, kept 30 days",
+			MaxAge:      30 * 24 * time.Hour,
 		}},
 	}
 	for _, s := range streams {
@@ -223,14 +376,19 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 		dst *jetstream.KeyValue
 		cfg jetstream.KeyValueConfig
 	}{
-		{&r.Keys, jetstream.KeyValueConfig{Bucket: KeysBucket(region), History: 5}},
-		{&r.Repl, jetstream.KeyValueConfig{Bucket: ReplBucket(region), History: 1}},
-		{&r.Replay, jetstream.KeyValueConfig{Bucket: ReplayBucket(region), History: 1, TTL: ReplayWindow}},
+		{&r.Keys, jetstream.KeyValueConfig{Bucket: KeysBucket(region), History: 5,
+			Description: "mrkrepl " + region + ": keys' metadata (no key material), by key id"}},
+		{&r.Repl, jetstream.KeyValueConfig{Bucket: ReplBucket(region), History: 1,
+			Description: "mrkrepl " + region + ": replication runs, by replication id"}},
+		{&r.Replay, jetstream.KeyValueConfig{Bucket: ReplayBucket(region), History: 1, TTL: ReplayWindow,
+			Description: "mrkrepl " + region + ": ids of messages received, against replays"}},
 		// The sweeper removes entries with a purge whose marker expires
 		// (PendingMarkerTTL): no delete markers pile up, and no periodic
 		// PurgeDeletes (one JetStream API request per marker) is needed.
-		{&r.Pending, jetstream.KeyValueConfig{Bucket: PendingBucket(region), History: 1, LimitMarkerTTL: PendingMarkerTTL}},
-		{&r.Tokens, jetstream.KeyValueConfig{Bucket: TokensBucket(region), History: 1, TTL: ClientTokenTTL}},
+		{&r.Pending, jetstream.KeyValueConfig{Bucket: PendingBucket(region), History: 1, LimitMarkerTTL: PendingMarkerTTL,
+			Description: "mrkrepl " + region + ": keys with work outstanding, for the sweeper"}},
+		{&r.Tokens, jetstream.KeyValueConfig{Bucket: TokensBucket(region), History: 1, TTL: ClientTokenTTL,
+			Description: "mrkrepl " + region + ": replicate-key client tokens, kept 24 hours"}},
 	}
 	for _, b := range buckets {
 		b.cfg.Storage = o.Storage

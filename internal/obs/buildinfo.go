@@ -1,8 +1,10 @@
 package obs
 
 import (
+	"regexp"
 	"runtime"
 	"runtime/debug"
+	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
 )
@@ -56,3 +58,19 @@ func NewBuildInfoCollector() prometheus.Collector {
 	g.Set(1)
 	return g
 }
+
+// SemVer is Version in the form SemVer 2.0 wants (what a NATS micro
+// service's version must be): without Go's "v" (v1.2.3 is 1.2.3, a
+// pseudo-version v0.0.0-20250101-abcdef is 0.0.0-20250101-abcdef), and
+// "0.0.0-devel" for a build from a work tree ("(devel)") or any version
+// that is not SemVer.
+func (bi BuildInfo) SemVer() string {
+	if v := strings.TrimPrefix(bi.Version, "v"); semVer.MatchString(v) {
+		return v
+	}
+	return "0.0.0-devel"
+}
+
+// semVer is SemVer 2.0's regular expression (semver.org), as nats.go's
+// micro package checks it.
+var semVer = regexp.MustCompile(`^(0|[1-9]\d*)\.(0|[1-9]\d*)\.(0|[1-9]\d*)(?:-((?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*)(?:\.(?:0|[1-9]\d*|\d*[a-zA-Z-][0-9a-zA-Z-]*))*))?(?:\+([0-9a-zA-Z-]+(?:\.[0-9a-zA-Z-]+)*))?$`)

@@ -16,10 +16,11 @@ import (
 type docRow struct {
 	typ    string
 	labels []string
+	text   string // the meaning column
 }
 
 var (
-	docRowRE   = regexp.MustCompile("(?m)^\\| `(mrkrepl_[a-z0-9_]+)` \\| (counter|gauge|histogram) \\| ([^|]*) \\|")
+	docRowRE   = regexp.MustCompile("(?m)^\\| `(mrkrepl_[a-z0-9_]+)` \\| (counter|gauge|histogram) \\| ([^|]*) \\|(.*)$")
 	docLabelRE = regexp.MustCompile("`([a-z_]+)`")
 )
 
@@ -39,7 +40,7 @@ func readMetricsDoc(t *testing.T) map[string]docRow {
 			labels = append(labels, l[1])
 		}
 		slices.Sort(labels)
-		rows[m[1]] = docRow{typ: m[2], labels: labels}
+		rows[m[1]] = docRow{typ: m[2], labels: labels, text: m[4]}
 	}
 	if len(rows) < 20 {
 		t.Fatalf("docs/METRICS.md: found only %d metric rows; has the table format changed?", len(rows))
@@ -92,6 +93,7 @@ func TestMetricsDocumented(t *testing.T) {
 		if !slices.Equal(labels, row.labels) {
 			t.Errorf("%s: docs/METRICS.md lists labels %v, the series have %v", name, row.labels, labels)
 		}
+		checkLabelValues(t, name, row, mf)
 	}
 	for name := range doc {
 		if !slices.Contains(families, name) {
@@ -105,5 +107,29 @@ func TestMetricsDocumented(t *testing.T) {
 	}
 	for _, p := range problems {
 		t.Errorf("lint: %s: %s", p.Metric, p.Text)
+	}
+}
+
+// openLabels have values the page cannot list: names of regions and
+// builds, and sets it describes by where they come from (refusal reasons
+// are messages.Reason values; ops are the API's; HSM ops are hsmsvc's).
+var openLabels = []string{"instance", "region", "src", "dst", "peer", "version", "revision", "goversion", "reason", "op", "kid"}
+
+// checkLabelValues: each value a pre-initialised series of mf has for a
+// label with a closed set of values is in the row's meaning, in backticks.
+func checkLabelValues(t *testing.T, name string, row docRow, mf *dto.MetricFamily) {
+	t.Helper()
+	missing := map[string][]string{}
+	for _, m := range mf.GetMetric() {
+		for _, lp := range m.GetLabel() {
+			n, v := lp.GetName(), lp.GetValue()
+			if slices.Contains(openLabels, n) || strings.Contains(row.text, "`"+v+"`") || slices.Contains(missing[n], v) {
+				continue
+			}
+			missing[n] = append(missing[n], v)
+		}
+	}
+	for n, vs := range missing {
+		t.Errorf("%s: docs/METRICS.md does not list %s values %v", name, n, vs)
 	}
 }

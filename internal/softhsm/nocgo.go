@@ -11,3 +11,8 @@ const keeperLabel = "mrkrepl-keeper"
 func CreateToken(dir, label string) (uri string, err error) {
 	return "", fmt.Errorf("softhsm: create token %q: %w: mrkrepl was built without cgo (CGO_ENABLED=0), which PKCS#11 needs", label, ErrNotInstalled)
 }
+
+// OpenToken needs cgo to load the SoftHSM2 module; this build has none.
+func OpenToken(dir, label string) (uri string, err error) {
+	return "", fmt.Errorf("softhsm: open token %q: %w: mrkrepl was built without cgo (CGO_ENABLED=0), which PKCS#11 needs", label, ErrNotInstalled)
+}

@@ -65,6 +65,30 @@ func CreateToken(dir, label string) (uri string, err error) {
 	return URI(proc.module, label, pinFile), nil
 }
 
+// OpenToken returns the pkcs11: URI of the token labelled label that
+// CreateToken made in dir, in this process or an earlier one. The error
+// matches fs.ErrNotExist when dir has no such token (no PIN file), and
+// ErrNotInstalled when SoftHSM2 is absent. The rules of CreateToken on dir
+// apply.
+func OpenToken(dir, label string) (uri string, err error) {
+	if err := checkLabel(label); err != nil {
+		return "", fmt.Errorf("softhsm: open token: %w", err)
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return "", fmt.Errorf("softhsm: open token %q: %w", label, err)
+	}
+	pinFile := filepath.Join(dir, label+".pin")
+	if _, err := os.Stat(pinFile); err != nil {
+		return "", fmt.Errorf("softhsm: open token %q: %w", label, err)
+	}
+	proc.mu.Lock()
+	defer proc.mu.Unlock()
+	if err := setup(dir); err != nil {
+		return "", fmt.Errorf("softhsm: open token %q: %w", label, err)
+	}
+	return URI(proc.module, label, pinFile), nil
+}
+
 // URI returns the pkcs11: URI of the token labelled label in module, with
 // its PIN in pinFile.
 func URI(module, label, pinFile string) string {

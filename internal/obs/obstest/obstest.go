@@ -121,9 +121,10 @@ func Start(t testing.TB) *Running {
 	t.Helper()
 	reg := obs.NewRegistry()
 	rec := NewRecorder(reg)
-	// With per-role NATS users, so that what the metrics read on scrape
-	// is checked against the roles' permissions too.
-	p := mrkrepltest.New(t, mrkrepltest.Options{Registerer: rec, Auth: true})
+	// With the production NATS accounts (mrkrepltest's default), so that
+	// what the metrics read on scrape is checked against the users'
+	// permissions too.
+	p := mrkrepltest.New(t, mrkrepltest.Options{Registerer: rec})
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	regions := p.Regions()
