@@ -48,6 +48,19 @@ const (
 
 var regionNames = []string{"us-east-1", "eu-west-1"}
 
+// The application account the load runs as (docs/NATS.md: the production
+// layout, account MRK for workers and proxies, one account per
+// application).
+const (
+	appAccount = "APP_CHAOS"
+	appUser    = "app"
+)
+
+// authSpec is a region's accounts, as in production.
+func authSpec(region string) natsauth.Spec {
+	return natsauth.Spec{Region: region, Apps: []natsauth.App{{Account: appAccount, Users: []string{appUser}}}}
+}
+
 // bins holds the binaries built for the run.
 type bins struct{ mrkrepl, natsServer, toxiproxy string }
 
@@ -103,7 +116,7 @@ func newCluster(t *testing.T, workersPerRegion int) *cluster {
 	c := &cluster{t: t, dir: dir, workers: workersPerRegion, passwords: map[string]string{}}
 	c.bins = buildBinaries(t, dir)
 	c.began = time.Now()
-	for _, role := range []string{natsauth.RoleWorker, natsauth.RoleProxy, natsauth.RoleClient} {
+	for _, role := range []string{natsauth.UserWorker, natsauth.UserProxy, appUser} {
 		c.passwords[role] = fmt.Sprintf("%s-%d-%d", role, os.Getpid(), time.Now().UnixNano())
 		writeSecret(t, filepath.Join(dir, role+".password"), c.passwords[role])
 	}
@@ -211,7 +224,7 @@ func indexOf[T comparable](s []T, v T) int {
 // serverConfig is the nats-server configuration of node n of a region:
 // JetStream on with its own store, a 3-node cluster on the namespace's
 // loopback, clients on every address of the namespace, and the users of
-// internal/natsauth (passwords from the environment).
+// accounts of internal/natsauth (passwords from the environment).
 func (c *cluster) serverConfig(rg *region, n int) string {
 	var routes []string
 	for i := range nodesPerRegion {
@@ -233,15 +246,15 @@ cluster {
 }
 %s`, n, rg.name, serverName(rg, n), clientPort+n, monitorPort+n,
 		filepath.Join(c.dir, rg.name, fmt.Sprintf("n%d", n), "jetstream"),
-		rg.name, routePort+n, strings.Join(routes, ", "), natsauth.Config(rg.name))
+		rg.name, routePort+n, strings.Join(routes, ", "), natsauth.MustConfig(authSpec(rg.name)))
 }
 
 func (c *cluster) serverEnv() []string {
-	var env []string
-	for role, pw := range c.passwords {
-		env = append(env, fmt.Sprintf("MRKREPL_NATS_%s_PASSWORD=%s", strings.ToUpper(role), pw))
+	return []string{
+		natsauth.EnvVar(natsauth.Account, natsauth.UserWorker) + "=" + c.passwords[natsauth.UserWorker],
+		natsauth.EnvVar(natsauth.Account, natsauth.UserProxy) + "=" + c.passwords[natsauth.UserProxy],
+		natsauth.EnvVar(appAccount, appUser) + "=" + c.passwords[appUser],
 	}
-	return env
 }
 
 func (c *cluster) startRegion(ctx context.Context, rg *region) error {
@@ -276,13 +289,24 @@ func (c *cluster) startRegion(ctx context.Context, rg *region) error {
 		}
 	}
 	c.t.Logf("%s: %d nats-servers ready at +%v", rg.name, nodesPerRegion, time.Since(c.began).Round(time.Millisecond))
+	// The region policy lets the application create keys; each key's
+	// default policy then lets its creator use it, in every region.
+	policy := filepath.Join(c.dir, rg.name, "region-policy.json")
+	if err := os.WriteFile(policy, []byte(`{"Version":"2012-10-17","Statement":[{"Sid":"App","Effect":"Allow",`+
+		`"Principal":{"MRK":"`+appAccount+`"},"Action":["kms:CreateKey","kms:ListKeys"],"Resource":"*"}]}`), 0o644); err != nil {
+		return err
+	}
+	workerConfig := filepath.Join(c.dir, rg.name, "worker.yaml")
+	if err := os.WriteFile(workerConfig, []byte("authz:\n  region_policy_file: "+policy+"\n"), 0o644); err != nil {
+		return err
+	}
 	for w := range c.workers {
 		name := fmt.Sprintf("worker-%s-%d", rg.name, w)
 		rg.workers = append(rg.workers, &proc{
 			name: name, ns: rg.ns, logPath: c.logPath(name),
-			argv: []string{c.bins.mrkrepl, "worker", "--region", rg.name, "--bundle", c.bundlePath(),
+			argv: []string{c.bins.mrkrepl, "worker", "--config", workerConfig, "--region", rg.name, "--bundle", c.bundlePath(),
 				"--hsm", "soft:" + c.hsmDir(rg), "--nats-url", rg.urls,
-				"--nats-user", natsauth.RoleWorker, "--nats-password-file", c.password(natsauth.RoleWorker),
+				"--nats-user", natsauth.UserWorker, "--nats-password-file", c.password(natsauth.UserWorker),
 				"--replicas", "3", "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", workerMetrics+w),
 				"--run-timeout", "30s", "--max-attempts", "20", "--log-format", "text"},
 			ready: httpReady(rg.ns, fmt.Sprintf("http://127.0.0.1:%d/readyz", workerMetrics+w)),
@@ -368,7 +392,7 @@ func (c *cluster) toxiDo(ctx context.Context, method, path string, body any) err
 func (c *cluster) startProxy(ctx context.Context, p int) {
 	name := fmt.Sprintf("proxy-%d", p)
 	argv := []string{c.bins.mrkrepl, "proxy", "--bundle", c.bundlePath(),
-		"--nats-user", natsauth.RoleProxy, "--nats-password-file", c.password(natsauth.RoleProxy),
+		"--nats-user", natsauth.UserProxy, "--nats-password-file", c.password(natsauth.UserProxy),
 		"--replicas", "3", "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", proxyMetrics+p),
 		"--heartbeat-interval", "2s", "--heartbeat-timeout", "1s", "--log-format", "text"}
 	for r, rg := range c.regions {
@@ -423,11 +447,11 @@ func (c *cluster) connect(rg *region, role string) (*nats.Conn, error) {
 		nats.RetryOnFailedConnect(true), nats.Timeout(3*time.Second))
 }
 
-// clients returns an API client per region, as the application user.
+// clients returns an API client per region, as the application's user.
 func (c *cluster) clients() []*client.Client {
 	var cs []*client.Client
 	for _, rg := range c.regions {
-		nc, err := c.connect(rg, natsauth.RoleClient)
+		nc, err := c.connect(rg, appUser)
 		if err != nil {
 			c.t.Fatal(err)
 		}
