@@ -71,7 +71,12 @@ func daemonFlags(name, synopsis string, args []string, stderr io.Writer, load fu
 	base := fs.Usage
 	fs.Usage = func() {
 		base()
-		fmt.Fprintf(stderr, "\nEvery flag can also be set by an environment variable: --nats-url by %s, and so on.\n", config.EnvName("nats-url"))
+		// An example flag this daemon has: the proxy has no --nats-url.
+		example := "bundle"
+		if fs.Lookup("nats-url") != nil {
+			example = "nats-url"
+		}
+		fmt.Fprintf(stderr, "\nEvery flag can also be set by an environment variable: --%s by %s, and so on.\n", example, config.EnvName(example))
 	}
 	if err := config.ApplyEnv(fs, os.LookupEnv, multi...); err != nil {
 		return "", err
