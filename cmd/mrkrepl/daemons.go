@@ -71,7 +71,12 @@ func daemonFlags(name, synopsis string, args []string, stderr io.Writer, load fu
 	base := fs.Usage
 	fs.Usage = func() {
 		base()
-		fmt.Fprintf(stderr, "\nEvery flag can also be set by an environment variable: --nats-url by %s, and so on.\n", config.EnvName("nats-url"))
+		// An example flag this daemon has: the proxy has no --nats-url.
+		example := "bundle"
+		if fs.Lookup("nats-url") != nil {
+			example = "nats-url"
+		}
+		fmt.Fprintf(stderr, "\nEvery flag can also be set by an environment variable: --%s by %s, and so on.\n", example, config.EnvName(example))
 	}
 	if err := config.ApplyEnv(fs, os.LookupEnv, multi...); err != nil {
 		return "", err
@@ -129,16 +134,36 @@ func connect(n config.NATS, name string, log *slog.Logger, extra ...nats.Option)
 	return nc, nil
 }
 
+// startState is what a daemon's /readyz answers until it has started: the
+// last reason its start failed, if any.
+type startState struct{ last atomic.Pointer[string] }
+
+func (s *startState) failed(err error) {
+	m := err.Error()
+	if noJetStream(err) {
+		m = noJetStreamMessage + ": " + m
+	}
+	s.last.Store(&m)
+}
+
+func (s *startState) err() error {
+	if m := s.last.Load(); m != nil {
+		return errors.New("starting: " + *m)
+	}
+	return errors.New("starting")
+}
+
 // serveObs starts the metrics and health endpoint if addr is set. Until
-// ready is stored, /readyz answers "starting".
-func serveObs(ctx context.Context, addr string, reg *prometheus.Registry, ready *atomic.Pointer[obs.ReadyFunc], log *slog.Logger) error {
+// ready is stored, /readyz answers "starting" and why the last attempt
+// failed (st).
+func serveObs(ctx context.Context, addr string, reg *prometheus.Registry, ready *atomic.Pointer[obs.ReadyFunc], st *startState, log *slog.Logger) error {
 	if addr == "" {
 		return nil
 	}
 	bound, err := obs.Serve(ctx, addr, reg, func(ctx context.Context) error {
 		f := ready.Load()
 		if f == nil {
-			return errors.New("starting")
+			return st.err()
 		}
 		return (*f)(ctx)
 	}, log)
@@ -153,7 +178,7 @@ func serveObs(ctx context.Context, addr string, reg *prometheus.Registry, ready 
 // 2 s, … 30 s between attempts, as long as the failure is transient (NATS
 // or JetStream not reachable or not ready yet); any other error is
 // returned at once.
-func startWithRetry(ctx context.Context, what string, log *slog.Logger, connected func() bool, start func(context.Context) error) error {
+func startWithRetry(ctx context.Context, what string, log *slog.Logger, st *startState, connected func() bool, start func(context.Context) error) error {
 	delay := time.Second
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -165,7 +190,12 @@ func startWithRetry(ctx context.Context, what string, log *slog.Logger, connecte
 		if ctx.Err() == nil && !transient(err, connected) {
 			return err
 		}
-		log.Warn(what+" did not start; retrying", "err", err, "retry_in", delay)
+		st.failed(err)
+		if noJetStream(err) {
+			log.Error(what+" did not start: "+noJetStreamMessage+"; retrying", "err", err, "retry_in", delay)
+		} else {
+			log.Warn(what+" did not start; retrying", "err", err, "retry_in", delay)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
@@ -173,6 +203,19 @@ func startWithRetry(ctx context.Context, what string, log *slog.Logger, connecte
 		}
 		delay = min(2*delay, 30*time.Second)
 	}
+}
+
+// noJetStreamMessage is what a daemon logs, and /readyz answers, while its
+// NATS server has no JetStream for its account.
+const noJetStreamMessage = "the NATS server has no JetStream for this user's account (enable jetstream in the server configuration, and for the account: docs/NATS.md)"
+
+// noJetStream reports whether err says that JetStream is off, on the
+// server or for the account: so JetStream says, or nobody answers on the
+// JetStream API (a server without JetStream has no responder there; one
+// whose cluster elects its leaders answers 503 instead).
+func noJetStream(err error) bool {
+	return errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) ||
+		errors.Is(err, nats.ErrNoResponders)
 }
 
 // transient reports whether a start failure may go away by itself: the
@@ -255,7 +298,8 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	reg := obs.NewRegistry()
 	var ready atomic.Pointer[obs.ReadyFunc]
-	if err := serveObs(ctx, cfg.Metrics.Addr, reg, &ready, logger); err != nil {
+	var st startState
+	if err := serveObs(ctx, cfg.Metrics.Addr, reg, &ready, &st, logger); err != nil {
 		return err
 	}
 	nc, err := connect(cfg.NATS, "mrkrepl-worker-"+cfg.Region, logger)
@@ -284,7 +328,7 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	defer watchBundle(cfg.Bundle, cfg.BundleReloadInterval, bundleData, w, logger)()
-	if err := startWithRetry(ctx, "worker", logger, nc.IsConnected, w.Start); err != nil {
+	if err := startWithRetry(ctx, "worker", logger, &st, nc.IsConnected, w.Start); err != nil {
 		if ctx.Err() != nil {
 			return nil // interrupted while waiting: a clean stop
 		}
@@ -374,7 +418,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 
 	reg := obs.NewRegistry()
 	var ready atomic.Pointer[obs.ReadyFunc]
-	if err := serveObs(ctx, cfg.Metrics.Addr, reg, &ready, logger); err != nil {
+	var st startState
+	if err := serveObs(ctx, cfg.Metrics.Addr, reg, &ready, &st, logger); err != nil {
 		return err
 	}
 	conns := map[string]*nats.Conn{}
@@ -413,7 +458,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return true
 	}
-	if err := startWithRetry(ctx, "proxy", logger, allConnected, p.Start); err != nil {
+	if err := startWithRetry(ctx, "proxy", logger, &st, allConnected, p.Start); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}

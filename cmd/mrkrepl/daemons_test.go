@@ -675,3 +675,38 @@ func TestRSKRotationCommands(t *testing.T) {
 		t.Errorf("the worker never logged that it signs with the new rsk:\n%.3000s", us)
 	}
 }
+
+// TestWorkerWithoutJetStream runs a worker against a server without
+// JetStream: it keeps retrying, and says exactly that in its log and in
+// /readyz.
+func TestWorkerWithoutJetStream(t *testing.T) {
+	c := newCluster(t, "us-east-1", "eu-west-1")
+	bundle := c.bundle(func(r string) []string { return []string{"--hsm", "soft:" + filepath.Join(c.dir, r, "hsm")} })
+	s, err := server.NewServer(&server.Options{ServerName: "no-js", Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	log := c.daemon("worker", "--region", "us-east-1", "--nats-url", s.ClientURL(), "--bundle", bundle,
+		"--hsm", "soft:"+filepath.Join(c.dir, "us-east-1", "hsm"), "--metrics-addr", "127.0.0.1:0", "--log-format", "json")
+	base := endpoint(t, log)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body := httpGet(t, base+"/readyz")
+		if code != 200 && strings.Contains(body, noJetStreamMessage) {
+			break
+		}
+		if code == 200 || time.Now().After(deadline) {
+			t.Fatalf("/readyz: %d %q, want 503 with %q", code, body, noJetStreamMessage)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
+	if !strings.Contains(log.String(), `"level":"ERROR","msg":"worker did not start: `+noJetStreamMessage) {
+		t.Errorf("log does not say the server has no JetStream:\n%s", log.String())
+	}
+	c.shutdown()
+}
