@@ -11,6 +11,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -85,7 +86,7 @@ func (w *Worker) sendSigned(ctx context.Context, m *messages.Message) error {
 func (w *Worker) publishSigned(ctx context.Context, m *messages.Message, raw []byte) error {
 	msg := nats.NewMsg(messages.OutboxSubject(w.cfg.Region, m.Dst, m.Type))
 	msg.Data = raw
-	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(m.MsgID)); err != nil {
+	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(layout.MsgID(raw))); err != nil {
 		return fmt.Errorf("publish %s to %s: %w", m.Type, m.Dst, err)
 	}
 	return nil

@@ -7,6 +7,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/prometheus/client_golang/prometheus"
@@ -75,6 +76,7 @@ const opSelfTest = "self_test"
 var workerReasons = []string{
 	reasonReplayedMsgID, reasonUnknownRun, reasonStateMismatch, reasonWrongPeer,
 	reasonNotPrimary, reasonKeyExists, reasonRunExpired, reasonUnknownKey,
+	layout.ReasonMaxDeliver, reasonBadProperties, reasonEpochRange,
 }
 
 // opCounter is requests_total with its op label bounded to known values.

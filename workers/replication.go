@@ -95,14 +95,15 @@ func (w *Worker) sign(m *messages.Message) (raw, kid []byte, err error) {
 }
 
 // publish sends the run's last message to the outbox. Nats-Msg-Id is the
-// msg_id, so publishing it again is harmless.
+// message's SHA-256 (layout.MsgID): publishing the same bytes again is
+// harmless.
 func (w *Worker) publish(ctx context.Context, rec *replication) error {
 	if len(rec.LastSent) == 0 {
 		return nil
 	}
 	msg := nats.NewMsg(rec.LastSentSubject)
 	msg.Data = rec.LastSent
-	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.LastSentMsgID)); err != nil {
+	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(layout.MsgID(rec.LastSent))); err != nil {
 		return fmt.Errorf("publish %s: %w", rec.LastSentSubject, err)
 	}
 	return nil
