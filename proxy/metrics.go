@@ -104,6 +104,9 @@ func newMetrics(reg prometheus.Registerer, regions []string) (*metrics, error) {
 			for _, r := range messages.Reasons() {
 				m.refused.WithLabelValues(src, dst, string(r))
 			}
+			for _, r := range messages.OptionReasons() {
+				m.refused.WithLabelValues(src, dst, string(r))
+			}
 			m.refused.WithLabelValues(src, dst, layout.ReasonMaxDeliver)
 			m.heartbeats.WithLabelValues(src, dst)
 			m.hbFailures.WithLabelValues(src, dst, sideSource)

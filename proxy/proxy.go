@@ -305,6 +305,9 @@ func (pr *pair) forward(ctx context.Context, msg jetstream.Msg) {
 		Now:     p.cfg.Now(),
 		Subject: msg.Subject(),
 		Skew:    p.cfg.ClockSkew,
+		// As the receiving worker will (a lifecycle message must not
+		// outlive the replay window), so it is refused before crossing.
+		MaxLifecycleLifetime: layout.LifecycleMaxLifetime(p.cfg.ClockSkew),
 	})
 	if err == nil && (env.Message.Src != pr.src || env.Message.Dst != pr.dst) {
 		err = &messages.VerifyError{Reason: messages.ReasonSubject, Detail: "message is not for this pair"}

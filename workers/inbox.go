@@ -97,6 +97,8 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 		Receiver: w.cfg.Region,
 		Subject:  msg.Subject(),
 		Skew:     w.cfg.ClockSkew,
+		// A lifecycle message must not outlive the replay cache's memory.
+		MaxLifecycleLifetime: layout.LifecycleMaxLifetime(w.cfg.ClockSkew),
 	})
 	if err != nil {
 		var ve *messages.VerifyError

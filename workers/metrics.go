@@ -181,7 +181,7 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 	}
 	m.received.WithLabelValues("unknown", "refused")
 	m.received.WithLabelValues("unknown", "retry")
-	for _, r := range messages.Reasons() {
+	for _, r := range append(messages.Reasons(), messages.OptionReasons()...) {
 		m.refused.WithLabelValues(string(r))
 	}
 	for _, r := range workerReasons {

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"maps"
 	"slices"
+	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
 
@@ -83,6 +84,19 @@ var DefaultLimits = map[string]Limit{
 	ResourceReplay:  {MaxBytes: 64 << 20, MaxMsgSize: 1 << 10},
 	ResourcePending: {MaxBytes: 16 << 20, MaxMsgSize: 1 << 10},
 	ResourceTokens:  {MaxBytes: 64 << 20, MaxMsgSize: 4 << 10},
+}
+
+// LifecycleMaxLifetime is the longest lifetime (expires_at − sent_at) a
+// receiver accepts for a lifecycle message (messages.VerifyOptions'
+// MaxLifecycleLifetime): ReplayWindow less the clock skew allowance (0:
+// messages.DefaultSkew), so the replay cache remembers a lifecycle
+// message's msg_id for as long as any receiver would accept the message.
+// Senders use 5 minutes (workers.Config.MessageTTL).
+func LifecycleMaxLifetime(skew time.Duration) time.Duration {
+	if skew <= 0 {
+		skew = messages.DefaultSkew
+	}
+	return ReplayWindow - skew
 }
 
 // Resources lists the names of DefaultLimits, sorted.
