@@ -308,6 +308,9 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	if in.PrimaryRegion != m.Src {
 		return refuse(reasonNotPrimary, "init from %s names primary %s", m.Src, in.PrimaryRegion)
 	}
+	if err := checkProperties("init", in.KeySpec, in.KeyUsage); err != nil {
+		return err
+	}
 	// The run (a redelivery finds it) and the key (held here already?),
 	// read at once: one round trip instead of two.
 	var (
@@ -337,6 +340,9 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	if keyErr == nil && !key.Deleted {
 		if key.Role == api.RolePrimary || key.PrimaryRegion != m.Src {
 			return refuse(reasonKeyExists, "key %s exists in %s with primary %s", in.KeyID, w.cfg.Region, key.PrimaryRegion)
+		}
+		if key.KeySpec != in.KeySpec || key.KeyUsage != in.KeyUsage {
+			return refuse(reasonBadProperties, "init for key %s with key_spec %q, key_usage %q; the replica here is %q, %q", in.KeyID, in.KeySpec, in.KeyUsage, key.KeySpec, key.KeyUsage)
 		}
 	} else if keyErr != nil && !errors.Is(keyErr, jetstream.ErrKeyNotFound) {
 		return keyErr
@@ -475,6 +481,9 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 	}
 	if !bytes.Equal(m.Material.OfferDigest, rec.OfferDigest) {
 		return refuse(reasonStateMismatch, "material answers another offer")
+	}
+	if p := m.Material.Properties; p.KeySpec != rec.KeySpec || p.KeyUsage != rec.KeyUsage {
+		return refuse(reasonBadProperties, "material with key_spec %q, key_usage %q; the init said %q, %q", p.KeySpec, p.KeyUsage, rec.KeySpec, rec.KeyUsage)
 	}
 	ref := hsmsvc.KeyRef{KeyID: rec.KeyID, Version: rec.Version}
 	kctx := hsmsvc.KDFContext{
