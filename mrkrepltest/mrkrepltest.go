@@ -30,6 +30,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/authz"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/proxy"
@@ -112,6 +113,9 @@ type Options struct {
 	// DeletionWaitingPeriod is the workers' default waiting period before
 	// a scheduled deletion (0: the workers' default, 7 days).
 	DeletionWaitingPeriod time.Duration
+	// Layout sizes every region's streams, buckets and consumers
+	// (limits, MaxDeliver); Replicas is set from ClusterSize.
+	Layout layout.Options
 	// ServerURLs, if set, names a running JetStream server for each region
 	// (by region name): the partition connects to it instead of starting
 	// an embedded one, and leaves it running at Close. Such a region has

@@ -334,8 +334,9 @@ func (p *Partition) StartProxy(ctx context.Context) error {
 }
 
 func (p *Partition) layout() layout.Options {
+	o := p.opts.Layout
 	if p.opts.ClusterSize > 1 {
-		return layout.Options{Replicas: 3}
+		o.Replicas = 3
 	}
-	return layout.Options{}
+	return o
 }

@@ -594,20 +594,31 @@ func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
 	case err == nil:
 		w.met.requests.WithLabelValues("event:"+op, "ok").Inc()
 		w.ack(ctx, msg)
-	case errors.As(err, &ae):
-		// A bad or forbidden request never succeeds: record why and drop it.
-		w.met.requests.WithLabelValues("event:"+op, "error").Inc()
-		w.log.Warn("request event rejected", "subject", msg.Subject(), "reason", ae.Detail)
-		if ae.Code != api.CodeForbidden { // authorize has recorded AccessDenied
-			w.event(ctx, api.Event{Type: api.EventRequestRejected, KeyID: requestKeyID(msg.Data()), Reason: ae.Detail})
+	case errors.As(err, &ae) || layout.LastDelivery(msg, w.cfg.Layout.MaxDeliverOr()):
+		// A bad or forbidden request never succeeds, and one at its last
+		// delivery is not delivered again: record why and drop it, counted
+		// once (a redelivery finds its dead letter there).
+		reason := layout.ReasonMaxDeliver
+		var detail string
+		switch {
+		case ae == nil:
+			detail = err.Error()
+		case ae.Code == api.CodeForbidden || ae.Code == api.CodeUnauthenticated:
+			reason, detail = "forbidden", ae.Detail
+		default:
+			reason, detail = "bad_request", ae.Detail
 		}
-		reason := "bad_request"
-		if ae.Code == api.CodeForbidden || ae.Code == api.CodeUnauthenticated {
-			reason = "forbidden"
-		}
-		if derr := w.deadLetter(ctx, msg, &refusal{Reason: reason, Detail: ae.Detail}); derr != nil {
+		first, derr := w.deadLetter(ctx, msg, &refusal{Reason: reason, Detail: detail})
+		if derr != nil {
 			_ = msg.NakWithDelay(time.Second)
 			return
+		}
+		if first {
+			w.met.requests.WithLabelValues("event:"+op, "error").Inc()
+			w.log.Warn("request event rejected", "subject", msg.Subject(), "reason", reason, "detail", detail)
+			if ae == nil || ae.Code != api.CodeForbidden { // authorize has recorded AccessDenied
+				w.event(ctx, api.Event{Type: api.EventRequestRejected, KeyID: requestKeyID(msg.Data()), Reason: detail})
+			}
 		}
 		_ = msg.TermWithReason(reason)
 	default:

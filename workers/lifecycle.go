@@ -11,6 +11,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
@@ -85,7 +86,7 @@ func (w *Worker) sendSigned(ctx context.Context, m *messages.Message) error {
 func (w *Worker) publishSigned(ctx context.Context, m *messages.Message, raw []byte) error {
 	msg := nats.NewMsg(messages.OutboxSubject(w.cfg.Region, m.Dst, m.Type))
 	msg.Data = raw
-	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(m.MsgID)); err != nil {
+	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(layout.MsgID(raw))); err != nil {
 		return fmt.Errorf("publish %s to %s: %w", m.Type, m.Dst, err)
 	}
 	return nil
@@ -190,6 +191,11 @@ func (w *Worker) apiRotateKey(ctx context.Context, data []byte) (any, error) {
 		}
 		if k.Reserved != 0 && now.Sub(k.ReservedAt) < reservationTimeout {
 			return conflict("key %s is being rotated by another request", k.KeyID)
+		}
+		if len(k.Versions) >= messages.MaxVersions {
+			// key.sync, key.status and a hand-over list every version:
+			// one more would not Seal (review L2).
+			return conflict("key %s has %d versions, the most a key may have", k.KeyID, messages.MaxVersions)
 		}
 		next = slices.Max(k.Versions) + 1
 		k.Reserved, k.ReservedAt = next, now
@@ -315,6 +321,9 @@ func (w *Worker) onSync(ctx context.Context, env *messages.Envelope) error {
 	}
 	if k.PrimaryRegion != m.Src {
 		return refuse(reasonNotPrimary, "sync from %s; the primary of key %s is %s", m.Src, s.KeyID, k.PrimaryRegion)
+	}
+	if err := checkEpoch(k.Epoch, s.Epoch); err != nil {
+		return err
 	}
 	if s.Epoch > k.Epoch && s.PrimaryRegion != k.PrimaryRegion {
 		// A new primary to tell about this replica (sent below, resent by
@@ -736,6 +745,9 @@ func (w *Worker) onHandover(ctx context.Context, env *messages.Envelope) error {
 	}
 	if h.Epoch <= k.Epoch {
 		return refuse(reasonStateMismatch, "hand-over of key %s at epoch %d; this replica holds epoch %d", h.KeyID, h.Epoch, k.Epoch)
+	}
+	if err := checkEpoch(k.Epoch, h.Epoch); err != nil {
+		return err
 	}
 	for _, v := range h.Versions {
 		if !slices.Contains(k.Versions, v) {

@@ -7,6 +7,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/prometheus/client_golang/prometheus"
@@ -76,6 +77,7 @@ const opSelfTest = "self_test"
 var workerReasons = []string{
 	reasonReplayedMsgID, reasonUnknownRun, reasonStateMismatch, reasonWrongPeer,
 	reasonNotPrimary, reasonKeyExists, reasonRunExpired, reasonUnknownKey,
+	layout.ReasonMaxDeliver, reasonBadProperties, reasonEpochRange,
 }
 
 // opCounter is requests_total with its op label bounded to known values.
@@ -180,7 +182,7 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 	}
 	m.received.WithLabelValues("unknown", "refused")
 	m.received.WithLabelValues("unknown", "retry")
-	for _, r := range messages.Reasons() {
+	for _, r := range append(messages.Reasons(), messages.OptionReasons()...) {
 		m.refused.WithLabelValues(string(r))
 	}
 	for _, r := range workerReasons {

@@ -95,14 +95,15 @@ func (w *Worker) sign(m *messages.Message) (raw, kid []byte, err error) {
 }
 
 // publish sends the run's last message to the outbox. Nats-Msg-Id is the
-// msg_id, so publishing it again is harmless.
+// message's SHA-256 (layout.MsgID): publishing the same bytes again is
+// harmless.
 func (w *Worker) publish(ctx context.Context, rec *replication) error {
 	if len(rec.LastSent) == 0 {
 		return nil
 	}
 	msg := nats.NewMsg(rec.LastSentSubject)
 	msg.Data = rec.LastSent
-	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.LastSentMsgID)); err != nil {
+	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(layout.MsgID(rec.LastSent))); err != nil {
 		return fmt.Errorf("publish %s: %w", rec.LastSentSubject, err)
 	}
 	return nil
@@ -307,6 +308,9 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	if in.PrimaryRegion != m.Src {
 		return refuse(reasonNotPrimary, "init from %s names primary %s", m.Src, in.PrimaryRegion)
 	}
+	if err := checkProperties("init", in.KeySpec, in.KeyUsage); err != nil {
+		return err
+	}
 	// The run (a redelivery finds it) and the key (held here already?),
 	// read at once: one round trip instead of two.
 	var (
@@ -336,6 +340,9 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) error {
 	if keyErr == nil && !key.Deleted {
 		if key.Role == api.RolePrimary || key.PrimaryRegion != m.Src {
 			return refuse(reasonKeyExists, "key %s exists in %s with primary %s", in.KeyID, w.cfg.Region, key.PrimaryRegion)
+		}
+		if key.KeySpec != in.KeySpec || key.KeyUsage != in.KeyUsage {
+			return refuse(reasonBadProperties, "init for key %s with key_spec %q, key_usage %q; the replica here is %q, %q", in.KeyID, in.KeySpec, in.KeyUsage, key.KeySpec, key.KeyUsage)
 		}
 	} else if keyErr != nil && !errors.Is(keyErr, jetstream.ErrKeyNotFound) {
 		return keyErr
@@ -474,6 +481,9 @@ func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) error {
 	}
 	if !bytes.Equal(m.Material.OfferDigest, rec.OfferDigest) {
 		return refuse(reasonStateMismatch, "material answers another offer")
+	}
+	if p := m.Material.Properties; p.KeySpec != rec.KeySpec || p.KeyUsage != rec.KeyUsage {
+		return refuse(reasonBadProperties, "material with key_spec %q, key_usage %q; the init said %q, %q", p.KeySpec, p.KeyUsage, rec.KeySpec, rec.KeyUsage)
 	}
 	ref := hsmsvc.KeyRef{KeyID: rec.KeyID, Version: rec.Version}
 	kctx := hsmsvc.KDFContext{

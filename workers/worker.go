@@ -227,7 +227,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	// The proxy may not create streams or consumers (internal/natsauth):
 	// its consumers on this region's outbox and its heartbeat stream here
 	// are the workers' to create.
-	if err := layout.EnsureProxyConsumers(ctx, w.js, w.cfg.Region, w.bundle().Regions(), layout.ProxyConsumers{}); err != nil {
+	if err := layout.EnsureProxyConsumers(ctx, w.js, w.cfg.Region, w.bundle().Regions(), layout.ProxyConsumers{MaxDeliver: w.cfg.Layout.MaxDeliverOr()}); err != nil {
 		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
 	}
 	if err := layout.EnsureHeartbeat(ctx, w.js, w.cfg.Region, w.cfg.Layout); err != nil {
@@ -240,6 +240,7 @@ func (w *Worker) Start(ctx context.Context) error {
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       layout.AckWait,
 			MaxAckPending: 4 * w.cfg.Concurrency,
+			MaxDeliver:    w.cfg.Layout.MaxDeliverOr(), // the last delivery is dead-lettered (layout.LastDelivery)
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		}
 	}

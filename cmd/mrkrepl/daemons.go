@@ -19,7 +19,6 @@ import (
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/internal/config"
-	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
@@ -317,7 +316,7 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	}
 	w, err := workers.New(workers.Config{
 		Region: cfg.Region, Bundle: bundle, HSM: hsm, Conn: nc, Logger: logger, Registerer: reg,
-		Layout: layout.Options{Replicas: cfg.JetStream.Replicas}, Concurrency: cfg.Concurrency,
+		Layout: cfg.JetStream.Layout(), Concurrency: cfg.Concurrency,
 		ClockSkew: cfg.ClockSkew, RunTimeout: cfg.RunTimeout, MaxAttempts: cfg.MaxAttempts,
 		DeletionWaitingPeriod: cfg.DeletionWaitingPeriod,
 		Admins:                cfg.Authz.Admins, RegionPolicy: regionPolicy, LocalPrincipal: cfg.Authz.LocalPrincipal,
@@ -442,7 +441,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	p, err := proxy.New(proxy.Config{
 		Bundle: bundle, Conns: conns, Logger: logger, Registerer: reg, Durable: cfg.Durable,
-		Layout: layout.Options{Replicas: cfg.JetStream.Replicas}, Concurrency: cfg.Concurrency,
+		Layout: cfg.JetStream.Layout(), Concurrency: cfg.Concurrency,
 		Delay: map[string]time.Duration{"*": cfg.Delay}, Heartbeat: hb, ClockSkew: cfg.ClockSkew,
 		Loss: map[string]float64{"*": cfg.Loss},
 	})

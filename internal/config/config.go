@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/internal/authz"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"go.yaml.in/yaml/v3"
 )
@@ -75,6 +76,27 @@ type HSM struct {
 // JetStream sizes the streams and buckets the process creates.
 type JetStream struct {
 	Replicas int `yaml:"replicas,omitempty"` // 1, 3 or 5
+	// Limits override layout.DefaultLimits by resource (requests, outbox,
+	// inbox, events, dlq, heartbeat, keys, repl, replay, pending, tokens):
+	// max_bytes and max_msg_size (a bucket's max value size), in bytes; -1
+	// for none (docs/OPERATIONS.md, "Limits").
+	Limits map[string]layout.Limit `yaml:"limits,omitempty"`
+	// MaxDeliver overrides layout.DefaultMaxDeliver on every consumer.
+	MaxDeliver int `yaml:"max_deliver,omitempty"`
+}
+
+// Layout is the layout.Options these settings give.
+func (j JetStream) Layout() layout.Options {
+	return layout.Options{Replicas: j.Replicas, Limits: j.Limits, MaxDeliver: j.MaxDeliver}
+}
+
+func (c *checker) jetstream(j JetStream) {
+	if err := layout.CheckLimits(j.Limits); err != nil {
+		c.fail("jetstream.limits", "", "%v", err)
+	}
+	if j.MaxDeliver < 0 {
+		c.fail("jetstream.max_deliver", "", "want 0 (the default) or more, got %d", j.MaxDeliver)
+	}
 }
 
 // Metrics is the HTTP endpoint of /metrics, /healthz and /readyz.
@@ -464,6 +486,7 @@ func (w *Worker) Validate() error {
 		c.fail("bundle_reload_interval", "--bundle-reload-interval", "negative")
 	}
 	c.common(w.JetStream.Replicas, w.Concurrency, w.Metrics, w.Log)
+	c.jetstream(w.JetStream)
 	return c.err()
 }
 
@@ -513,6 +536,7 @@ func (p *Proxy) Validate() error {
 		}
 	}
 	c.common(p.JetStream.Replicas, p.Concurrency, p.Metrics, p.Log)
+	c.jetstream(p.JetStream)
 	return c.err()
 }
 
