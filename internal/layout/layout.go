@@ -439,9 +439,9 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 			Description: "mrkrepl " + region + ": keys with work outstanding, for the sweeper"}},
 		{&r.Tokens, ResourceTokens, jetstream.KeyValueConfig{Bucket: TokensBucket(region), History: 1, TTL: ClientTokenTTL,
 			Description: "mrkrepl " + region + ": replicate-key client tokens, kept 24 hours"}},
-		{&r.AccessKeys, jetstream.KeyValueConfig{Bucket: AccessKeysBucket(region), History: 1,
+		{&r.AccessKeys, ResourceAccessKeys, jetstream.KeyValueConfig{Bucket: AccessKeysBucket(region), History: 1,
 			Description: "mrkrepl " + region + ": access keys of the KMS API, their secrets sealed by the region's HSM"}},
-		{&r.Aliases, jetstream.KeyValueConfig{Bucket: AliasesBucket(region), History: 1,
+		{&r.Aliases, ResourceAliases, jetstream.KeyValueConfig{Bucket: AliasesBucket(region), History: 1,
 			Description: "mrkrepl " + region + ": aliases of the KMS API (the region's own), by alias name"}},
 	}
 	for _, b := range buckets {

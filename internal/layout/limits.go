@@ -14,17 +14,19 @@ import (
 // Resource names: the keys of DefaultLimits and Options.Limits (and of
 // the `jetstream.limits` map of the worker's and proxy's configuration).
 const (
-	ResourceRequests  = "requests"
-	ResourceOutbox    = "outbox"
-	ResourceInbox     = "inbox"
-	ResourceEvents    = "events"
-	ResourceDLQ       = "dlq"
-	ResourceHeartbeat = "heartbeat"
-	ResourceKeys      = "keys"
-	ResourceRepl      = "repl"
-	ResourceReplay    = "replay"
-	ResourcePending   = "pending"
-	ResourceTokens    = "tokens"
+	ResourceRequests   = "requests"
+	ResourceOutbox     = "outbox"
+	ResourceInbox      = "inbox"
+	ResourceEvents     = "events"
+	ResourceDLQ        = "dlq"
+	ResourceHeartbeat  = "heartbeat"
+	ResourceKeys       = "keys"
+	ResourceRepl       = "repl"
+	ResourceReplay     = "replay"
+	ResourcePending    = "pending"
+	ResourceTokens     = "tokens"
+	ResourceAccessKeys = "access_keys"
+	ResourceAliases    = "aliases"
 )
 
 // Limit bounds one stream or bucket. For a stream, MaxMsgSize is the
@@ -59,11 +61,17 @@ const ReasonMaxDeliver = "max_deliver"
 
 // DefaultLimits are the documented defaults (docs/OPERATIONS.md, "Limits").
 // Per region they sum to about 3 GiB of file storage, within the 4 GB
-// max_file_store of docker/nats. The requests, outbox and inbox streams
-// discard new messages when full (a publisher gets an error: nothing
-// silently disappears); the events and dead-letter streams discard their
-// oldest (mrkrepl_worker_stream_bytes against _stream_max_bytes, alert
-// MrkreplStreamFull). A bucket at its MaxBytes refuses writes.
+// max_file_store of docker/nats. The requests stream discards new
+// messages when full (a client's publish gets an error: nothing it sent
+// silently disappears). Every other stream discards its oldest: the inbox
+// and outbox keep messages after they are handled (limits retention, for
+// the record), so their bytes measure traffic, not backlog, and refusing new
+// messages when full would stop replication until old ones age out; a
+// protocol message dropped unhandled is recovered like a lost one (runs time
+// out and are retried, syncs and hand-overs are sent again). The events and
+// dead letters drop their oldest too (mrkrepl_worker_stream_bytes against
+// _stream_max_bytes, alert MrkreplStreamNearLimit). A bucket at its
+// MaxBytes refuses writes.
 var DefaultLimits = map[string]Limit{
 	// replicate-key request events, at most 16 KiB each (workers/api.go).
 	ResourceRequests: {MaxBytes: 128 << 20, MaxMsgSize: messages.MaxMessageSize + HeaderAllowance},
@@ -84,6 +92,9 @@ var DefaultLimits = map[string]Limit{
 	ResourceReplay:  {MaxBytes: 64 << 20, MaxMsgSize: 1 << 10},
 	ResourcePending: {MaxBytes: 16 << 20, MaxMsgSize: 1 << 10},
 	ResourceTokens:  {MaxBytes: 64 << 20, MaxMsgSize: 4 << 10},
+	// KMS API access keys (a sealed secret and a principal) and aliases.
+	ResourceAccessKeys: {MaxBytes: 16 << 20, MaxMsgSize: 4 << 10},
+	ResourceAliases:    {MaxBytes: 16 << 20, MaxMsgSize: 1 << 10},
 }
 
 // LifecycleMaxLifetime is the longest lifetime (expires_at − sent_at) a
@@ -137,10 +148,10 @@ func (o Options) applyStream(resource string, cfg *jetstream.StreamConfig) {
 	cfg.MaxBytes = l.MaxBytes
 	cfg.MaxMsgSize = l.MaxMsgSize
 	switch resource {
-	case ResourceEvents, ResourceDLQ, ResourceHeartbeat:
-		cfg.Discard = jetstream.DiscardOld
-	default:
+	case ResourceRequests:
 		cfg.Discard = jetstream.DiscardNew
+	default:
+		cfg.Discard = jetstream.DiscardOld
 	}
 	if cfg.MaxBytes == 0 {
 		cfg.MaxBytes = -1
@@ -167,16 +178,18 @@ func (o Options) applyBucket(resource string, cfg *jetstream.KeyValueConfig) {
 // to its resource name.
 func StreamResource(region string) map[string]string {
 	return map[string]string{
-		RequestsStream(region):          ResourceRequests,
-		OutboxStream(region):            ResourceOutbox,
-		InboxStream(region):             ResourceInbox,
-		EventsStream(region):            ResourceEvents,
-		DLQStream(region):               ResourceDLQ,
-		HeartbeatStream(region):         ResourceHeartbeat,
-		KVStream(KeysBucket(region)):    ResourceKeys,
-		KVStream(ReplBucket(region)):    ResourceRepl,
-		KVStream(ReplayBucket(region)):  ResourceReplay,
-		KVStream(PendingBucket(region)): ResourcePending,
-		KVStream(TokensBucket(region)):  ResourceTokens,
+		RequestsStream(region):             ResourceRequests,
+		OutboxStream(region):               ResourceOutbox,
+		InboxStream(region):                ResourceInbox,
+		EventsStream(region):               ResourceEvents,
+		DLQStream(region):                  ResourceDLQ,
+		HeartbeatStream(region):            ResourceHeartbeat,
+		KVStream(KeysBucket(region)):       ResourceKeys,
+		KVStream(ReplBucket(region)):       ResourceRepl,
+		KVStream(ReplayBucket(region)):     ResourceReplay,
+		KVStream(PendingBucket(region)):    ResourcePending,
+		KVStream(TokensBucket(region)):     ResourceTokens,
+		KVStream(AccessKeysBucket(region)): ResourceAccessKeys,
+		KVStream(AliasesBucket(region)):    ResourceAliases,
 	}
 }

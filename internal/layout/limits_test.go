@@ -2,6 +2,7 @@ package layout
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -10,8 +11,8 @@ import (
 
 // TestEveryResourceBounded: every stream of a region (those behind its
 // buckets included) gets MaxBytes and MaxMsgSize from DefaultLimits, with
-// the discard policy of its resource — DiscardNew for what must not
-// silently disappear, DiscardOld for dead letters, events and heartbeats —
+// the discard policy of its resource — DiscardNew for the clients'
+// requests, DiscardOld for the rest (limits.go says why) —
 // and an Options.Limits entry overrides one field and keeps the other
 // (security review M1).
 func TestEveryResourceBounded(t *testing.T) {
@@ -45,10 +46,9 @@ func TestEveryResourceBounded(t *testing.T) {
 			if cfg.MaxBytes != want.MaxBytes || cfg.MaxMsgSize != want.MaxMsgSize {
 				t.Errorf("%s: MaxBytes %d MaxMsgSize %d, want %d %d", name, cfg.MaxBytes, cfg.MaxMsgSize, want.MaxBytes, want.MaxMsgSize)
 			}
-			wantDiscard := jetstream.DiscardNew
-			switch r {
-			case ResourceEvents, ResourceDLQ, ResourceHeartbeat:
-				wantDiscard = jetstream.DiscardOld
+			wantDiscard := jetstream.DiscardOld
+			if r == ResourceRequests || strings.HasPrefix(name, "KV_") { // a full bucket refuses writes
+				wantDiscard = jetstream.DiscardNew
 			}
 			if cfg.Discard != wantDiscard {
 				t.Errorf("%s: discard %v, want %v", name, cfg.Discard, wantDiscard)
