@@ -237,7 +237,7 @@ http: "127.0.0.1:%d"
 jetstream {
   store_dir: %q
   max_memory_store: 64MB
-  max_file_store: 1GB
+  max_file_store: 8GB  # the workers' streams and buckets reserve about 3 GiB (layout.DefaultLimits)
 }
 cluster {
   name: %q
