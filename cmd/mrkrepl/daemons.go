@@ -22,6 +22,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
+	"github.com/mrkrepl/mrkrepl/internal/secretfile"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/proxy"
 	"github.com/mrkrepl/mrkrepl/workers"
@@ -549,17 +550,11 @@ func required(fs *flag.FlagSet, pairs ...string) error {
 }
 
 // readSecretFile reads a PIN or password from a file, without the trailing
-// newline. Errors name the file, never its content.
+// newline, with the checks of every secret file (internal/secretfile: a
+// regular file of this user or root, mode 0600 or 0400, one line, at most
+// 1 KiB). Errors name the file, never its content.
 func readSecretFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	s := strings.TrimRight(string(b), "\r\n")
-	if s == "" {
-		return "", fmt.Errorf("%s is empty", path)
-	}
-	return s, nil
+	return secretfile.ReadLine(path)
 }
 
 // readRegionPolicy reads and checks the region's policy file ("" gives
