@@ -90,8 +90,8 @@ type Log struct {
 
 // Worker is the configuration of `mrkrepl worker`.
 type Worker struct {
-	Region      string    `yaml:"region,omitempty"`
-	Bundle      string    `yaml:"bundle,omitempty"` // trust bundle file (signed; JSON with insecure_unsigned_bundle)
+	Region string `yaml:"region,omitempty"`
+	Bundle string `yaml:"bundle,omitempty"` // trust bundle file (signed; JSON with insecure_unsigned_bundle)
 	// BundleRootKey is the partition root's public key file (PEM, from
 	// "mrkrepl bundle root-key create"): the bundle file must be signed by
 	// it ("mrkrepl bundle sign"), at start and at every reload.
@@ -103,11 +103,11 @@ type Worker struct {
 	// InsecureUnsignedBundle accepts an unsigned (bare JSON) bundle when
 	// no root key is configured: anyone who can write the file is then
 	// every region. For development only.
-	InsecureUnsignedBundle bool `yaml:"insecure_unsigned_bundle,omitempty"`
-	NATS        NATS      `yaml:"nats,omitempty"`   // the region's own cluster
-	HSM         HSM       `yaml:"hsm,omitempty"`
-	JetStream   JetStream `yaml:"jetstream,omitempty"`
-	Concurrency int       `yaml:"concurrency,omitempty"` // messages at once per consumer
+	InsecureUnsignedBundle bool      `yaml:"insecure_unsigned_bundle,omitempty"`
+	NATS                   NATS      `yaml:"nats,omitempty"` // the region's own cluster
+	HSM                    HSM       `yaml:"hsm,omitempty"`
+	JetStream              JetStream `yaml:"jetstream,omitempty"`
+	Concurrency            int       `yaml:"concurrency,omitempty"` // messages at once per consumer
 	// ClockSkew is the allowance for clocks between regions (0: the
 	// protocol's default).
 	ClockSkew time.Duration `yaml:"clock_skew,omitempty"`
