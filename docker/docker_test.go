@@ -29,11 +29,48 @@ type service struct {
 	DependsOn   yaml.Node         `yaml:"depends_on"`
 	Ports       []string          `yaml:"ports"`
 	Profiles    []string          `yaml:"profiles"`
-	Secrets     []string          `yaml:"secrets"`
+	Secrets     secretRefs        `yaml:"secrets"`
 	NetworkMode string            `yaml:"network_mode"`
 	Healthcheck *struct {
 		Test []string `yaml:"test"`
 	} `yaml:"healthcheck"`
+}
+
+// secretRef is a service's use of a secret, in the short form (its name)
+// or the long one.
+type secretRef struct {
+	Source string `yaml:"source"`
+	UID    string `yaml:"uid"`
+	GID    string `yaml:"gid"`
+	Mode   *int   `yaml:"mode"`
+}
+
+type secretRefs []secretRef
+
+func (s *secretRefs) UnmarshalYAML(n *yaml.Node) error {
+	var items []yaml.Node
+	if err := n.Decode(&items); err != nil {
+		return err
+	}
+	for _, it := range items {
+		var r secretRef
+		if it.Kind == yaml.ScalarNode {
+			r.Source = it.Value
+		} else if err := it.Decode(&r); err != nil {
+			return err
+		}
+		*s = append(*s, r)
+	}
+	return nil
+}
+
+// names returns the secrets' names.
+func (s secretRefs) names() []string {
+	var out []string
+	for _, r := range s {
+		out = append(out, r.Source)
+	}
+	return out
 }
 
 type composeFile struct {
@@ -157,7 +194,7 @@ func TestCompose(t *testing.T) {
 				}
 			}
 		}
-		for _, sec := range s.Secrets {
+		for _, sec := range s.Secrets.names() {
 			usedSecrets[sec] = true
 			if _, ok := c.Secrets[sec]; !ok {
 				t.Errorf("service %s: secret %s is not declared", name, sec)

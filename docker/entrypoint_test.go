@@ -3,7 +3,9 @@ package docker_test
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"encoding/json"
+	"encoding/pem"
 	"fmt"
 	"net/http"
 	"os"
@@ -121,6 +123,10 @@ func TestEntrypointBootstrap(t *testing.T) {
 	if err := os.MkdirAll(bundleDir, 0o755); err != nil {
 		t.Fatal(err)
 	}
+	rootDir := filepath.Join(dir, "root") // the bootstraps' bundle-root volume
+	if err := os.MkdirAll(rootDir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	workerConfig, _ := filepath.Abs("config/worker.yaml")
 	regionPolicy, _ := filepath.Abs("config/region-policy.json")
 	proxyConfig, _ := filepath.Abs("config/proxy.yaml")
@@ -135,11 +141,13 @@ func TestEntrypointBootstrap(t *testing.T) {
 		return append(env,
 			"PATH="+bin+string(os.PathListSeparator)+os.Getenv("PATH"),
 			"BOOTSTRAP_BUNDLE_DIR="+bundleDir,
+			"BOOTSTRAP_ROOT_DIR="+rootDir,
 			"BOOTSTRAP_PARTITION=dockertest",
 			"BOOTSTRAP_REGIONS="+strings.Join(regions, " "),
 			"BOOTSTRAP_TIMEOUT=60",
 			// What the compose file's paths become outside a container.
-			"MRKREPL_BUNDLE="+filepath.Join(bundleDir, "bundle.json"),
+			"MRKREPL_BUNDLE="+filepath.Join(bundleDir, "bundle.cose"),
+			"MRKREPL_BUNDLE_ROOT_KEY="+filepath.Join(bundleDir, "root.pub"),
 			"MRKREPL_REPLICAS=1", // single-node test servers
 			"MRKREPL_METRICS_ADDR=127.0.0.1:0",
 		)
@@ -160,6 +168,7 @@ func TestEntrypointBootstrap(t *testing.T) {
 			"MRKREPL_NATS_URL="+urls[r],
 			"MRKREPL_HSM=pkcs11:token=mrkrepl-"+r+"?module-path="+module+"&allow-host-kdf=true",
 			"MRKREPL_PIN_FILE="+filepath.Join(tokens, "user.pin"),
+			"MRKREPL_BUNDLE_SERIAL_FILE="+filepath.Join(tokens, "bundle.serial"),
 			// /run/secrets/nats_worker_password, /etc/mrkrepl/region-policy.json
 			"MRKREPL_NATS_PASSWORD_FILE="+secretFile[natsauth.UserWorker],
 			"MRKREPL_REGION_POLICY="+regionPolicy,
@@ -351,6 +360,34 @@ func TestEntrypointBootstrap(t *testing.T) {
 		b, err := messages.LoadBundle(filepath.Join(bundleDir, "bundle.json"))
 		if err != nil {
 			t.Fatal(err)
+		}
+		// What the daemons read is that bundle signed by the root key,
+		// serial 1 however often the bootstraps run (three at once).
+		signed, err := os.ReadFile(filepath.Join(bundleDir, "bundle.cose"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		pubPEM, err := os.ReadFile(filepath.Join(bundleDir, "root.pub"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		blk, _ := pem.Decode(pubPEM)
+		if blk == nil || blk.Headers["Partition"] != "dockertest" {
+			t.Fatalf("root.pub: %q", pubPEM)
+		}
+		rootPub, err := x509.ParsePKIXPublicKey(blk.Bytes)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sb, err := messages.VerifySignedBundle(signed, rootPub, 1)
+		if err != nil || sb.Serial != 1 {
+			t.Fatalf("start %d: bundle.cose: %v (%+v)", round, err, sb)
+		}
+		if want, _ := os.ReadFile(filepath.Join(bundleDir, "bundle.json")); !bytes.Equal(sb.JSON, want) {
+			t.Errorf("start %d: bundle.cose does not hold bundle.json", round)
+		}
+		if fi, err := os.Stat(filepath.Join(rootDir, "root.key")); err != nil || fi.Mode().Perm() != 0o600 {
+			t.Errorf("root key: %v %v, want mode 0600", fi, err)
 		}
 		kids = map[string]string{}
 		for _, k := range b.Keys() {

@@ -64,6 +64,25 @@ func TestComposeSecure(t *testing.T) {
 		}
 	}
 
+	// mrkrepl refuses a secret file readable by others (and compose's
+	// default mode is 0444): every secret of the image's services is
+	// mode 0400 and owned by the image's user.
+	for name, s := range c.Services {
+		for _, sec := range s.Secrets {
+			if strings.HasPrefix(name, "nats-box") {
+				continue
+			}
+			if sec.Mode == nil || *sec.Mode != 0o400 || sec.UID != "10001" || sec.GID != "10001" {
+				t.Errorf("%s: secret %s: uid %q gid %q mode %v, want 10001, 10001, 0400", name, sec.Source, sec.UID, sec.GID, sec.Mode)
+			}
+		}
+		for _, vol := range s.Volumes {
+			if src, _ := mount(vol); src == "bundle-root" && !strings.HasPrefix(name, "bootstrap-") {
+				t.Errorf("%s mounts the root key volume: only the bootstrap containers may", name)
+			}
+		}
+	}
+
 	workerCfg := config.DefaultWorker()
 	if err := config.Load("config/worker.yaml", &workerCfg); err != nil {
 		t.Fatal(err)
@@ -84,7 +103,7 @@ func TestComposeSecure(t *testing.T) {
 
 	for _, r := range regions {
 		w := c.Services["worker-"+r]
-		if !slices.Contains(w.Secrets, "nats_worker_password") {
+		if !slices.Contains(w.Secrets.names(), "nats_worker_password") {
 			t.Errorf("worker-%s: secrets %v", r, w.Secrets)
 		}
 		if !slices.Contains(w.Volumes, "./config/region-policy.json:"+workerCfg.Authz.RegionPolicyFile+":ro") {
@@ -107,7 +126,7 @@ func TestComposeSecure(t *testing.T) {
 		}
 	}
 	for name, s := range c.Services {
-		if strings.HasPrefix(name, "proxy-") && !slices.Equal(s.Secrets, []string{"nats_proxy_password"}) {
+		if strings.HasPrefix(name, "proxy-") && !slices.Equal(s.Secrets.names(), []string{"nats_proxy_password"}) {
 			t.Errorf("%s: secrets %v, want nats_proxy_password", name, s.Secrets)
 		}
 	}
@@ -116,7 +135,7 @@ func TestComposeSecure(t *testing.T) {
 		t.Errorf("nats-box does not connect as %s: %v", app, e)
 	}
 	if s := c.Services["mrkrepl"]; s.Environment["MRKREPL_NATS_USER"] != app || s.Environment["MRKREPL_NATS_PASSWORD_FILE"] != "/run/secrets/nats_app_password" ||
-		!slices.Contains(s.Secrets, "nats_app_password") || !slices.Contains(s.Secrets, "nats_admin_password") {
+		!slices.Contains(s.Secrets.names(), "nats_app_password") || !slices.Contains(s.Secrets.names(), "nats_admin_password") {
 		t.Errorf("the mrkrepl tool does not connect as %s, or lacks the admin's secret: %+v", app, s)
 	}
 

@@ -17,6 +17,9 @@ package mrkrepltest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -149,12 +152,21 @@ type Region struct {
 
 // Partition is a running partition.
 type Partition struct {
-	Bundle     *messages.Bundle
-	Proxy      *proxy.Proxy
-	opts       Options
-	regions    []*Region
-	proxyConns map[string]*nats.Conn
-	specs      map[string]natsauth.Spec // by region, with passwords; nil with NoAuth
+	// Bundle is the trust bundle in force: always the one VerifyBundle
+	// returned for SignedBundle.
+	Bundle *messages.Bundle
+	// RootKey is the partition's throwaway root key, which signs every
+	// bundle (serial 1 at start, +1 at every SetBundle and RSK rotation
+	// step); SignedBundle and BundleSerial are the last bundle signed and
+	// its serial.
+	RootKey      *ecdsa.PrivateKey
+	SignedBundle []byte
+	BundleSerial uint64
+	Proxy        *proxy.Proxy
+	opts         Options
+	regions      []*Region
+	proxyConns   map[string]*nats.Conn
+	specs        map[string]natsauth.Spec // by region, with passwords; nil with NoAuth
 	// regionPolicy is the workers' region policy (RegionPolicy).
 	regionPolicy *authz.Policy
 	tls          *testTLS // with TLS
@@ -287,7 +299,14 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 		})
 	}
 	keys = append(keys, opts.ExtraBundleKeys...)
-	if p.Bundle, err = messages.NewBundle(opts.Partition, opts.Regions, keys); err != nil {
+	unsigned, err := messages.NewBundle(opts.Partition, opts.Regions, keys)
+	if err != nil {
+		return p, err
+	}
+	if p.RootKey, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader); err != nil {
+		return p, err
+	}
+	if p.Bundle, err = p.signBundle(unsigned); err != nil {
 		return p, err
 	}
 	for _, r := range p.regions {

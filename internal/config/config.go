@@ -112,12 +112,24 @@ type Log struct {
 
 // Worker is the configuration of `mrkrepl worker`.
 type Worker struct {
-	Region      string    `yaml:"region,omitempty"`
-	Bundle      string    `yaml:"bundle,omitempty"` // trust bundle file (JSON)
-	NATS        NATS      `yaml:"nats,omitempty"`   // the region's own cluster
-	HSM         HSM       `yaml:"hsm,omitempty"`
-	JetStream   JetStream `yaml:"jetstream,omitempty"`
-	Concurrency int       `yaml:"concurrency,omitempty"` // messages at once per consumer
+	Region string `yaml:"region,omitempty"`
+	Bundle string `yaml:"bundle,omitempty"` // trust bundle file (signed; JSON with insecure_unsigned_bundle)
+	// BundleRootKey is the partition root's public key file (PEM, from
+	// "mrkrepl bundle root-key create"): the bundle file must be signed by
+	// it ("mrkrepl bundle sign"), at start and at every reload.
+	BundleRootKey string `yaml:"bundle_root_key,omitempty"`
+	// BundleSerialFile, if set, keeps the highest bundle serial put in
+	// force across restarts: a bundle with a lower serial is refused even
+	// at start. The process must be able to write it.
+	BundleSerialFile string `yaml:"bundle_serial_file,omitempty"`
+	// InsecureUnsignedBundle accepts an unsigned (bare JSON) bundle when
+	// no root key is configured: anyone who can write the file is then
+	// every region. For development only.
+	InsecureUnsignedBundle bool      `yaml:"insecure_unsigned_bundle,omitempty"`
+	NATS                   NATS      `yaml:"nats,omitempty"` // the region's own cluster
+	HSM                    HSM       `yaml:"hsm,omitempty"`
+	JetStream              JetStream `yaml:"jetstream,omitempty"`
+	Concurrency            int       `yaml:"concurrency,omitempty"` // messages at once per consumer
 	// ClockSkew is the allowance for clocks between regions (0: the
 	// protocol's default).
 	ClockSkew time.Duration `yaml:"clock_skew,omitempty"`
@@ -179,6 +191,18 @@ type Heartbeat struct {
 // Proxy is the configuration of `mrkrepl proxy`.
 type Proxy struct {
 	Bundle string `yaml:"bundle,omitempty"`
+	// BundleRootKey is the partition root's public key file (PEM, from
+	// "mrkrepl bundle root-key create"): the bundle file must be signed by
+	// it ("mrkrepl bundle sign"), at start and at every reload.
+	BundleRootKey string `yaml:"bundle_root_key,omitempty"`
+	// BundleSerialFile, if set, keeps the highest bundle serial put in
+	// force across restarts: a bundle with a lower serial is refused even
+	// at start. The process must be able to write it.
+	BundleSerialFile string `yaml:"bundle_serial_file,omitempty"`
+	// InsecureUnsignedBundle accepts an unsigned (bare JSON) bundle when
+	// no root key is configured: anyone who can write the file is then
+	// every region. For development only.
+	InsecureUnsignedBundle bool `yaml:"insecure_unsigned_bundle,omitempty"`
 	// NATS holds what every region's connection shares unless the region
 	// sets it (credentials, CA, client certificate); its URL is unused.
 	NATS NATS `yaml:"nats,omitempty"`
@@ -329,6 +353,22 @@ func (c *checker) file(key, flag, path string, required bool) {
 	}
 }
 
+// bundleTrust checks the bundle's root key settings: secure by default, a
+// root key is required unless unsigned bundles are explicitly allowed.
+func (c *checker) bundleTrust(rootKey, serialFile string, insecure bool) {
+	switch {
+	case rootKey == "" && !insecure:
+		c.fail("bundle_root_key", "--bundle-root-key", "required: the partition root's public key, which signs the bundle (docs/OPERATIONS.md, \"Trust bundle\"); insecure_unsigned_bundle (--insecure-unsigned-bundle) accepts an unsigned bundle instead, for development only")
+	case rootKey != "" && insecure:
+		c.fail("insecure_unsigned_bundle", "--insecure-unsigned-bundle", "set together with bundle_root_key: choose one")
+	case rootKey != "":
+		c.file("bundle_root_key", "--bundle-root-key", rootKey, true)
+	}
+	if serialFile != "" && insecure {
+		c.fail("bundle_serial_file", "--bundle-serial-file", "an unsigned bundle has no serial")
+	}
+}
+
 func (c *checker) nats(prefix, flagPrefix string, n NATS, needURL bool) {
 	key := func(k string) string { return prefix + k }
 	flag := func(f string) string {
@@ -441,6 +481,7 @@ func (w *Worker) Validate() error {
 		c.fail("region", "--region", "%q is not a valid region name", w.Region)
 	}
 	c.file("bundle", "--bundle", w.Bundle, true)
+	c.bundleTrust(w.BundleRootKey, w.BundleSerialFile, w.InsecureUnsignedBundle)
 	c.nats("nats.", "--nats-", w.NATS, true)
 	scheme, _, _ := strings.Cut(w.HSM.URI, ":")
 	switch strings.ToLower(scheme) {
@@ -498,6 +539,7 @@ var durableRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 func (p *Proxy) Validate() error {
 	var c checker
 	c.file("bundle", "--bundle", p.Bundle, true)
+	c.bundleTrust(p.BundleRootKey, p.BundleSerialFile, p.InsecureUnsignedBundle)
 	shared := p.NATS
 	shared.URL = ""
 	c.nats("nats.", "--nats-", shared, false)
@@ -611,6 +653,9 @@ func (w Worker) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("region", w.Region),
 		slog.String("bundle", w.Bundle),
+		slog.String("bundle_root_key", w.BundleRootKey),
+		slog.String("bundle_serial_file", w.BundleSerialFile),
+		slog.Bool("insecure_unsigned_bundle", w.InsecureUnsignedBundle),
 		slog.Any("nats", w.NATS),
 		slog.Any("hsm", w.HSM),
 		slog.Int("replicas", w.JetStream.Replicas),
@@ -629,6 +674,9 @@ func (w Worker) LogValue() slog.Value {
 func (p Proxy) LogValue() slog.Value {
 	attrs := []slog.Attr{
 		slog.String("bundle", p.Bundle),
+		slog.String("bundle_root_key", p.BundleRootKey),
+		slog.String("bundle_serial_file", p.BundleSerialFile),
+		slog.Bool("insecure_unsigned_bundle", p.InsecureUnsignedBundle),
 		slog.String("durable", p.Durable),
 		slog.Int("replicas", p.JetStream.Replicas),
 		slog.Int("concurrency", p.Concurrency),
