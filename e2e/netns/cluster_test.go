@@ -201,12 +201,26 @@ func (c *cluster) makeBundle() {
 	if err != nil {
 		c.t.Fatalf("mrkrepl bundle: %v", err)
 	}
-	if err := os.WriteFile(c.bundlePath(), out, 0o644); err != nil {
+	unsigned := filepath.Join(c.dir, "bundle.json")
+	if err := os.WriteFile(unsigned, out, 0o644); err != nil {
 		c.t.Fatal(err)
+	}
+	// Signed by the partition's root key, as docs/OPERATIONS.md does it;
+	// workers and proxies get the root's public key.
+	for _, args := range [][]string{
+		{"bundle", "root-key", "create", "--out", c.rootKey(), "--partition", partitionName},
+		{"bundle", "sign", "--root-key", c.rootKey(), "--out", c.bundlePath(), unsigned},
+	} {
+		if out, err := exec.Command(c.bins.mrkrepl, args...).CombinedOutput(); err != nil {
+			c.t.Fatalf("mrkrepl %v: %v\n%s", args, err, out)
+		}
 	}
 }
 
-func (c *cluster) bundlePath() string          { return filepath.Join(c.dir, "bundle.json") }
+// bundlePath is the signed bundle; rootKey the partition root's private
+// key (its public key is rootKey()+".pub").
+func (c *cluster) bundlePath() string          { return filepath.Join(c.dir, "bundle.cose") }
+func (c *cluster) rootKey() string             { return filepath.Join(c.dir, "root.key") }
 func (c *cluster) hsmDir(rg *region) string    { return filepath.Join(c.dir, rg.name, "hsm") }
 func (c *cluster) logPath(name string) string  { return filepath.Join(c.dir, "logs", name+".log") }
 func (c *cluster) password(role string) string { return filepath.Join(c.dir, role+".password") }
@@ -304,7 +318,7 @@ func (c *cluster) startRegion(ctx context.Context, rg *region) error {
 		name := fmt.Sprintf("worker-%s-%d", rg.name, w)
 		rg.workers = append(rg.workers, &proc{
 			name: name, ns: rg.ns, logPath: c.logPath(name),
-			argv: []string{c.bins.mrkrepl, "worker", "--config", workerConfig, "--region", rg.name, "--bundle", c.bundlePath(),
+			argv: []string{c.bins.mrkrepl, "worker", "--config", workerConfig, "--region", rg.name, "--bundle", c.bundlePath(), "--bundle-root-key", c.rootKey() + ".pub",
 				"--hsm", "soft:" + c.hsmDir(rg), "--nats-url", rg.urls,
 				"--nats-user", natsauth.UserWorker, "--nats-password-file", c.password(natsauth.UserWorker),
 				"--replicas", "3", "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", workerMetrics+w),
@@ -391,7 +405,7 @@ func (c *cluster) toxiDo(ctx context.Context, method, path string, body any) err
 
 func (c *cluster) startProxy(ctx context.Context, p int) {
 	name := fmt.Sprintf("proxy-%d", p)
-	argv := []string{c.bins.mrkrepl, "proxy", "--bundle", c.bundlePath(),
+	argv := []string{c.bins.mrkrepl, "proxy", "--bundle", c.bundlePath(), "--bundle-root-key", c.rootKey() + ".pub",
 		"--nats-user", natsauth.UserProxy, "--nats-password-file", c.password(natsauth.UserProxy),
 		"--replicas", "3", "--metrics-addr", fmt.Sprintf("127.0.0.1:%d", proxyMetrics+p),
 		"--heartbeat-interval", "2s", "--heartbeat-timeout", "1s", "--log-format", "text"}
