@@ -105,6 +105,9 @@ type CreateKeyRequest struct {
 	// BypassPolicyLockoutSafetyCheck allows a Policy that does not let the
 	// creator put the key's policy again.
 	BypassPolicyLockoutSafetyCheck bool `json:"bypass_policy_lockout_safety_check,omitempty"`
+	// MultiRegion false makes a single-Region key, which replicate-key
+	// refuses (as AWS KMS does); nil or true a multi-Region primary key.
+	MultiRegion *bool `json:"multi_region,omitempty"`
 }
 
 // KeyRequest names a key.
@@ -169,6 +172,8 @@ type Key struct {
 	// replaced. Encrypt and decrypt with such a version are refused
 	// (CodeConflict); see docs/API.md.
 	MaterialMissing []uint32 `json:"material_missing,omitempty"`
+	// SingleRegion: created with multi_region false; never replicated.
+	SingleRegion bool `json:"single_region,omitempty"`
 }
 
 // ListKeysResponse lists key ids known in the region.

@@ -13,7 +13,6 @@ import (
 	"testing"
 
 	"github.com/mrkrepl/mrkrepl/internal/config"
-	"github.com/nats-io/nats-server/v2/server"
 	"go.yaml.in/yaml/v3"
 )
 
@@ -30,9 +29,48 @@ type service struct {
 	DependsOn   yaml.Node         `yaml:"depends_on"`
 	Ports       []string          `yaml:"ports"`
 	Profiles    []string          `yaml:"profiles"`
+	Secrets     secretRefs        `yaml:"secrets"`
+	NetworkMode string            `yaml:"network_mode"`
 	Healthcheck *struct {
 		Test []string `yaml:"test"`
 	} `yaml:"healthcheck"`
+}
+
+// secretRef is a service's use of a secret, in the short form (its name)
+// or the long one.
+type secretRef struct {
+	Source string `yaml:"source"`
+	UID    string `yaml:"uid"`
+	GID    string `yaml:"gid"`
+	Mode   *int   `yaml:"mode"`
+}
+
+type secretRefs []secretRef
+
+func (s *secretRefs) UnmarshalYAML(n *yaml.Node) error {
+	var items []yaml.Node
+	if err := n.Decode(&items); err != nil {
+		return err
+	}
+	for _, it := range items {
+		var r secretRef
+		if it.Kind == yaml.ScalarNode {
+			r.Source = it.Value
+		} else if err := it.Decode(&r); err != nil {
+			return err
+		}
+		*s = append(*s, r)
+	}
+	return nil
+}
+
+// names returns the secrets' names.
+func (s secretRefs) names() []string {
+	var out []string
+	for _, r := range s {
+		out = append(out, r.Source)
+	}
+	return out
 }
 
 type composeFile struct {
@@ -40,12 +78,16 @@ type composeFile struct {
 	Services map[string]service `yaml:"services"`
 	Volumes  map[string]any     `yaml:"volumes"`
 	Networks map[string]any     `yaml:"networks"`
+	Secrets  map[string]struct {
+		Environment string `yaml:"environment"`
+		File        string `yaml:"file"`
+	} `yaml:"secrets"`
 }
 
 // serviceKeys are the compose keys the file may use; a typo is an error.
 var serviceKeys = []string{
 	"image", "build", "command", "environment", "volumes", "networks", "depends_on",
-	"ports", "profiles", "healthcheck", "restart",
+	"ports", "profiles", "healthcheck", "restart", "secrets", "network_mode",
 }
 
 func readCompose(t *testing.T) *composeFile {
@@ -122,7 +164,7 @@ func TestCompose(t *testing.T) {
 	if len(c.Services) == 0 {
 		t.Fatal("no services")
 	}
-	usedVolumes, usedNetworks := map[string]bool{}, map[string]bool{}
+	usedVolumes, usedNetworks, usedSecrets := map[string]bool{}, map[string]bool{}, map[string]bool{}
 	for name, s := range c.Services {
 		if s.Image == "" && s.Build == nil {
 			t.Errorf("service %s: neither image nor build", name)
@@ -152,6 +194,12 @@ func TestCompose(t *testing.T) {
 				}
 			}
 		}
+		for _, sec := range s.Secrets.names() {
+			usedSecrets[sec] = true
+			if _, ok := c.Secrets[sec]; !ok {
+				t.Errorf("service %s: secret %s is not declared", name, sec)
+			}
+		}
 		for _, p := range s.Ports {
 			if !strings.HasPrefix(p, "127.0.0.1:") {
 				t.Errorf("service %s publishes %s beyond localhost", name, p)
@@ -161,6 +209,11 @@ func TestCompose(t *testing.T) {
 	for v := range c.Volumes {
 		if !usedVolumes[v] {
 			t.Errorf("volume %s is declared but unused", v)
+		}
+	}
+	for n := range c.Secrets {
+		if !usedSecrets[n] {
+			t.Errorf("secret %s is declared but unused", n)
 		}
 	}
 	for n := range c.Networks {
@@ -329,47 +382,6 @@ func readPrometheus(t *testing.T) *prometheusFile {
 		t.Fatalf("prometheus.yml: %v", err)
 	}
 	return &p
-}
-
-// TestNATSConfigs runs every server config through nats-server's own
-// parser and checks each cluster: three nodes named after the compose
-// services, JetStream on, routes to exactly its own region's nodes.
-func TestNATSConfigs(t *testing.T) {
-	c := readCompose(t)
-	files, err := filepath.Glob("nats/*.conf")
-	if err != nil || len(files) != 3*len(regions) {
-		t.Fatalf("nats/*.conf: %d files (%v), want %d", len(files), err, 3*len(regions))
-	}
-	for _, f := range files {
-		opts, err := server.ProcessConfigFile(f)
-		if err != nil {
-			t.Errorf("%s: %v", f, err)
-			continue
-		}
-		node := strings.TrimSuffix(filepath.Base(f), ".conf") // us-east-1-a
-		region := node[:len(node)-2]
-		svc := "nats-" + node
-		if opts.ServerName != node || opts.Cluster.Name != region || !opts.JetStream || opts.StoreDir == "" {
-			t.Errorf("%s: server_name %q, cluster %q, jetstream %v, store_dir %q", f, opts.ServerName, opts.Cluster.Name, opts.JetStream, opts.StoreDir)
-		}
-		var routes []string
-		for _, r := range opts.Routes {
-			if !strings.HasPrefix(r.Host, "nats-"+region+"-") {
-				t.Errorf("%s: route to %s, outside region %s", f, r.Host, region)
-			}
-			if _, ok := c.Services[r.Hostname()]; !ok {
-				t.Errorf("%s: route to %s, which is not a service", f, r.Host)
-			}
-			routes = append(routes, r.Hostname())
-		}
-		if len(routes) != 3 {
-			t.Errorf("%s: %d routes, want the region's 3 nodes", f, len(routes))
-		}
-		s, ok := c.Services[svc]
-		if !ok || !slices.Contains(s.Volumes, "./"+f+":/etc/nats/nats-server.conf:ro") {
-			t.Errorf("service %s does not mount %s", svc, f)
-		}
-	}
 }
 
 // TestPromtool runs promtool on the Prometheus config, the rules and the

@@ -1,11 +1,16 @@
 #!/bin/sh
 # Entrypoint of the mrkrepl image.
 #
-#   mrkrepl-entrypoint worker [flags]   bootstrap the region (below), then run the worker
+#   mrkrepl-entrypoint bootstrap        bootstrap the region (below), then exit
+#   mrkrepl-entrypoint worker [flags]   wait for the trust bundle, then run the worker
 #   mrkrepl-entrypoint proxy [flags]    wait for the trust bundle, then run the proxy
 #   mrkrepl-entrypoint ARGS...          run "mrkrepl ARGS..."
 #
-# Worker bootstrap, idempotent (every start runs it):
+# The bootstrap is the only step that writes the bundle volume: compose runs
+# it in a one-shot container per region (bootstrap-<region>) and mounts the
+# bundle read-only into the workers and proxies, which only wait for it.
+#
+# Region bootstrap, idempotent (every "compose up" runs it again):
 #   1. at first start, initialise the region's SoftHSM2 token in the tokens
 #      volume with random PINs (the user PIN stays in the volume, mode 0600:
 #      the worker reads it from there, hsm.pin_file);
@@ -13,17 +18,25 @@
 #   3. write the region's bundle fragment to the shared bundle volume (again
 #      if the token's RSK changed);
 #   4. wait for the fragments of every region in BOOTSTRAP_REGIONS and merge
-#      them into bundle.json (every worker computes the same bundle).
+#      them into bundle.json (every region's bootstrap computes the same bundle);
+#   5. sign it with the partition's root key into bundle.cose, what the
+#      workers and proxies read (serial = the previous one's + 1; nothing is
+#      written if bundle.cose already holds this bundle). The root key lives
+#      in its own volume (bundle-root), mounted by the bootstraps only; the
+#      first bootstrap to get there makes it, and every one writes its public
+#      key to root.pub beside the bundle. (In production the root key is
+#      offline: docs/OPERATIONS.md, "Trust bundle".)
 #
 # Variables: MRKREPL_REGION, MRKREPL_HSM (the token's pkcs11: URI) — also
 # read by the worker itself — and BOOTSTRAP_PARTITION, BOOTSTRAP_REGIONS
 # (space-separated), BOOTSTRAP_TIMEOUT (seconds, default 300); the
-# directories can be moved with BOOTSTRAP_BUNDLE_DIR and BOOTSTRAP_TOKENS
-# (tests run this script outside a container).
+# directories can be moved with BOOTSTRAP_BUNDLE_DIR, BOOTSTRAP_ROOT_DIR and
+# BOOTSTRAP_TOKENS (tests run this script outside a container).
 set -eu
 
 bundle_dir=${BOOTSTRAP_BUNDLE_DIR:-/var/lib/mrkrepl/bundle}
 tokens=${BOOTSTRAP_TOKENS:-/var/lib/mrkrepl/tokens}
+root_dir=${BOOTSTRAP_ROOT_DIR:-/var/lib/mrkrepl/root}
 pin_file=$tokens/user.pin
 timeout=${BOOTSTRAP_TIMEOUT:-300}
 
@@ -86,20 +99,39 @@ bootstrap_worker() {
 	mrkrepl bundle $fragments >"$bundle_dir/bundle.json.$MRKREPL_REGION.tmp"
 	mv -f "$bundle_dir/bundle.json.$MRKREPL_REGION.tmp" "$bundle_dir/bundle.json"
 	log "trust bundle of partition $BOOTSTRAP_PARTITION: $BOOTSTRAP_REGIONS"
+
+	# The root key: made once (create never overwrites; a bootstrap that
+	# loses the race uses the winner's).
+	root_key=$root_dir/root.key
+	if [ ! -s "$root_key" ]; then
+		mrkrepl bundle root-key create --out "$root_key" --pub "$root_key.pub.$MRKREPL_REGION" \
+			--partition "$BOOTSTRAP_PARTITION" >/dev/null 2>&1 && log "made the partition's root key" || true
+		rm -f "$root_key.pub.$MRKREPL_REGION"
+	fi
+	[ -s "$root_key" ] || die "no root key in $root_dir"
+	mrkrepl bundle root-key public --partition "$BOOTSTRAP_PARTITION" "$root_key" >"$bundle_dir/root.pub.$MRKREPL_REGION.tmp"
+	mv -f "$bundle_dir/root.pub.$MRKREPL_REGION.tmp" "$bundle_dir/root.pub"
+	mrkrepl bundle sign --root-key "$root_key" --out "$bundle_dir/bundle.cose" "$bundle_dir/bundle.json" >&2
+}
+
+# wait_bundle: wait for the signed bundle naming every region of
+# BOOTSTRAP_REGIONS (grep reads the JSON inside it) and the root's public key.
+wait_bundle() {
+	: "${BOOTSTRAP_REGIONS:?set BOOTSTRAP_REGIONS}"
+	# shellcheck disable=SC2086 # one word per region
+	wait_for "$bundle_dir/bundle.cose" $BOOTSTRAP_REGIONS
+	wait_for "$bundle_dir/root.pub"
 }
 
 case "${1:-}" in
-worker)
-	shift
+bootstrap)
 	bootstrap_worker
-	exec mrkrepl worker "$@"
 	;;
-proxy)
+worker | proxy)
+	cmd=$1
 	shift
-	: "${BOOTSTRAP_REGIONS:?set BOOTSTRAP_REGIONS}"
-	# shellcheck disable=SC2086 # one word per region
-	wait_for "$bundle_dir/bundle.json" $BOOTSTRAP_REGIONS
-	exec mrkrepl proxy "$@"
+	wait_bundle
+	exec mrkrepl "$cmd" "$@"
 	;;
 *)
 	exec mrkrepl "$@"

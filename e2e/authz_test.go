@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/json"
 	"errors"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -180,6 +181,20 @@ func TestKeyPolicies(t *testing.T) {
 		t.Error("a policy that locks its author out was put without the bypass")
 	}
 
+	// A policy larger than other requests (up to AWS's 32 KiB) is accepted.
+	var many []string
+	for i := range 1000 {
+		many = append(many, fmt.Sprintf("APP_ORDERS/user%04d", i))
+	}
+	big, _ := json.Marshal(map[string]any{"Version": "2012-10-17", "Statement": []map[string]any{
+		{"Effect": "Allow", "Principal": map[string]any{"MRK": append(many, "APP_ORDERS/alice")}, "Action": "kms:*", "Resource": "*"}}})
+	if len(big) < 20<<10 || len(big) > 32<<10 {
+		t.Fatalf("test policy of %d bytes", len(big))
+	}
+	if err := alice.PutKeyPolicy(ctx, api.PutKeyPolicyRequest{KeyID: key.KeyID, Policy: string(big)}); err != nil {
+		t.Fatalf("a %d-byte policy: %v", len(big), err)
+	}
+
 	// Bob may decrypt, only with his tenant's context; alice keeps control.
 	policy := `{"Version":"2012-10-17","Statement":[
 	 {"Sid":"Owner","Effect":"Allow","Principal":{"MRK":["APP_ORDERS/alice","MRK/admin"]},"Action":"kms:*","Resource":"*"},
@@ -336,7 +351,7 @@ func TestRequestEventAuthorized(t *testing.T) {
 		t.Fatal(err)
 	}
 	if _, err := alice.WaitKey(ctx, key.KeyID, func(k *api.Key) bool {
-		r, ok := findReplicaOf(k, eu)
+		r, ok := replicaOf(k, eu)
 		return ok && r.State == api.ReplicaEnabled
 	}); err != nil {
 		t.Fatal(err)
@@ -344,18 +359,6 @@ func TestRequestEventAuthorized(t *testing.T) {
 	if ev := waitEvent(t, ctx, events, api.EventReplicationStarted, key.KeyID); ev.Actor != "APP_OTHER" {
 		t.Errorf("ReplicationStarted actor %q, want APP_OTHER", ev.Actor)
 	}
-}
-
-func findReplicaOf(k *api.Key, region string) (api.Replica, bool) {
-	if k == nil {
-		return api.Replica{}, false
-	}
-	for _, r := range k.Replicas {
-		if r.Region == region {
-			return r, true
-		}
-	}
-	return api.Replica{}, false
 }
 
 func mustConnect(t *testing.T, p *mrkrepltest.Partition, region string) *nats.Conn {

@@ -36,12 +36,9 @@ func connect(ctx context.Context, uri string, opts Options) (_ *pkcs11HSM, err e
 		log = slog.New(slog.DiscardHandler)
 	}
 	log = log.With("component", "hsm", "backend", "pkcs11")
-	pin, insecure, err := resolvePIN(cfg, opts)
+	pin, err := resolvePIN(cfg, opts)
 	if err != nil {
 		return nil, err
-	}
-	if insecure {
-		log.Warn("the pin-source file is readable by group or others; make it mode 0600", "pin_source", cfg.pinSource)
 	}
 
 	module := cfg.modulePath

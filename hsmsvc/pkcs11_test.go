@@ -290,7 +290,7 @@ func pinOf(t *testing.T, uri string) string {
 	t.Helper()
 	cfg, err := parsePKCS11URI(uri)
 	mustNoErr(t, err)
-	pin, _, err := resolvePIN(cfg, Options{})
+	pin, err := resolvePIN(cfg, Options{})
 	mustNoErr(t, err)
 	return pin
 }

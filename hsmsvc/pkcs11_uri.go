@@ -6,18 +6,18 @@ package hsmsvc
 import (
 	"errors"
 	"fmt"
-	"io"
 	"net/url"
-	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/mrkrepl/mrkrepl/internal/secretfile"
 )
 
 // DefaultRSKLabel is the CKA_LABEL of the RSK when the URI has no object=.
 const DefaultRSKLabel = "mrkrepl-rsk"
 
 // maxPINFileSize bounds what is read from a pin-source file.
-const maxPINFileSize = 1024
+const maxPINFileSize = secretfile.MaxLineSize
 
 // pkcs11Config is a parsed pkcs11: URI. It holds no PIN, only where to read
 // it, so it can be logged.
@@ -197,41 +197,19 @@ func pinSourcePath(v string) (string, error) {
 }
 
 // resolvePIN returns opts.PIN if set, else the content of the pin-source
-// file without its trailing newline. Errors name the file, never its
-// content. insecure reports a file readable by group or others.
-func resolvePIN(cfg *pkcs11Config, opts Options) (pin string, insecure bool, err error) {
+// file without its trailing newline, read with the checks every secret file
+// gets (internal/secretfile: owner and mode 0600 or 0400, size, one line).
+// Errors name the file, never its content.
+func resolvePIN(cfg *pkcs11Config, opts Options) (string, error) {
 	if opts.PIN != "" {
-		return opts.PIN, false, nil
+		return opts.PIN, nil
 	}
 	if cfg.pinSource == "" {
-		return "", false, errors.New("no PIN: add pin-source=<file> to the pkcs11 uri (or set Options.PIN)")
+		return "", errors.New("no PIN: add pin-source=<file> to the pkcs11 uri (or set Options.PIN)")
 	}
-	f, err := os.Open(cfg.pinSource)
+	pin, err := secretfile.ReadLine(cfg.pinSource)
 	if err != nil {
-		return "", false, fmt.Errorf("read PIN from pin-source: %w", err)
+		return "", fmt.Errorf("read PIN from pin-source: %w", err)
 	}
-	defer f.Close()
-	st, err := f.Stat()
-	if err != nil {
-		return "", false, fmt.Errorf("read PIN from pin-source: %w", err)
-	}
-	if !st.Mode().IsRegular() {
-		return "", false, fmt.Errorf("read PIN from pin-source %s: not a regular file", cfg.pinSource)
-	}
-	b, err := io.ReadAll(io.LimitReader(f, maxPINFileSize+1))
-	if err != nil {
-		return "", false, fmt.Errorf("read PIN from pin-source: %w", err)
-	}
-	defer clear(b)
-	if len(b) > maxPINFileSize {
-		return "", false, fmt.Errorf("read PIN from pin-source %s: longer than %d bytes", cfg.pinSource, maxPINFileSize)
-	}
-	s := strings.TrimSuffix(strings.TrimSuffix(string(b), "\n"), "\r")
-	if s == "" {
-		return "", false, fmt.Errorf("read PIN from pin-source %s: the file is empty", cfg.pinSource)
-	}
-	if strings.ContainsAny(s, "\r\n") {
-		return "", false, fmt.Errorf("read PIN from pin-source %s: more than one line", cfg.pinSource)
-	}
-	return s, st.Mode().Perm()&0o077 != 0, nil
+	return pin, nil
 }

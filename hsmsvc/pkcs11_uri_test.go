@@ -1,10 +1,14 @@
 package hsmsvc
 
 import (
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/mrkrepl/mrkrepl/internal/secretfile"
 )
 
 const testModule = "/usr/lib/softhsm/libsofthsm2.so"
@@ -94,23 +98,29 @@ func TestResolvePIN(t *testing.T) {
 		file, content string
 		mode          os.FileMode
 		want          string
-		insecure      bool
 	}{
-		{"plain", "s3cret", 0o600, "s3cret", false},
-		{"newline", "s3cret\n", 0o600, "s3cret", false},
-		{"crlf", "s3cret\r\n", 0o400, "s3cret", false},
-		{"spaces", " s3 cret \n", 0o600, " s3 cret ", false},
-		{"readable", "s3cret\n", 0o644, "s3cret", true},
+		{"plain", "s3cret", 0o600, "s3cret"},
+		{"newline", "s3cret\n", 0o600, "s3cret"},
+		{"crlf", "s3cret\r\n", 0o400, "s3cret"},
+		{"spaces", " s3 cret \n", 0o600, " s3 cret "},
 	} {
 		cfg := &pkcs11Config{pinSource: write(tc.file, tc.content, tc.mode)}
-		pin, insecure, err := resolvePIN(cfg, Options{})
-		if err != nil || pin != tc.want || insecure != tc.insecure {
-			t.Errorf("%s: resolvePIN = %q, %v, %v; want %q, %v", tc.file, pin, insecure, err, tc.want, tc.insecure)
+		pin, err := resolvePIN(cfg, Options{})
+		if err != nil || pin != tc.want {
+			t.Errorf("%s: resolvePIN = %q, %v; want %q", tc.file, pin, err, tc.want)
+		}
+	}
+	// A PIN file readable by group or others is refused (as ssh refuses
+	// such a private key), like every secret file.
+	for _, mode := range []os.FileMode{0o644, 0o640, 0o604} {
+		cfg := &pkcs11Config{pinSource: write(fmt.Sprintf("readable-%o", mode), "s3cret\n", mode)}
+		if _, err := resolvePIN(cfg, Options{}); !errors.Is(err, secretfile.ErrPermissions) {
+			t.Errorf("pin-source mode %04o: err = %v, want a permissions refusal", mode, err)
 		}
 	}
 	// Options.PIN wins over the file.
 	cfg := &pkcs11Config{pinSource: filepath.Join(dir, "plain")}
-	if pin, _, err := resolvePIN(cfg, Options{PIN: "override"}); err != nil || pin != "override" {
+	if pin, err := resolvePIN(cfg, Options{PIN: "override"}); err != nil || pin != "override" {
 		t.Errorf("Options.PIN: %q, %v", pin, err)
 	}
 	for _, tc := range []struct{ name, content, want string }{
@@ -120,7 +130,7 @@ func TestResolvePIN(t *testing.T) {
 		{"huge", strings.Repeat("x", maxPINFileSize+1), "longer than"},
 	} {
 		cfg := &pkcs11Config{pinSource: write(tc.name, tc.content, 0o600)}
-		_, _, err := resolvePIN(cfg, Options{})
+		_, err := resolvePIN(cfg, Options{})
 		if err == nil || !strings.Contains(err.Error(), tc.want) {
 			t.Errorf("%s: err = %v, want %q", tc.name, err, tc.want)
 		}
@@ -128,10 +138,10 @@ func TestResolvePIN(t *testing.T) {
 			t.Errorf("%s: error %q shows the file's content", tc.name, err)
 		}
 	}
-	if _, _, err := resolvePIN(&pkcs11Config{pinSource: dir}, Options{}); err == nil || !strings.Contains(err.Error(), "not a regular file") {
+	if _, err := resolvePIN(&pkcs11Config{pinSource: dir}, Options{}); err == nil || !strings.Contains(err.Error(), "not a regular file") {
 		t.Errorf("directory as pin-source: %v", err)
 	}
-	if _, _, err := resolvePIN(&pkcs11Config{}, Options{}); err == nil || !strings.Contains(err.Error(), "no PIN") {
+	if _, err := resolvePIN(&pkcs11Config{}, Options{}); err == nil || !strings.Contains(err.Error(), "no PIN") {
 		t.Errorf("no pin-source: %v", err)
 	}
 }

@@ -27,7 +27,15 @@ const (
 	ReasonExpired        Reason = "expired"
 	ReasonFromFuture     Reason = "from_future"
 	ReasonSubject        Reason = "subject_mismatch"
+	// ReasonLifetime refuses a lifecycle message whose lifetime
+	// (expires_at − sent_at) exceeds VerifyOptions.MaxLifecycleLifetime:
+	// given only when that option is set (OptionReasons).
+	ReasonLifetime Reason = "lifetime_exceeds_window"
 )
+
+// OptionReasons are the reasons Verify gives only when an option asks for
+// the check (VerifyOptions.MaxLifecycleLifetime), beyond Reasons.
+func OptionReasons() []Reason { return []Reason{ReasonLifetime} }
 
 // Reasons returns every Reason in the order Verify checks them, for
 // pre-initialising metric series.

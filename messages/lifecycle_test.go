@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 )
 
 // versionsUpTo returns the version list 1 … n.
@@ -475,5 +476,54 @@ func TestBodyTypeMatrix(t *testing.T) {
 	if !slices.Contains(types, TypeSync) || !slices.Contains(types, TypeStatus) ||
 		!slices.Contains(types, TypeHandover) || !slices.Contains(types, TypeAccept) {
 		t.Errorf("Types() = %v, want the lifecycle types too", types)
+	}
+}
+
+// TestLifecycleLifetimeBound: with MaxLifecycleLifetime set (a receiver's
+// replay window less the skew), a lifecycle message whose expires_at −
+// sent_at exceeds it is refused with ReasonLifetime, one within it is
+// accepted, and a run's message (checked against the run's record, not
+// the replay cache) is not bounded by it. Without the option nothing
+// changes (security review L1).
+func TestLifecycleLifetimeBound(t *testing.T) {
+	w := newKitWorld(t)
+	const bound = 29*time.Minute + 30*time.Second
+	long := func(m *Message) *Message {
+		return cloneMessage(m, func(m *Message) { m.ExpiresAt = m.SentAt + (bound + time.Millisecond).Milliseconds() })
+	}
+	for _, tc := range w.lifecycleMessages() {
+		t.Run(tc.name, func(t *testing.T) {
+			key := loadKey(t, tc.msg.Src)
+			opts := verifyOpts(t, tc.msg)
+			opts.MaxLifecycleLifetime = bound
+			raw, err := Seal(tc.msg, key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Verify(raw, opts); err != nil {
+				t.Errorf("within the bound: %v", err)
+			}
+			raw, err = Seal(long(tc.msg), key)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if _, err := Verify(raw, opts); ReasonOf(err) != ReasonLifetime {
+				t.Errorf("lifetime %v > %v: %v, want %s", bound+time.Millisecond, bound, err, ReasonLifetime)
+			}
+			opts.MaxLifecycleLifetime = 0
+			if _, err := Verify(raw, opts); err != nil {
+				t.Errorf("no bound asked: %v", err)
+			}
+		})
+	}
+	init := long(w.init)
+	raw, err := Seal(init, loadKey(t, init.Src))
+	if err != nil {
+		t.Fatal(err)
+	}
+	opts := verifyOpts(t, init)
+	opts.MaxLifecycleLifetime = bound
+	if _, err := Verify(raw, opts); err != nil {
+		t.Errorf("replication.init with a long lifetime: %v (run messages are not bounded by the replay window)", err)
 	}
 }

@@ -14,6 +14,25 @@ type VerifyOptions struct {
 	Skew     time.Duration // allowed clock skew; 0 means DefaultSkew
 	Receiver string        // if set, dst must equal it (a worker sets its region; the proxy leaves it empty)
 	Subject  string        // if set, must be the outbox or inbox subject for this message
+	// MaxLifecycleLifetime, if set, bounds expires_at − sent_at of a
+	// lifecycle message (key.sync, key.status, primary.handover,
+	// primary.accept); a longer one is refused (ReasonLifetime). The
+	// receiver's replay cache remembers a lifecycle msg_id for its replay
+	// window only, so a message that outlives the window minus the clock
+	// skew could be replayed after its msg_id was forgotten: receivers set
+	// it to that (layout.LifecycleMaxLifetime). The run's messages are
+	// checked against the run's record instead and are not bounded here.
+	MaxLifecycleLifetime time.Duration
+}
+
+// Lifecycle reports whether t is a lifecycle message type (one checked
+// against the replay cache rather than a run's record).
+func Lifecycle(t Type) bool {
+	switch t {
+	case TypeSync, TypeStatus, TypeHandover, TypeAccept:
+		return true
+	}
+	return false
 }
 
 // DefaultSkew is the clock skew allowance used when VerifyOptions.Skew is 0.
@@ -115,6 +134,9 @@ func Verify(raw []byte, opts VerifyOptions) (*Envelope, error) {
 		return nil, refuse(ReasonExpired, "expires_at has passed")
 	case sent.After(opts.Now.Add(skew)):
 		return nil, refuse(ReasonFromFuture, "sent_at is in the future")
+	case opts.MaxLifecycleLifetime > 0 && Lifecycle(h.Type) &&
+		h.ExpiresAt-h.SentAt > opts.MaxLifecycleLifetime.Milliseconds():
+		return nil, refuse(ReasonLifetime, "expires_at − sent_at exceeds "+opts.MaxLifecycleLifetime.String()+", what the receiver's replay window covers")
 	case opts.Subject != "" &&
 		opts.Subject != OutboxSubject(h.Src, h.Dst, h.Type) &&
 		opts.Subject != InboxSubject(h.Dst, h.Src, h.Type):

@@ -16,7 +16,8 @@ const AdminPrincipal = "MRK/admin"
 
 // NewRegionPolicy returns the region policy the partition's workers use: the
 // admin may do everything; each account in apps may create and list keys
-// (what it may do with a key is the key's policy's business).
+// and list aliases (what it may do with a key is the key's
+// policy's business).
 func NewRegionPolicy(apps ...string) (*authz.Policy, error) {
 	stmts := []map[string]any{{
 		"Sid": "Admins", "Effect": "Allow", "Principal": map[string]any{"MRK": []string{AdminPrincipal}},
@@ -25,7 +26,7 @@ func NewRegionPolicy(apps ...string) (*authz.Policy, error) {
 	if len(apps) > 0 {
 		stmts = append(stmts, map[string]any{
 			"Sid": "Applications", "Effect": "Allow", "Principal": map[string]any{"MRK": apps},
-			"Action": []string{"kms:CreateKey", "kms:ListKeys"}, "Resource": "*",
+			"Action": []string{"kms:CreateKey", "kms:ListKeys", "kms:ListAliases"}, "Resource": "*",
 		})
 	}
 	doc, err := json.Marshal(map[string]any{"Version": "2012-10-17", "Statement": stmts})

@@ -17,6 +17,9 @@ package mrkrepltest
 
 import (
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -30,6 +33,7 @@ import (
 	"github.com/mrkrepl/mrkrepl/client"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/authz"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/proxy"
@@ -112,12 +116,22 @@ type Options struct {
 	// DeletionWaitingPeriod is the workers' default waiting period before
 	// a scheduled deletion (0: the workers' default, 7 days).
 	DeletionWaitingPeriod time.Duration
+	// Layout sizes every region's streams, buckets and consumers
+	// (limits, MaxDeliver); Replicas is set from ClusterSize.
+	Layout layout.Options
 	// ServerURLs, if set, names a running JetStream server for each region
 	// (by region name): the partition connects to it instead of starting
 	// an embedded one, and leaves it running at Close. Such a region has
 	// no Server, and StopServer/StartServer do nothing for it. Not with
 	// ClusterSize or TLS; implies NoAuth.
 	ServerURLs map[string]string
+	// KMS starts each worker's KMS API endpoint (AWS KMS JSON API, SigV4;
+	// docs/KMS-API.md) on 127.0.0.1, a random port: Region.KMSURL.
+	// KMSAccountID and KMSARNPartition go into its ARNs (default
+	// workers.DefaultKMSAccountID and "aws"). Issue access keys with
+	// Partition.CreateAccessKey.
+	KMS                           bool
+	KMSAccountID, KMSARNPartition string
 }
 
 // Region is one running region.
@@ -129,19 +143,30 @@ type Region struct {
 	HSM    hsmsvc.HSM
 	Worker *workers.Worker
 	Client *client.Client
+	KMSURL string // with Options.KMS: http://127.0.0.1:port
 
+	kmsAddr  string
 	nodes    []node // the region's nats-servers (one, or three as a cluster)
 	storeDir string // JetStream data, kept across restarts
 }
 
 // Partition is a running partition.
 type Partition struct {
-	Bundle     *messages.Bundle
-	Proxy      *proxy.Proxy
-	opts       Options
-	regions    []*Region
-	proxyConns map[string]*nats.Conn
-	specs      map[string]natsauth.Spec // by region, with passwords; nil with NoAuth
+	// Bundle is the trust bundle in force: always the one VerifyBundle
+	// returned for SignedBundle.
+	Bundle *messages.Bundle
+	// RootKey is the partition's throwaway root key, which signs every
+	// bundle (serial 1 at start, +1 at every SetBundle and RSK rotation
+	// step); SignedBundle and BundleSerial are the last bundle signed and
+	// its serial.
+	RootKey      *ecdsa.PrivateKey
+	SignedBundle []byte
+	BundleSerial uint64
+	Proxy        *proxy.Proxy
+	opts         Options
+	regions      []*Region
+	proxyConns   map[string]*nats.Conn
+	specs        map[string]natsauth.Spec // by region, with passwords; nil with NoAuth
 	// regionPolicy is the workers' region policy (RegionPolicy).
 	regionPolicy *authz.Policy
 	tls          *testTLS // with TLS
@@ -274,7 +299,14 @@ func Start(ctx context.Context, opts Options) (p *Partition, err error) {
 		})
 	}
 	keys = append(keys, opts.ExtraBundleKeys...)
-	if p.Bundle, err = messages.NewBundle(opts.Partition, opts.Regions, keys); err != nil {
+	unsigned, err := messages.NewBundle(opts.Partition, opts.Regions, keys)
+	if err != nil {
+		return p, err
+	}
+	if p.RootKey, err = ecdsa.GenerateKey(elliptic.P384(), rand.Reader); err != nil {
+		return p, err
+	}
+	if p.Bundle, err = p.signBundle(unsigned); err != nil {
 		return p, err
 	}
 	for _, r := range p.regions {

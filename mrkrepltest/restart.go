@@ -135,6 +135,11 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 	if err != nil {
 		return err
 	}
+	kms, err := p.kmsConfig(r) // kms.go
+	if err != nil {
+		nc.Close()
+		return err
+	}
 	w, err := workers.New(workers.Config{
 		Region: r.Name, Bundle: p.Bundle, HSM: r.HSM, Conn: nc,
 		Logger: p.opts.Logger, Registerer: wrap(reg, "instance", "worker-"+r.Name),
@@ -143,17 +148,23 @@ func (p *Partition) startWorker(ctx context.Context, r *Region, reg prometheus.R
 		DeletionWaitingPeriod: p.opts.DeletionWaitingPeriod,
 		Layout:                p.layout(), ClockSkew: p.opts.ClockSkew,
 		Admins: []string{AdminPrincipal}, LocalPrincipal: AdminPrincipal, RegionPolicy: p.regionPolicy,
-		NoDataPlaneAudit: p.opts.NoDataPlaneAudit,
+		NoDataPlaneAudit: p.opts.NoDataPlaneAudit, KMS: kms,
 	})
 	if err != nil {
 		nc.Close()
+		if kms != nil {
+			_ = kms.Listener.Close()
+		}
 		return err
 	}
 	if err := w.Start(ctx); err != nil {
 		nc.Close()
+		if kms != nil {
+			_ = kms.Listener.Close()
+		}
 		return err
 	}
-	r.Conn, r.Worker = nc, w
+	r.Conn, r.Worker, r.KMSURL = nc, w, w.KMSURL()
 	cc := nc
 	if p.specs != nil {
 		if cc, err = p.ConnectApp(r.Name, DefaultApp.Account, DefaultApp.Users[0]); err != nil {
@@ -323,8 +334,9 @@ func (p *Partition) StartProxy(ctx context.Context) error {
 }
 
 func (p *Partition) layout() layout.Options {
+	o := p.opts.Layout
 	if p.opts.ClusterSize > 1 {
-		return layout.Options{Replicas: 3}
+		o.Replicas = 3
 	}
-	return layout.Options{}
+	return o
 }

@@ -3,6 +3,7 @@ package mrkrepltest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"time"
@@ -30,7 +31,11 @@ func (p *Partition) SetBundle(b *messages.Bundle) error {
 // it. (Pushed the other way, a receipt signed with the new RSK can reach
 // the proxy or the peer's worker before they know it, and is dead-lettered
 // as unknown_kid.)
-func (p *Partition) pushBundle(b *messages.Bundle, signer string) error {
+func (p *Partition) pushBundle(unsigned *messages.Bundle, signer string) error {
+	b, err := p.signBundle(unsigned)
+	if err != nil {
+		return err
+	}
 	if p.Proxy != nil {
 		if err := p.Proxy.SetBundle(b); err != nil {
 			return fmt.Errorf("proxy: %w", err)
@@ -56,6 +61,29 @@ func (p *Partition) pushBundle(b *messages.Bundle, signer string) error {
 	}
 	p.Bundle = b
 	return nil
+}
+
+// signBundle signs b with the root key under the next serial and returns
+// the bundle VerifyBundle makes of it, as a daemon would put in force (and
+// keeps the signed form in SignedBundle). A serial is never used twice,
+// even for a bundle a component then refuses.
+func (p *Partition) signBundle(b *messages.Bundle) (*messages.Bundle, error) {
+	data, err := json.Marshal(b)
+	if err != nil {
+		return nil, err
+	}
+	serial := p.BundleSerial + 1
+	signed, err := messages.SignBundle(data, serial, p.RootKey)
+	if err != nil {
+		return nil, err
+	}
+	p.BundleSerial = serial
+	verified, got, err := messages.VerifyBundle(signed, &p.RootKey.PublicKey, serial)
+	if err != nil || got != serial {
+		return nil, fmt.Errorf("mrkrepltest: the signed bundle does not verify: %v", err)
+	}
+	p.SignedBundle = signed
+	return verified, nil
 }
 
 // RotateRSK makes a new RSK in region's HSM (hsmsvc.RSKRotator), adds it to

@@ -5,6 +5,7 @@ import (
 	"math/rand/v2"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/prometheus/client_golang/prometheus"
@@ -17,6 +18,7 @@ import (
 // scrape.
 type metrics struct {
 	forwarded    *prometheus.CounterVec   // src, dst, type
+	duplicates   *prometheus.CounterVec   // src, dst, type
 	refused      *prometheus.CounterVec   // src, dst, reason
 	retried      *prometheus.CounterVec   // src, dst
 	deadLettered *prometheus.CounterVec   // src
@@ -48,6 +50,9 @@ func newMetrics(reg prometheus.Registerer, regions []string) (*metrics, error) {
 	m := &metrics{
 		forwarded: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "forwarded_total", Help: "Messages verified and delivered to the destination inbox, by pair and type."},
+			[]string{"src", "dst", "type"}),
+		duplicates: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
+			Name: "duplicates_total", Help: "Messages verified whose destination inbox already held the same bytes (PubAck Duplicate: another proxy or a redelivery delivered them), by pair and type; not counted in forwarded_total."},
 			[]string{"src", "dst", "type"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{Namespace: ns, Subsystem: sub,
 			Name: "refused_total", Help: "Messages refused (never forwarded), by pair and reason."},
@@ -94,10 +99,15 @@ func newMetrics(reg prometheus.Registerer, regions []string) (*metrics, error) {
 			m.lastForward.WithLabelValues(src, dst)
 			for _, t := range messages.Types() {
 				m.forwarded.WithLabelValues(src, dst, string(t))
+				m.duplicates.WithLabelValues(src, dst, string(t))
 			}
 			for _, r := range messages.Reasons() {
 				m.refused.WithLabelValues(src, dst, string(r))
 			}
+			for _, r := range messages.OptionReasons() {
+				m.refused.WithLabelValues(src, dst, string(r))
+			}
+			m.refused.WithLabelValues(src, dst, layout.ReasonMaxDeliver)
 			m.heartbeats.WithLabelValues(src, dst)
 			m.hbFailures.WithLabelValues(src, dst, sideSource)
 			m.hbFailures.WithLabelValues(src, dst, sideDestination)
@@ -107,7 +117,7 @@ func newMetrics(reg prometheus.Registerer, regions []string) (*metrics, error) {
 	}
 	if reg != nil {
 		for _, c := range []prometheus.Collector{
-			m.forwarded, m.refused, m.retried, m.deadLettered, m.latency, m.lastForward,
+			m.forwarded, m.duplicates, m.refused, m.retried, m.deadLettered, m.latency, m.lastForward,
 			m.heartbeats, m.hbFailures, m.hbRoundTrip, m.hbLastSuccess, m.bundleReloads, m.view,
 		} {
 			if err := reg.Register(c); err != nil {

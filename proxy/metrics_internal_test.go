@@ -17,7 +17,8 @@ func TestNewMetricsPreinitialisedAndLintClean(t *testing.T) {
 	const pairs = 6
 	for name, want := range map[string]int{
 		"mrkrepl_proxy_forwarded_total":                          pairs * len(messages.Types()),
-		"mrkrepl_proxy_refused_total":                            pairs * len(messages.Reasons()),
+		"mrkrepl_proxy_duplicates_total":                         pairs * len(messages.Types()),
+		"mrkrepl_proxy_refused_total":                            pairs * (len(messages.Reasons()) + len(messages.OptionReasons()) + 1), // + max_deliver
 		"mrkrepl_proxy_retries_total":                            pairs,
 		"mrkrepl_proxy_dead_lettered_total":                      3,
 		"mrkrepl_proxy_forward_duration_seconds":                 pairs,

@@ -203,7 +203,7 @@ func TestConsumerLagAndReady(t *testing.T) {
 		t.Errorf("lint: %v %v", err, problems)
 	}
 	// Every series of every pair exists from the start.
-	if n, want := len(series(t, reg, "mrkrepl_proxy_refused_total", "src", "dst", "reason")), 6*len(messages.Reasons()); n != want {
+	if n, want := len(series(t, reg, "mrkrepl_proxy_refused_total", "src", "dst", "reason")), 6*(len(messages.Reasons())+len(messages.OptionReasons())+1); n != want { // + max_deliver
 		t.Errorf("refused_total has %d series, want %d (6 pairs × every reason)", n, want)
 	}
 }

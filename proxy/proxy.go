@@ -6,11 +6,14 @@
 // checked with messages.Verify — signature by an RSK of src valid at
 // sent_at, partition, addressing, expiry, subject — before anything is
 // forwarded. A verified message is published to dst's inbox
-// (mrk.<dst>.in.<src>.<type>) with Nats-Msg-Id = msg_id, and the source
+// (mrk.<dst>.in.<src>.<type>) with Nats-Msg-Id = the hex SHA-256 of its
+// bytes (layout.MsgID: only byte-identical messages collide), and the source
 // message is acked only after dst's JetStream has acknowledged the publish;
 // a failed publish is retried with growing delays. A refused message is
 // never forwarded: it is dead-lettered on mrk.<src>.dlq.proxy with the
-// reason in the Mrk-Reason header, counted, and terminated.
+// reason in the Mrk-Reason header, counted once, and terminated; so is a
+// message whose forward still fails at the consumer's last delivery
+// (MaxDeliver, reason max_deliver).
 //
 // The proxy holds no secrets and needs none: it sees signed public keys and
 // wrapped material only. Several proxies may run at once: they share the
@@ -168,7 +171,7 @@ func (p *Proxy) Start(ctx context.Context) error {
 				p.stopLocked()
 				return fmt.Errorf("proxy: consumer %s→%s: %w", src, dst, err)
 			}
-			pr := &pair{p: p, src: src, dst: dst, sem: make(chan struct{}, p.cfg.Concurrency)}
+			pr := &pair{p: p, src: src, dst: dst, sem: make(chan struct{}, p.cfg.Concurrency), maxDeliver: cons.CachedInfo().Config.MaxDeliver}
 			cc, err := cons.Consume(pr.handle, jetstream.PullMaxMessages(p.cfg.Concurrency), jetstream.PullExpiry(layout.PullExpiry))
 			if err != nil {
 				p.stopLocked()
@@ -203,6 +206,7 @@ func (p *Proxy) ensureStreams(ctx context.Context, src string) error {
 			Durable:       p.cfg.Durable,
 			AckWait:       30*time.Second + p.delay(src, dst),
 			MaxAckPending: 4 * p.cfg.Concurrency,
+			MaxDeliver:    p.cfg.Layout.MaxDeliverOr(),
 		}))
 		if err != nil {
 			return fmt.Errorf("consumer %s→%s: %w", src, dst, err)
@@ -273,6 +277,9 @@ type pair struct {
 	p        *Proxy
 	src, dst string
 	sem      chan struct{}
+	// maxDeliver is the consumer's MaxDeliver: its last delivery is
+	// dead-lettered rather than retried (layout.LastDelivery).
+	maxDeliver int
 }
 
 func (pr *pair) handle(msg jetstream.Msg) {
@@ -298,6 +305,9 @@ func (pr *pair) forward(ctx context.Context, msg jetstream.Msg) {
 		Now:     p.cfg.Now(),
 		Subject: msg.Subject(),
 		Skew:    p.cfg.ClockSkew,
+		// As the receiving worker will (a lifecycle message must not
+		// outlive the replay window), so it is refused before crossing.
+		MaxLifecycleLifetime: layout.LifecycleMaxLifetime(p.cfg.ClockSkew),
 	})
 	if err == nil && (env.Message.Src != pr.src || env.Message.Dst != pr.dst) {
 		err = &messages.VerifyError{Reason: messages.ReasonSubject, Detail: "message is not for this pair"}
@@ -321,7 +331,11 @@ func (pr *pair) forward(ctx context.Context, msg jetstream.Msg) {
 	if l := p.loss(pr.src, pr.dst); l > 0 && rand.Float64() < l {
 		err = errInjectedLoss
 	} else {
-		ack, err = p.js[pr.dst].PublishMsg(ctx, out, jetstream.WithMsgID(env.Message.MsgID))
+		ack, err = p.js[pr.dst].PublishMsg(ctx, out, jetstream.WithMsgID(layout.MsgID(msg.Data())))
+	}
+	if err != nil && layout.LastDelivery(msg, pr.maxDeliver) {
+		pr.refuse(ctx, msg, &messages.VerifyError{Reason: layout.ReasonMaxDeliver, Detail: "forward failed at the last delivery: " + err.Error()})
+		return
 	}
 	if err != nil {
 		p.met.retried.WithLabelValues(pr.src, pr.dst).Inc()
@@ -331,9 +345,13 @@ func (pr *pair) forward(ctx context.Context, msg jetstream.Msg) {
 		return
 	}
 	if ack.Duplicate {
-		// Already delivered (another proxy, or a redelivery): the inbox
-		// dropped it, which is what makes several proxies safe.
+		// The same bytes were delivered already (another proxy, or a
+		// redelivery): the inbox dropped them, which is what makes several
+		// proxies safe. Counted apart from forwards.
 		p.log.Debug("duplicate dropped by destination inbox", "src", pr.src, "dst", pr.dst, "msg_id", env.Message.MsgID)
+		_ = msg.Ack()
+		p.met.duplicates.WithLabelValues(pr.src, pr.dst, typ).Inc()
+		return
 	}
 	// A plain ack: if it is lost the message is forwarded again and the
 	// destination inbox drops the duplicate (saves a round trip).
@@ -353,14 +371,17 @@ func (pr *pair) refuse(ctx context.Context, msg jetstream.Msg, err error) {
 	if errors.As(err, &ve) {
 		reason, detail = string(ve.Reason), ve.Detail
 	}
-	if err := layout.DeadLetter(ctx, p.js[pr.src], pr.src, "proxy", msg, reason, detail); err != nil {
+	first, err := layout.DeadLetter(ctx, p.js[pr.src], pr.src, "proxy", msg, reason, detail)
+	if err != nil {
 		p.log.Error("dead-letter failed; will retry", "src", pr.src, "err", err)
 		_ = msg.NakWithDelay(time.Second)
 		return
 	}
-	p.met.refused.WithLabelValues(pr.src, pr.dst, reason).Inc()
-	p.met.deadLettered.WithLabelValues(pr.src).Inc()
-	p.log.Warn("message refused", "src", pr.src, "dst", pr.dst, "subject", msg.Subject(), "reason", reason, "detail", detail)
+	if first { // a redelivery of a refused message finds its dead letter there: counted once
+		p.met.refused.WithLabelValues(pr.src, pr.dst, reason).Inc()
+		p.met.deadLettered.WithLabelValues(pr.src).Inc()
+		p.log.Warn("message refused", "src", pr.src, "dst", pr.dst, "subject", msg.Subject(), "reason", reason, "detail", detail)
+	}
 	_ = msg.TermWithReason(reason)
 }
 

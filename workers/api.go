@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -28,19 +29,30 @@ import (
 // maxRequest bounds a request body (a 4 KiB plaintext in base64 plus JSON).
 const maxRequest = 16 << 10
 
-// startAPI registers the region's request API as a micro service. Several
-// workers of a region share the default queue group, so each request is
-// served once.
-func (w *Worker) startAPI() (micro.Service, error) {
-	svc, err := micro.AddService(w.cfg.Conn, micro.Config{
-		Name:        "mrkrepl",
-		Version:     obs.ReadBuildInfo().SemVer(), // mrkrepl_build_info's version, as SemVer
-		Description: "mrkrepl region " + w.cfg.Region,
-		Metadata:    map[string]string{"region": w.cfg.Region},
-	})
-	if err != nil {
-		return nil, err
+// maxPolicyRequest bounds the body of a request that carries a key policy
+// (create-key, put-key-policy, replicate-key): a policy of up to 32 KiB, as
+// AWS KMS allows, escaped in JSON.
+const maxPolicyRequest = 80 << 10
+
+// requestLimit is the largest body op accepts.
+func requestLimit(op string) int {
+	switch op {
+	case api.OpCreateKey, api.OpPutKeyPolicy, api.OpReplicateKey:
+		return maxPolicyRequest
 	}
+	return maxRequest
+}
+
+// startAPI registers the region's request API as micro services: one
+// instance per Concurrency, each serving every endpoint one request at a
+// time, in the default queue group (shared with the region's other
+// workers), so each request is served once.
+//
+// micro accounts a request (its count, errors, processing time: `nats micro
+// stats`) while its handler runs, so the handler answers before it returns;
+// the instances give the concurrency (a slow HSM call or KV round trip holds
+// up one instance's endpoint, not the API).
+func (w *Worker) startAPI() ([]micro.Service, error) {
 	handlers := map[string]func(context.Context, []byte) (any, error){
 		api.OpCreateKey:           w.apiCreateKey,
 		api.OpDescribeKey:         w.apiDescribeKey,
@@ -56,65 +68,69 @@ func (w *Worker) startAPI() (micro.Service, error) {
 		api.OpCancelKeyDeletion:   w.apiCancelKeyDeletion,
 		api.OpGetKeyPolicy:        w.apiGetKeyPolicy,
 		api.OpPutKeyPolicy:        w.apiPutKeyPolicy,
+		// The KMS endpoint's access keys (kms_accesskeys.go): admins only.
+		api.OpCreateAccessKey: w.apiCreateAccessKey,
+		api.OpListAccessKeys:  w.apiListAccessKeys,
+		api.OpDeleteAccessKey: w.apiDeleteAccessKey,
 	}
-	for op, fn := range handlers {
-		err := svc.AddEndpoint(op, w.endpoint(op, fn), micro.WithEndpointSubject(layout.APISubject(w.cfg.Region, op)))
-		if err != nil {
-			_ = svc.Stop()
-			return nil, fmt.Errorf("endpoint %s: %w", op, err)
+	var svcs []micro.Service
+	stop := func() {
+		for _, s := range svcs {
+			_ = s.Stop()
 		}
 	}
-	return svc, nil
+	for i := range w.cfg.Concurrency {
+		svc, err := micro.AddService(w.cfg.Conn, micro.Config{
+			Name:        "mrkrepl",
+			Version:     obs.ReadBuildInfo().SemVer(), // mrkrepl_build_info's version, as SemVer
+			Description: "mrkrepl region " + w.cfg.Region,
+			Metadata:    map[string]string{"region": w.cfg.Region, "slot": strconv.Itoa(i)},
+		})
+		if err != nil {
+			stop()
+			return nil, err
+		}
+		svcs = append(svcs, svc)
+		for op, fn := range handlers {
+			err := svc.AddEndpoint(op, w.endpoint(op, fn), micro.WithEndpointSubject(layout.APISubject(w.cfg.Region, op)))
+			if err != nil {
+				stop()
+				return nil, fmt.Errorf("endpoint %s: %w", op, err)
+			}
+		}
+	}
+	return svcs, nil
 }
 
-// endpoint adapts fn to a micro handler. micro calls a handler from its
-// subscription's goroutine, one request after another; the work runs on its
-// own goroutine instead (at most 2×Concurrency at once, then the
-// subscription waits), so that one slow HSM call or KV round trip does not
-// hold up every other request of the endpoint.
-//
-// The micro.Request stays on micro's goroutine: micro reads what Respond
-// and Error record in it (for its endpoint stats) as soon as the handler
-// returns, so the work gets a copy of the request and answers on the reply
-// subject itself, in micro's format (reply).
+// endpoint adapts fn to a micro handler, which micro calls on its
+// subscription's goroutine: the request is served and answered there
+// (Respond or Error), so micro's stats count it as it ended. A request that
+// arrives while the worker stops is answered 500.
 func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, error)) micro.HandlerFunc {
 	return func(req micro.Request) {
-		in := apiRequest{data: req.Data(), header: nats.Header(req.Headers()), reply: req.Reply()}
-		w.apiSem <- struct{}{}
-		started := w.inflight.Go(func() {
-			defer func() { <-w.apiSem }()
-			w.serve(op, fn, in)
-		})
-		if !started {
-			<-w.apiSem
+		if !w.inflight.Do(func() { w.serve(op, fn, req) }) {
 			_ = req.Error(api.CodeInternal, "worker stopping", nil)
 		}
 	}
 }
 
-// apiRequest is what serve needs of a micro.Request.
-type apiRequest struct {
-	data   []byte
-	header nats.Header // Nats-Request-Info names the caller (principalOf)
-	reply  string
-}
-
-func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req apiRequest) {
+func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req micro.Request) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var resp any
-	p, err := w.principalOf(req.header)
+	data := req.Data()
+	p, err := w.principalOf(nats.Header(req.Headers()))
 	if err == nil {
 		ctx = withPrincipal(ctx, p)
 		switch {
-		case len(req.data) > maxRequest:
-			err = badRequest("request of %d bytes exceeds %d", len(req.data), maxRequest)
+		case len(data) > requestLimit(op):
+			err = badRequest("request of %d bytes exceeds %d", len(data), requestLimit(op))
 		case keyOps[op]:
-			if err = w.authorizeKeyOp(ctx, op, req.data); err == nil {
-				resp, err = fn(ctx, req.data)
+			if err = w.authorizeKeyOp(ctx, op, data); err == nil {
+				resp, err = fn(ctx, data)
 			}
 		default:
-			resp, err = fn(ctx, req.data)
+			resp, err = fn(ctx, data)
 		}
 	}
 	if err != nil {
@@ -124,33 +140,23 @@ func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error),
 			w.log.Error("request failed", "op", op, "err", err)
 			ae = &apiError{Code: api.CodeInternal, Detail: "internal error"}
 		}
-		w.reply(op, req.reply, &nats.Msg{Header: nats.Header{
-			micro.ErrorHeader:     []string{ae.Detail},
-			micro.ErrorCodeHeader: []string{ae.Code},
-		}})
+		w.answer(op, req.Error(ae.Code, ae.Detail, nil))
 		return
 	}
 	w.met.requests.WithLabelValues(op, "ok").Inc()
-	data, err := json.Marshal(resp)
+	out, err := json.Marshal(resp)
 	if err != nil {
 		w.log.Error("response not encoded", "op", op, "err", err)
-		w.reply(op, req.reply, &nats.Msg{Header: nats.Header{
-			micro.ErrorHeader:     []string{"internal error"},
-			micro.ErrorCodeHeader: []string{api.CodeInternal},
-		}})
+		w.answer(op, req.Error(api.CodeInternal, "internal error", nil))
 		return
 	}
-	w.reply(op, req.reply, &nats.Msg{Data: data})
+	w.answer(op, req.Respond(out))
 }
 
-// reply publishes m on the request's reply subject (none: the requester
-// asked for no answer).
-func (w *Worker) reply(op, subject string, m *nats.Msg) {
-	if subject == "" {
-		return
-	}
-	m.Subject = subject
-	if err := w.cfg.Conn.PublishMsg(m); err != nil {
+// answer logs a reply that could not be sent (a request published without
+// a reply subject is answered into the void: nats.ErrMsgNoReply).
+func (w *Worker) answer(op string, err error) {
+	if err != nil && !errors.Is(err, nats.ErrMsgNoReply) {
 		w.log.Warn("response not sent", "op", op, "err", err)
 	}
 }
@@ -214,7 +220,7 @@ func (w *Worker) apiCreateKey(ctx context.Context, data []byte) (any, error) {
 		Role: repl.Primary, PrimaryRegion: w.cfg.Region, KeySpec: api.KeySpecSymmetricDefault,
 		KeyUsage: req.KeyUsage, Description: req.Description, Enabled: true,
 		Versions: []uint32{1}, CurrentVersion: 1, CreatedAt: now, UpdatedAt: now,
-		KeyState: repl.KeyEnabled, Epoch: 1,
+		KeyState: repl.KeyEnabled, Epoch: 1, SingleRegion: req.MultiRegion != nil && !*req.MultiRegion,
 		VersionDetails: []repl.KeyVersion{{
 			Version: 1, State: repl.VersionCurrent, ReplicatedTo: []string{w.cfg.Region}, CreatedAt: now, ActivatedAt: &now,
 		}},
@@ -289,6 +295,9 @@ func (w *Worker) apiListKeys(ctx context.Context, data []byte) (any, error) {
 func (w *Worker) apiReplicateKey(ctx context.Context, data []byte) (any, error) {
 	var req api.ReplicateKeyRequest
 	if err := decodeRequest(data, &req); err != nil {
+		return nil, err
+	}
+	if err := w.refuseSingleRegion(ctx, req.KeyID); err != nil { // kms.go
 		return nil, err
 	}
 	if req.Policy != "" {
@@ -574,7 +583,7 @@ func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
 		err = perr
 	case op != api.OpReplicateKey:
 		err = badRequest("unsupported request event %q (only %s)", op, api.OpReplicateKey)
-	case len(msg.Data()) > maxRequest:
+	case len(msg.Data()) > requestLimit(op):
 		err = badRequest("request too large")
 	default:
 		ctx = withPrincipal(ctx, p)
@@ -587,20 +596,31 @@ func (w *Worker) handleRequestEvent(ctx context.Context, msg jetstream.Msg) {
 	case err == nil:
 		w.met.requests.WithLabelValues("event:"+op, "ok").Inc()
 		w.ack(ctx, msg)
-	case errors.As(err, &ae):
-		// A bad or forbidden request never succeeds: record why and drop it.
-		w.met.requests.WithLabelValues("event:"+op, "error").Inc()
-		w.log.Warn("request event rejected", "subject", msg.Subject(), "reason", ae.Detail)
-		if ae.Code != api.CodeForbidden { // authorize has recorded AccessDenied
-			w.event(ctx, api.Event{Type: api.EventRequestRejected, KeyID: requestKeyID(msg.Data()), Reason: ae.Detail})
+	case errors.As(err, &ae) || layout.LastDelivery(msg, w.cfg.Layout.MaxDeliverOr()):
+		// A bad or forbidden request never succeeds, and one at its last
+		// delivery is not delivered again: record why and drop it, counted
+		// once (a redelivery finds its dead letter there).
+		reason := layout.ReasonMaxDeliver
+		var detail string
+		switch {
+		case ae == nil:
+			detail = err.Error()
+		case ae.Code == api.CodeForbidden || ae.Code == api.CodeUnauthenticated:
+			reason, detail = "forbidden", ae.Detail
+		default:
+			reason, detail = "bad_request", ae.Detail
 		}
-		reason := "bad_request"
-		if ae.Code == api.CodeForbidden || ae.Code == api.CodeUnauthenticated {
-			reason = "forbidden"
-		}
-		if derr := w.deadLetter(ctx, msg, &refusal{Reason: reason, Detail: ae.Detail}); derr != nil {
+		first, derr := w.deadLetter(ctx, msg, &refusal{Reason: reason, Detail: detail})
+		if derr != nil {
 			_ = msg.NakWithDelay(time.Second)
 			return
+		}
+		if first {
+			w.met.requests.WithLabelValues("event:"+op, "error").Inc()
+			w.log.Warn("request event rejected", "subject", msg.Subject(), "reason", reason, "detail", detail)
+			if ae == nil || ae.Code != api.CodeForbidden { // authorize has recorded AccessDenied
+				w.event(ctx, api.Event{Type: api.EventRequestRejected, KeyID: requestKeyID(msg.Data()), Reason: detail})
+			}
 		}
 		_ = msg.TermWithReason(reason)
 	default:

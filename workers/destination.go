@@ -46,7 +46,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) (outcome, e
 	cfg := w.core()
 	v, rec, op := repl.OnInit(run, key, env, w.initPolicy(in), cfg, w.cfg.Now())
 	if v.Kind != repl.Fresh {
-		return w.answer(ctx, run, v, nil)
+		return w.answerRun(ctx, run, v, nil)
 	}
 	if keyErr != nil {
 		return accepted, keyErr
@@ -93,7 +93,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) (outcome, e
 		_ = w.cfg.HSM.DestroyAgreementKey(ctx, rec.ID)
 		if errors.Is(err, jetstream.ErrKeyExists) {
 			if other, _, gerr := getJSON[repl.Run](ctx, w.res.Repl, rec.ID); gerr == nil && repl.Match(other, env).Kind == repl.Redelivery {
-				return w.answer(ctx, other, repl.Verdict{Kind: repl.Redelivery}, nil)
+				return w.answerRun(ctx, other, repl.Verdict{Kind: repl.Redelivery}, nil)
 			}
 		}
 		return accepted, fmt.Errorf("store replication: %w", err)
@@ -105,7 +105,7 @@ func (w *Worker) onInit(ctx context.Context, env *messages.Envelope) (outcome, e
 func (w *Worker) onMaterial(ctx context.Context, env *messages.Envelope) (outcome, error) {
 	rec, rev, v, err := w.runFor(ctx, env)
 	if err != nil || v.Kind != repl.Fresh {
-		return w.answer(ctx, rec, v, err)
+		return w.answerRun(ctx, rec, v, err)
 	}
 	cfg := w.core()
 	op, ref := repl.OnMaterial(rec, env, cfg)

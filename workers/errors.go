@@ -30,4 +30,6 @@ const (
 	reasonKeyExists     = repl.ReasonKeyExists
 	reasonRunExpired    = repl.ReasonRunExpired
 	reasonUnknownKey    = repl.ReasonUnknownKey
+	reasonBadProperties = repl.ReasonBadProperties
+	reasonEpochRange    = repl.ReasonEpochRange
 )

@@ -35,7 +35,7 @@ import (
 //  4. Write before publish. A run's reply leaves only after the record
 //     holding it is written with compare-and-set (writeAndSend); a crash in
 //     between is repaired by the redelivery, which Match finds a
-//     Redelivery and answer re-publishes (same Nats-Msg-Id, de-duplicated
+//     Redelivery and answerRun re-publishes (same Nats-Msg-Id, de-duplicated
 //     by the outbox). Lifecycle messages likewise follow the write of the
 //     state they report.
 //  5. A lost compare-and-set is decided again: the shell reads the record
@@ -76,10 +76,10 @@ func (w *Worker) sealRun(run *repl.Run, m *messages.Message) error {
 	return nil
 }
 
-// answer acts on a verdict that is not Fresh (or on err): a Redelivery is
+// answerRun acts on a verdict that is not Fresh (or on err): a Redelivery is
 // answered with the run's stored reply (a duplicate), a refusal is
 // returned for the inbox to dead-letter.
-func (w *Worker) answer(ctx context.Context, run *repl.Run, v repl.Verdict, err error) (outcome, error) {
+func (w *Worker) answerRun(ctx context.Context, run *repl.Run, v repl.Verdict, err error) (outcome, error) {
 	switch {
 	case err != nil:
 		return accepted, err
@@ -105,7 +105,7 @@ func (w *Worker) writeRun(ctx context.Context, env *messages.Envelope, next *rep
 	if errors.Is(err, jetstream.ErrKeyExists) {
 		if other, _, gerr := getJSON[repl.Run](ctx, w.res.Repl, next.ID); gerr == nil {
 			if v := repl.Match(other, env); v.Kind == repl.Redelivery {
-				return w.answer(ctx, other, v, nil)
+				return w.answerRun(ctx, other, v, nil)
 			}
 		}
 	}

@@ -27,21 +27,35 @@ func (w *Worker) handleInbox(ctx context.Context, msg jetstream.Msg) {
 		w.met.received.WithLabelValues(typ, "duplicate").Inc()
 		w.ack(ctx, msg)
 	case errors.As(err, &ref):
-		w.met.received.WithLabelValues(typ, "refused").Inc()
-		w.met.refused.WithLabelValues(ref.Reason).Inc()
-		w.log.Warn("inbox message refused", "subject", msg.Subject(), "reason", ref.Reason, "detail", ref.Detail)
-		if err := w.deadLetter(ctx, msg, ref); err != nil {
-			w.log.Error("dead-letter failed; will retry", "subject", msg.Subject(), "err", err)
-			_ = msg.NakWithDelay(time.Second)
-			return
-		}
-		w.event(ctx, api.Event{Type: api.EventMessageRefused, Reason: ref.Reason})
-		_ = msg.TermWithReason(ref.Reason)
+		w.refuseInbox(ctx, msg, typ, ref)
+	case layout.LastDelivery(msg, w.cfg.Layout.MaxDeliverOr()):
+		// The server will not deliver it again: give it up, recorded.
+		w.refuseInbox(ctx, msg, typ, &refusal{Reason: layout.ReasonMaxDeliver, Detail: err.Error()})
 	default:
 		w.met.received.WithLabelValues(typ, "retry").Inc()
 		w.log.Warn("inbox message failed; will retry", "subject", msg.Subject(), "err", err)
 		_ = msg.NakWithDelay(retryDelay(msg))
 	}
+}
+
+// refuseInbox dead-letters a refused inbox message and terminates it. The
+// refusal is counted, logged and made an event once: a redelivery of the
+// same delivery (its Term lost, or the dead letter published but not
+// confirmed) finds its dead letter already there (layout.DeadLetter).
+func (w *Worker) refuseInbox(ctx context.Context, msg jetstream.Msg, typ string, ref *refusal) {
+	first, err := w.deadLetter(ctx, msg, ref)
+	if err != nil {
+		w.log.Error("dead-letter failed; will retry", "subject", msg.Subject(), "err", err)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	if first {
+		w.met.received.WithLabelValues(typ, "refused").Inc()
+		w.met.refused.WithLabelValues(ref.Reason).Inc()
+		w.log.Warn("inbox message refused", "subject", msg.Subject(), "reason", ref.Reason, "detail", ref.Detail)
+		w.event(ctx, api.Event{Type: api.EventMessageRefused, Reason: ref.Reason})
+	}
+	_ = msg.TermWithReason(ref.Reason)
 }
 
 func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *string) (outcome, error) {
@@ -51,6 +65,8 @@ func (w *Worker) processInbox(ctx context.Context, msg jetstream.Msg, typ *strin
 		Receiver: w.cfg.Region,
 		Subject:  msg.Subject(),
 		Skew:     w.cfg.ClockSkew,
+		// A lifecycle message must not outlive the replay cache's memory.
+		MaxLifecycleLifetime: layout.LifecycleMaxLifetime(w.cfg.ClockSkew),
 	})
 	if err != nil {
 		var ve *messages.VerifyError
@@ -138,7 +154,8 @@ func (w *Worker) ack(_ context.Context, msg jetstream.Msg) {
 // retryDelay grows with the number of deliveries: 1s, 2s, 4s … capped at 30s.
 func retryDelay(msg jetstream.Msg) time.Duration { return layout.RetryDelay(msg, time.Second, 5) }
 
-// deadLetter records a refused message on the region's DLQ with the reason.
-func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, ref *refusal) error {
+// deadLetter records a refused message on the region's DLQ with the
+// reason; first is false when this delivery's dead letter was there.
+func (w *Worker) deadLetter(ctx context.Context, msg jetstream.Msg, ref *refusal) (first bool, err error) {
 	return layout.DeadLetter(ctx, w.js, w.cfg.Region, "worker", msg, ref.Reason, ref.Detail)
 }

@@ -7,6 +7,7 @@ import (
 
 	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
 	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/mrkrepl/mrkrepl/messages"
@@ -53,6 +54,7 @@ var apiOps = []string{
 	api.OpDescribeReplication, api.OpEncrypt, api.OpDecrypt, api.OpGenerateDataKey,
 	api.OpRotateKey, api.OpUpdatePrimaryRegion, api.OpScheduleKeyDeletion, api.OpCancelKeyDeletion,
 	api.OpGetKeyPolicy, api.OpPutKeyPolicy,
+	api.OpCreateAccessKey, api.OpListAccessKeys, api.OpDeleteAccessKey,
 }
 
 // eventOps are the request events the worker consumes.
@@ -76,6 +78,7 @@ const opSelfTest = "self_test"
 var workerReasons = []string{
 	reasonReplayedMsgID, reasonUnknownRun, reasonStateMismatch, reasonWrongPeer,
 	reasonNotPrimary, reasonKeyExists, reasonRunExpired, reasonUnknownKey,
+	layout.ReasonMaxDeliver, reasonBadProperties, reasonEpochRange,
 }
 
 // opCounter is requests_total with its op label bounded to known values.
@@ -180,7 +183,7 @@ func newMetrics(reg prometheus.Registerer, region string) (*metrics, error) {
 	}
 	m.received.WithLabelValues("unknown", "refused")
 	m.received.WithLabelValues("unknown", "retry")
-	for _, r := range messages.Reasons() {
+	for _, r := range append(messages.Reasons(), messages.OptionReasons()...) {
 		m.refused.WithLabelValues(string(r))
 	}
 	for _, r := range workerReasons {

@@ -23,7 +23,7 @@ func TestNewMetricsPreinitialisedAndLintClean(t *testing.T) {
 	}
 	for name, want := range map[string]int{
 		"mrkrepl_worker_messages_received_total":        len(messages.Types())*4 + 2,
-		"mrkrepl_worker_messages_refused_total":         16 + len(workerReasons),
+		"mrkrepl_worker_messages_refused_total":         16 + len(messages.OptionReasons()) + len(workerReasons),
 		"mrkrepl_worker_requests_total":                 2 * (len(apiOps) + len(eventOps) + 2),
 		"mrkrepl_worker_replications_total":             4,
 		"mrkrepl_worker_replication_duration_seconds":   2,

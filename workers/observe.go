@@ -31,6 +31,11 @@ type workerCollector struct {
 	inflight inflightSet
 
 	inFlight, oldest, pending, ackPending, streamMsgs, connected, ownRSK *prometheus.Desc
+
+	// Bounds (layout.DefaultLimits): bytes stored against MaxBytes, and
+	// the last sequence, which counts messages written even when a full
+	// DiscardOld stream (events, dlq) drops its oldest.
+	streamBytes, streamMaxBytes, streamLastSeq *prometheus.Desc
 }
 
 func newWorkerCollector(region string) *workerCollector {
@@ -49,6 +54,12 @@ func newWorkerCollector(region string) *workerCollector {
 			"Messages delivered to the worker's durable consumer and not yet acknowledged, by stream (requests, inbox).", "stream"),
 		streamMsgs: d("stream_messages",
 			"Messages stored in the region's streams, by stream (requests, outbox, inbox, events, dlq).", "stream"),
+		streamBytes: d("stream_bytes",
+			"Bytes stored in the region's streams, by stream (requests, outbox, inbox, events, dlq).", "stream"),
+		streamMaxBytes: d("stream_max_bytes",
+			"The stream's MaxBytes (docs/OPERATIONS.md, Limits), by stream; -1 without a limit. At it, requests, outbox and inbox refuse new messages; events and dlq drop their oldest.", "stream"),
+		streamLastSeq: d("stream_last_sequence",
+			"The stream's last sequence, by stream: its increase is the number of messages written, also when a full stream drops its oldest.", "stream"),
 		connected: d("nats_connected",
 			"1 while the worker's connection to its region's NATS cluster is up, else 0."),
 		ownRSK: d("rsk_expiry_timestamp_seconds",
@@ -57,7 +68,7 @@ func newWorkerCollector(region string) *workerCollector {
 }
 
 func (c *workerCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.inFlight, c.oldest, c.pending, c.ackPending, c.streamMsgs, c.connected, c.ownRSK} {
+	for _, d := range []*prometheus.Desc{c.inFlight, c.oldest, c.pending, c.ackPending, c.streamMsgs, c.streamBytes, c.streamMaxBytes, c.streamLastSeq, c.connected, c.ownRSK} {
 		ch <- d
 	}
 }
@@ -117,7 +128,11 @@ func (c *workerCollector) Collect(ch chan<- prometheus.Metric) {
 			w.log.Debug("metrics: stream info", "stream", s.name, "err", err)
 			continue
 		}
-		gauge(c.streamMsgs, float64(st.CachedInfo().State.Msgs), s.label)
+		info := st.CachedInfo()
+		gauge(c.streamMsgs, float64(info.State.Msgs), s.label)
+		gauge(c.streamBytes, float64(info.State.Bytes), s.label)
+		gauge(c.streamMaxBytes, float64(info.Config.MaxBytes), s.label)
+		gauge(c.streamLastSeq, float64(info.State.LastSeq), s.label)
 	}
 }
 

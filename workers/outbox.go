@@ -39,14 +39,15 @@ func (w *Worker) sign(m *messages.Message) (raw, kid []byte, err error) {
 }
 
 // publish sends the run's last message to the outbox. Nats-Msg-Id is the
-// msg_id, so publishing it again is harmless.
+// message's SHA-256 (layout.MsgID): publishing the same bytes again is
+// harmless.
 func (w *Worker) publish(ctx context.Context, rec *repl.Run) error {
 	if len(rec.LastSent) == 0 {
 		return nil
 	}
 	msg := nats.NewMsg(rec.LastSentSubject)
 	msg.Data = rec.LastSent
-	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(rec.LastSentMsgID)); err != nil {
+	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(layout.MsgID(rec.LastSent))); err != nil {
 		return fmt.Errorf("publish %s: %w", rec.LastSentSubject, err)
 	}
 	return nil
@@ -84,7 +85,7 @@ func (w *Worker) sendSigned(ctx context.Context, m *messages.Message) error {
 func (w *Worker) publishSigned(ctx context.Context, m *messages.Message, raw []byte) error {
 	msg := nats.NewMsg(messages.OutboxSubject(w.cfg.Region, m.Dst, m.Type))
 	msg.Data = raw
-	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(m.MsgID)); err != nil {
+	if _, err := w.js.PublishMsg(ctx, msg, jetstream.WithMsgID(layout.MsgID(raw))); err != nil {
 		return fmt.Errorf("publish %s to %s: %w", m.Type, m.Dst, err)
 	}
 	return nil

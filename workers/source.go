@@ -139,7 +139,7 @@ func (w *Worker) startRun(ctx context.Context, keyID, dst string, version uint32
 func (w *Worker) onOffer(ctx context.Context, env *messages.Envelope) (outcome, error) {
 	rec, rev, v, err := w.runFor(ctx, env)
 	if err != nil || v.Kind != repl.Fresh {
-		return w.answer(ctx, rec, v, err)
+		return w.answerRun(ctx, rec, v, err)
 	}
 	cfg := w.core()
 	op, ref := repl.OnOffer(rec, env, cfg, w.cfg.Now())
@@ -181,7 +181,7 @@ func (w *Worker) onReceipt(ctx context.Context, env *messages.Envelope) (outcome
 		return duplicate, nil
 	}
 	if err != nil || v.Kind != repl.Fresh {
-		return w.answer(ctx, rec, v, err)
+		return w.answerRun(ctx, rec, v, err)
 	}
 	late := repl.LateReceiptPossible(rec)
 	next, then, ref := repl.OnReceipt(rec, env, w.cfg.Now())

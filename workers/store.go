@@ -5,8 +5,10 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"slices"
 	"time"
 
+	"github.com/mrkrepl/mrkrepl/api"
 	"github.com/mrkrepl/mrkrepl/internal/repl"
 	"github.com/nats-io/nats.go/jetstream"
 )
@@ -132,4 +134,15 @@ func (w *Worker) updateLiveKey(ctx context.Context, keyID string, fn func(*repl.
 		return nil, notFound("key %s not found in region %s", keyID, w.cfg.Region)
 	}
 	return k, err
+}
+
+// publicHoldsAny is repl.Key.HoldsAny on the API's view of a key (for
+// callers that hold only that, such as the KMS front end's metadata).
+func publicHoldsAny(k *api.Key, region string) bool {
+	for _, d := range k.VersionDetails {
+		if slices.Contains(d.ReplicatedTo, region) {
+			return true
+		}
+	}
+	return false
 }

@@ -91,6 +91,9 @@ type Config struct {
 	// NoDataPlaneAudit turns off the audit events of encrypt, decrypt and
 	// generate-data-key (one asynchronous publish each).
 	NoDataPlaneAudit bool
+	// KMS, if set, serves the AWS KMS JSON API of the region
+	// (docs/KMS-API.md, kms.go).
+	KMS *KMSConfig
 }
 
 // Worker is one region's HSM worker. Start it with Start, stop it with Stop.
@@ -110,16 +113,16 @@ type Worker struct {
 	mu        sync.Mutex
 	consumes  []jetstream.ConsumeContext
 	stopSweep context.CancelFunc
-	svc       micro.Service
-	inflight  inflight.Group // goroutines of messages, requests and the sweeper
+	svcs      []micro.Service // the API's instances (startAPI)
+	inflight  inflight.Group  // goroutines of messages, requests and the sweeper
 	sem       chan struct{}
-	apiSem    chan struct{} // API requests in flight
 
 	audit        jetstream.JetStream // data-plane audit events (auditDataPlane)
 	local        *authz.Principal    // Config.LocalPrincipal, parsed
 	regionPolicy *authz.Policy       // Config.RegionPolicy, or the admins'
 	adminsPolicy string              // the policy of a key stored without one
 	policies     policies            // parsed key policies
+	kms          *kmsState           // the KMS API endpoint (kms.go), nil without Config.KMS
 }
 
 // maxAuditPending bounds the data-plane audit events awaiting JetStream's
@@ -191,7 +194,6 @@ func New(cfg Config) (*Worker, error) {
 		met:     met,
 		backend: cfg.HSM.Backend(),
 		sem:     make(chan struct{}, 2*cfg.Concurrency),
-		apiSem:  make(chan struct{}, 2*cfg.Concurrency),
 		runs:    newRunCache(maxCachedRuns),
 	}
 	// Data-plane audit events are published asynchronously (auditDataPlane);
@@ -225,7 +227,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	// The proxy may not create streams or consumers (internal/natsauth):
 	// its consumers on this region's outbox and its heartbeat stream here
 	// are the workers' to create.
-	if err := layout.EnsureProxyConsumers(ctx, w.js, w.cfg.Region, w.bundle().Regions(), layout.ProxyConsumers{}); err != nil {
+	if err := layout.EnsureProxyConsumers(ctx, w.js, w.cfg.Region, w.bundle().Regions(), layout.ProxyConsumers{MaxDeliver: w.cfg.Layout.MaxDeliverOr()}); err != nil {
 		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
 	}
 	if err := layout.EnsureHeartbeat(ctx, w.js, w.cfg.Region, w.cfg.Layout); err != nil {
@@ -238,6 +240,7 @@ func (w *Worker) Start(ctx context.Context) error {
 			AckPolicy:     jetstream.AckExplicitPolicy,
 			AckWait:       layout.AckWait,
 			MaxAckPending: 4 * w.cfg.Concurrency,
+			MaxDeliver:    w.cfg.Layout.MaxDeliverOr(), // the last delivery is dead-lettered (layout.LastDelivery)
 			DeliverPolicy: jetstream.DeliverAllPolicy,
 		}
 	}
@@ -253,9 +256,15 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err != nil {
 		return fmt.Errorf("worker %s: api: %w", w.cfg.Region, err)
 	}
+	if err := w.startKMS(ctx); err != nil {
+		for _, s := range svc {
+			_ = s.Stop()
+		}
+		return fmt.Errorf("worker %s: kms: %w", w.cfg.Region, err)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.svc = svc
+	w.svcs = svc
 	for _, c := range []struct {
 		cons jetstream.Consumer
 		fn   func(context.Context, jetstream.Msg)
@@ -336,6 +345,7 @@ func (w *Worker) Stop() {
 
 func (w *Worker) stopLocked() {
 	w.stopObservers() // metrics hook (observe.go)
+	w.stopKMS()       // kms.go
 	if w.stopSweep != nil {
 		w.stopSweep()
 		w.stopSweep = nil
@@ -344,10 +354,10 @@ func (w *Worker) stopLocked() {
 		c.Stop()
 	}
 	w.consumes = nil
-	if w.svc != nil {
-		_ = w.svc.Stop()
-		w.svc = nil
+	for _, svc := range w.svcs {
+		_ = svc.Stop()
 	}
+	w.svcs = nil
 }
 
 // rsk returns the signer this worker signs with now and its kid. Every

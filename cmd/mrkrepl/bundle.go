@@ -33,6 +33,12 @@ func runBundle(ctx context.Context, args []string, stdout, stderr io.Writer) err
 			return runBundleRemove(args[1:], stdout, stderr)
 		case "list":
 			return runBundleList(args[1:], stdout, stderr)
+		case "sign":
+			return runBundleSign(args[1:], stdout, stderr)
+		case "verify":
+			return runBundleVerify(args[1:], stdout, stderr)
+		case "root-key":
+			return runBundleRootKey(args[1:], stdout, stderr)
 		}
 	}
 	fs := newFlagSet("bundle", "FRAGMENT.json... > bundle.json", stderr)
@@ -47,6 +53,13 @@ bundle. To rotate a region's RSK (docs/OPERATIONS.md, "RSK rotation"):
   mrkrepl bundle retire [-w] --kid KID [--at WHEN] BUNDLE   end a key's validity (not_after)
   mrkrepl bundle remove [-w] --kid KID BUNDLE        drop a key
   mrkrepl bundle list BUNDLE                         the keys and whether each is valid now
+
+The workers and proxies take the bundle signed by the partition's root key
+(docs/OPERATIONS.md, "Trust bundle"):
+
+  mrkrepl bundle root-key create --out KEY [--partition NAME]   make the root key (KEY, KEY.pub)
+  mrkrepl bundle sign --root-key KEY --out SIGNED BUNDLE        sign, serial = previous + 1
+  mrkrepl bundle verify --root-key KEY.pub SIGNED               check a signed bundle
 
 A fragment file named like one of these needs a path: ./add.
 `)
@@ -115,7 +128,13 @@ func (e *bundleEdit) parse(args []string, minArgs, maxArgs int) ([]string, error
 		return nil, usageError(e.fs, "unexpected argument %q", pos[maxArgs])
 	}
 	e.path = pos[0]
-	if e.b, err = messages.LoadBundle(e.path); err != nil {
+	if e.fs.Name() == "mrkrepl bundle list" {
+		// list also shows a signed bundle (unverified: bundle verify).
+		e.b, err = loadAnyBundle(e.path)
+	} else {
+		e.b, err = messages.LoadBundle(e.path)
+	}
+	if err != nil {
 		return nil, err
 	}
 	return pos[1:], nil

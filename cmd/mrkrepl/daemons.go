@@ -19,9 +19,9 @@ import (
 	"github.com/mrkrepl/mrkrepl/hsmsvc"
 	"github.com/mrkrepl/mrkrepl/internal/authz"
 	"github.com/mrkrepl/mrkrepl/internal/config"
-	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/internal/natsauth"
 	"github.com/mrkrepl/mrkrepl/internal/obs"
+	"github.com/mrkrepl/mrkrepl/internal/secretfile"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/mrkrepl/mrkrepl/proxy"
 	"github.com/mrkrepl/mrkrepl/workers"
@@ -71,7 +71,12 @@ func daemonFlags(name, synopsis string, args []string, stderr io.Writer, load fu
 	base := fs.Usage
 	fs.Usage = func() {
 		base()
-		fmt.Fprintf(stderr, "\nEvery flag can also be set by an environment variable: --nats-url by %s, and so on.\n", config.EnvName("nats-url"))
+		// An example flag this daemon has: the proxy has no --nats-url.
+		example := "bundle"
+		if fs.Lookup("nats-url") != nil {
+			example = "nats-url"
+		}
+		fmt.Fprintf(stderr, "\nEvery flag can also be set by an environment variable: --%s by %s, and so on.\n", example, config.EnvName(example))
 	}
 	if err := config.ApplyEnv(fs, os.LookupEnv, multi...); err != nil {
 		return "", err
@@ -129,16 +134,36 @@ func connect(n config.NATS, name string, log *slog.Logger, extra ...nats.Option)
 	return nc, nil
 }
 
+// startState is what a daemon's /readyz answers until it has started: the
+// last reason its start failed, if any.
+type startState struct{ last atomic.Pointer[string] }
+
+func (s *startState) failed(err error) {
+	m := err.Error()
+	if noJetStream(err) {
+		m = noJetStreamMessage + ": " + m
+	}
+	s.last.Store(&m)
+}
+
+func (s *startState) err() error {
+	if m := s.last.Load(); m != nil {
+		return errors.New("starting: " + *m)
+	}
+	return errors.New("starting")
+}
+
 // serveObs starts the metrics and health endpoint if addr is set. Until
-// ready is stored, /readyz answers "starting".
-func serveObs(ctx context.Context, addr string, reg *prometheus.Registry, ready *atomic.Pointer[obs.ReadyFunc], log *slog.Logger) error {
+// ready is stored, /readyz answers "starting" and why the last attempt
+// failed (st).
+func serveObs(ctx context.Context, addr string, reg *prometheus.Registry, ready *atomic.Pointer[obs.ReadyFunc], st *startState, log *slog.Logger) error {
 	if addr == "" {
 		return nil
 	}
 	bound, err := obs.Serve(ctx, addr, reg, func(ctx context.Context) error {
 		f := ready.Load()
 		if f == nil {
-			return errors.New("starting")
+			return st.err()
 		}
 		return (*f)(ctx)
 	}, log)
@@ -153,7 +178,7 @@ func serveObs(ctx context.Context, addr string, reg *prometheus.Registry, ready 
 // 2 s, … 30 s between attempts, as long as the failure is transient (NATS
 // or JetStream not reachable or not ready yet); any other error is
 // returned at once.
-func startWithRetry(ctx context.Context, what string, log *slog.Logger, connected func() bool, start func(context.Context) error) error {
+func startWithRetry(ctx context.Context, what string, log *slog.Logger, st *startState, connected func() bool, start func(context.Context) error) error {
 	delay := time.Second
 	for {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
@@ -165,7 +190,12 @@ func startWithRetry(ctx context.Context, what string, log *slog.Logger, connecte
 		if ctx.Err() == nil && !transient(err, connected) {
 			return err
 		}
-		log.Warn(what+" did not start; retrying", "err", err, "retry_in", delay)
+		st.failed(err)
+		if noJetStream(err) {
+			log.Error(what+" did not start: "+noJetStreamMessage+"; retrying", "err", err, "retry_in", delay)
+		} else {
+			log.Warn(what+" did not start; retrying", "err", err, "retry_in", delay)
+		}
 		select {
 		case <-ctx.Done():
 			return fmt.Errorf("%s: %w (last error: %v)", what, ctx.Err(), err)
@@ -173,6 +203,19 @@ func startWithRetry(ctx context.Context, what string, log *slog.Logger, connecte
 		}
 		delay = min(2*delay, 30*time.Second)
 	}
+}
+
+// noJetStreamMessage is what a daemon logs, and /readyz answers, while its
+// NATS server has no JetStream for its account.
+const noJetStreamMessage = "the NATS server has no JetStream for this user's account (enable jetstream in the server configuration, and for the account: docs/NATS.md)"
+
+// noJetStream reports whether err says that JetStream is off, on the
+// server or for the account: so JetStream says, or nobody answers on the
+// JetStream API (a server without JetStream has no responder there; one
+// whose cluster elects its leaders answers 503 instead).
+func noJetStream(err error) bool {
+	return errors.Is(err, jetstream.ErrJetStreamNotEnabled) || errors.Is(err, jetstream.ErrJetStreamNotEnabledForAccount) ||
+		errors.Is(err, nats.ErrNoResponders)
 }
 
 // transient reports whether a start failure may go away by itself: the
@@ -205,7 +248,8 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		func(path string) error { return config.Load(path, &cfg) },
 		func(fs *flag.FlagSet) {
 			fs.StringVar(&cfg.Region, "region", cfg.Region, "this worker's `region` (required)")
-			fs.StringVar(&cfg.Bundle, "bundle", cfg.Bundle, "the partition's trust bundle `FILE` (JSON, required)")
+			fs.StringVar(&cfg.Bundle, "bundle", cfg.Bundle, "the partition's trust bundle `FILE` (signed by the root key: mrkrepl bundle sign; required)")
+			addBundleTrustFlags(fs, &cfg.BundleRootKey, &cfg.BundleSerialFile, &cfg.InsecureUnsignedBundle)
 			fs.StringVar(&cfg.NATS.URL, "nats-url", cfg.NATS.URL, "the region's NATS cluster `URL`s (comma-separated)")
 			addNATSFlags(fs, &cfg.NATS)
 			fs.StringVar(&cfg.HSM.URI, "hsm", cfg.HSM.URI, "HSM `URI`: soft:/dir or pkcs11:token=…?module-path=…&pin-source=FILE (required)")
@@ -235,10 +279,11 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 		return err
 	}
 	logger.Info("configuration", "file", path, "worker", cfg)
-	bundleData, bundle, err := loadBundleFile(cfg.Bundle)
+	trust, first, err := loadBundle(cfg.Bundle, cfg.BundleRootKey, cfg.BundleSerialFile, cfg.InsecureUnsignedBundle, logger)
 	if err != nil {
 		return err
 	}
+	bundle := first.bundle
 	hopts := hsmsvc.Options{AllowHostKDF: cfg.HSM.AllowHostKDF, Logger: logger}
 	if cfg.HSM.PINFile != "" {
 		pin, err := readSecretFile(cfg.HSM.PINFile)
@@ -255,7 +300,8 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 
 	reg := obs.NewRegistry()
 	var ready atomic.Pointer[obs.ReadyFunc]
-	if err := serveObs(ctx, cfg.Metrics.Addr, reg, &ready, logger); err != nil {
+	var st startState
+	if err := serveObs(ctx, cfg.Metrics.Addr, reg, &ready, &st, logger); err != nil {
 		return err
 	}
 	nc, err := connect(cfg.NATS, "mrkrepl-worker-"+cfg.Region, logger)
@@ -267,19 +313,27 @@ func runWorker(ctx context.Context, args []string, stdout, stderr io.Writer) err
 	if err != nil {
 		return err
 	}
+	kms, err := kmsConfig(cfg.KMS) // kms_worker.go
+	if err != nil {
+		return err
+	}
 	w, err := workers.New(workers.Config{
 		Region: cfg.Region, Bundle: bundle, HSM: hsm, Conn: nc, Logger: logger, Registerer: reg,
-		Layout: layout.Options{Replicas: cfg.JetStream.Replicas}, Concurrency: cfg.Concurrency,
+		Layout: cfg.JetStream.Layout(), Concurrency: cfg.Concurrency,
 		ClockSkew: cfg.ClockSkew, RunTimeout: cfg.RunTimeout, MaxAttempts: cfg.MaxAttempts,
 		DeletionWaitingPeriod: cfg.DeletionWaitingPeriod,
 		Admins:                cfg.Authz.Admins, RegionPolicy: regionPolicy, LocalPrincipal: cfg.Authz.LocalPrincipal,
 		AccountNames: cfg.Authz.AccountNames, NoDataPlaneAudit: cfg.Authz.NoDataPlaneAudit,
+		KMS: kms,
 	})
 	if err != nil {
 		return err
 	}
-	defer watchBundle(cfg.Bundle, cfg.BundleReloadInterval, bundleData, w, logger)()
-	if err := startWithRetry(ctx, "worker", logger, nc.IsConnected, w.Start); err != nil {
+	if err := trust.accepted(first); err != nil {
+		return err
+	}
+	defer watchBundle(cfg.Bundle, cfg.BundleReloadInterval, trust, first.data, w, logger)()
+	if err := startWithRetry(ctx, "worker", logger, &st, nc.IsConnected, w.Start); err != nil {
 		if ctx.Err() != nil {
 			return nil // interrupted while waiting: a clean stop
 		}
@@ -335,7 +389,8 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 			if cfg.Regions == nil {
 				cfg.Regions = map[string]config.NATS{}
 			}
-			fs.StringVar(&cfg.Bundle, "bundle", cfg.Bundle, "the partition's trust bundle `FILE` (JSON, required)")
+			fs.StringVar(&cfg.Bundle, "bundle", cfg.Bundle, "the partition's trust bundle `FILE` (signed by the root key: mrkrepl bundle sign; required)")
+			addBundleTrustFlags(fs, &cfg.BundleRootKey, &cfg.BundleSerialFile, &cfg.InsecureUnsignedBundle)
 			fs.Var(&regionURLs{m: cfg.Regions, seen: map[string]bool{}}, "region", "a region's NATS `NAME=URL`; repeat for every region of the partition")
 			addNATSFlags(fs, &cfg.NATS)
 			fs.StringVar(&cfg.Durable, "durable", cfg.Durable, "consumer name prefix; proxies with the same prefix share the work")
@@ -359,17 +414,19 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return err
 	}
 	logger.Info("configuration", "file", path, "proxy", cfg)
-	bundleData, bundle, err := loadBundleFile(cfg.Bundle)
+	trust, first, err := loadBundle(cfg.Bundle, cfg.BundleRootKey, cfg.BundleSerialFile, cfg.InsecureUnsignedBundle, logger)
 	if err != nil {
 		return err
 	}
+	bundle := first.bundle
 	if err := cfg.CheckRegions(bundle.Partition(), bundle.Regions()); err != nil {
 		return invalid(stderr, "proxy", err)
 	}
 
 	reg := obs.NewRegistry()
 	var ready atomic.Pointer[obs.ReadyFunc]
-	if err := serveObs(ctx, cfg.Metrics.Addr, reg, &ready, logger); err != nil {
+	var st startState
+	if err := serveObs(ctx, cfg.Metrics.Addr, reg, &ready, &st, logger); err != nil {
 		return err
 	}
 	conns := map[string]*nats.Conn{}
@@ -392,14 +449,17 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	p, err := proxy.New(proxy.Config{
 		Bundle: bundle, Conns: conns, Logger: logger, Registerer: reg, Durable: cfg.Durable,
-		Layout: layout.Options{Replicas: cfg.JetStream.Replicas}, Concurrency: cfg.Concurrency,
+		Layout: cfg.JetStream.Layout(), Concurrency: cfg.Concurrency,
 		Delay: map[string]time.Duration{"*": cfg.Delay}, Heartbeat: hb, ClockSkew: cfg.ClockSkew,
 		Loss: map[string]float64{"*": cfg.Loss},
 	})
 	if err != nil {
 		return err
 	}
-	defer watchBundle(cfg.Bundle, cfg.BundleReloadInterval, bundleData, p, logger)()
+	if err := trust.accepted(first); err != nil {
+		return err
+	}
+	defer watchBundle(cfg.Bundle, cfg.BundleReloadInterval, trust, first.data, p, logger)()
 	allConnected := func() bool {
 		for _, nc := range conns {
 			if !nc.IsConnected() {
@@ -408,7 +468,7 @@ func runProxy(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		}
 		return true
 	}
-	if err := startWithRetry(ctx, "proxy", logger, allConnected, p.Start); err != nil {
+	if err := startWithRetry(ctx, "proxy", logger, &st, allConnected, p.Start); err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
@@ -427,23 +487,32 @@ func addBundleReloadFlag(fs *flag.FlagSet, d *time.Duration) {
 	fs.DurationVar(d, "bundle-reload-interval", *d, "read the trust bundle file this often and put it in force when its content changed; 0: only on SIGHUP")
 }
 
-// loadBundleFile reads and parses a bundle file; the bytes are returned
-// for the reloader to compare.
-func loadBundleFile(path string) ([]byte, *messages.Bundle, error) {
-	f, err := os.Open(path)
+// addBundleTrustFlags binds the flags of the bundle's root key.
+func addBundleTrustFlags(fs *flag.FlagSet, rootKey, serialFile *string, insecure *bool) {
+	fs.StringVar(rootKey, "bundle-root-key", *rootKey, "the partition root's public key `FILE` (PEM): the bundle must be signed by it (required unless --insecure-unsigned-bundle)")
+	fs.StringVar(serialFile, "bundle-serial-file", *serialFile, "keep the highest bundle serial in force in `FILE`, so that an older bundle is refused after a restart too")
+	fs.BoolVar(insecure, "insecure-unsigned-bundle", *insecure, "accept an unsigned (JSON) bundle without a root key: whoever can write the file is every region (development only)")
+}
+
+// loadBundle reads the root key and the serial file and judges the bundle
+// file at start: a daemon does not start on a bundle it would refuse at a
+// reload (unsigned, not signed by the root, another partition, a serial
+// below the serial file's).
+func loadBundle(path, rootKey, serialFile string, insecure bool, log *slog.Logger) (*bundleTrust, *verified, error) {
+	trust, err := newBundleTrust(rootKey, serialFile, insecure)
 	if err != nil {
-		return nil, nil, fmt.Errorf("load bundle: %w", err)
+		return nil, nil, err
 	}
-	defer f.Close()
-	data, err := io.ReadAll(io.LimitReader(f, messages.MaxBundleSize+1))
+	v, _, err := trust.read(path)
 	if err != nil {
-		return nil, nil, fmt.Errorf("load bundle %s: %w", path, err)
+		return nil, nil, err
 	}
-	b, err := messages.ParseBundle(data)
-	if err != nil {
-		return data, nil, fmt.Errorf("load bundle %s: %w", path, err)
+	if trust.signed() {
+		log.Info("trust bundle verified", trust.describe(v)...)
+	} else {
+		log.Warn("trust bundle NOT signed (insecure_unsigned_bundle): anyone who can write the file can add an RSK for any region", "bundle_file", path)
 	}
-	return data, b, nil
+	return trust, v, nil
 }
 
 // bundleComponent is what a worker and a proxy offer the reloader.
@@ -465,12 +534,13 @@ type bundleReloader struct {
 	path     string
 	interval time.Duration
 	log      *slog.Logger
+	trust    *bundleTrust
 	c        bundleComponent
 	last     [sha256.Size]byte // of the content (or the read error) last tried
 }
 
-func newBundleReloader(path string, interval time.Duration, initial []byte, c bundleComponent, log *slog.Logger) *bundleReloader {
-	return &bundleReloader{path: path, interval: interval, log: log.With("bundle_file", path), c: c, last: sha256.Sum256(initial)}
+func newBundleReloader(path string, interval time.Duration, trust *bundleTrust, initial []byte, c bundleComponent, log *slog.Logger) *bundleReloader {
+	return &bundleReloader{path: path, interval: interval, log: log.With("bundle_file", path), trust: trust, c: c, last: sha256.Sum256(initial)}
 }
 
 // run reloads until ctx ends.
@@ -494,10 +564,12 @@ func (r *bundleReloader) run(ctx context.Context, hup <-chan os.Signal) {
 	}
 }
 
-// reload reads the file and, if forced by trigger or changed, gives it to
-// the component.
+// reload reads the file and, if forced by trigger or changed, judges it
+// (bundleTrust.read: signature, partition, serial) and gives it to the
+// component; a refusal is reported to the component (counted as an error,
+// logged with the reason) and the bundle in force stays.
 func (r *bundleReloader) reload(trigger string) {
-	data, b, err := loadBundleFile(r.path)
+	v, data, err := r.trust.read(r.path)
 	sum := sha256.Sum256(data)
 	if data == nil {
 		sum = sha256.Sum256([]byte("error: " + err.Error()))
@@ -514,17 +586,23 @@ func (r *bundleReloader) reload(trigger string) {
 		r.c.BundleReloadFailed(err)
 		return
 	}
-	_ = r.c.SetBundle(b) // judged, counted and logged by the component
+	if r.c.SetBundle(v.bundle) != nil {
+		return // judged, counted and logged by the component
+	}
+	if err := r.trust.accepted(v); err != nil {
+		r.log.Error("trust bundle in force, but its serial not persisted", "err", err)
+	}
+	r.log.Info("trust bundle in force", r.trust.describe(v)...)
 }
 
 // watchBundle starts the reloader of path for c; the returned func stops
 // it and waits for it.
-func watchBundle(path string, interval time.Duration, initial []byte, c bundleComponent, log *slog.Logger) (stop func()) {
+func watchBundle(path string, interval time.Duration, trust *bundleTrust, initial []byte, c bundleComponent, log *slog.Logger) (stop func()) {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan struct{})
-	r := newBundleReloader(path, interval, initial, c, log)
+	r := newBundleReloader(path, interval, trust, initial, c, log)
 	go func() {
 		defer close(done)
 		r.run(ctx, hup)
@@ -549,17 +627,11 @@ func required(fs *flag.FlagSet, pairs ...string) error {
 }
 
 // readSecretFile reads a PIN or password from a file, without the trailing
-// newline. Errors name the file, never its content.
+// newline, with the checks of every secret file (internal/secretfile: a
+// regular file of this user or root, mode 0600 or 0400, one line, at most
+// 1 KiB). Errors name the file, never its content.
 func readSecretFile(path string) (string, error) {
-	b, err := os.ReadFile(path)
-	if err != nil {
-		return "", err
-	}
-	s := strings.TrimRight(string(b), "\r\n")
-	if s == "" {
-		return "", fmt.Errorf("%s is empty", path)
-	}
-	return s, nil
+	return secretfile.ReadLine(path)
 }
 
 // readRegionPolicy reads and checks the region's policy file ("" gives

@@ -11,6 +11,7 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -59,6 +60,9 @@ type cluster struct {
 	stop    context.CancelFunc
 	wg      sync.WaitGroup
 	codes   chan int
+	// The trust bundle: its JSON (edited by the tests), the root key that
+	// signs it and the signed file the daemons read.
+	bundleJSON, rootKey, signed string
 }
 
 func newCluster(t *testing.T, regions ...string) *cluster {
@@ -136,8 +140,11 @@ func (c *cluster) mustRun(args ...string) []byte {
 	return out.Bytes()
 }
 
-// bundle makes each region's RSK fragment with hsmArgs(region) and merges
-// them into a trust bundle.
+// bundle makes each region's RSK fragment with hsmArgs(region), merges
+// them into a trust bundle (c.bundleJSON), makes the partition's root key
+// (bound to partition cmdtest; MRKREPL_BUNDLE_ROOT_KEY names its public
+// file for every daemon) and signs the bundle (serial 1). It returns the
+// signed file, the daemons' --bundle.
 func (c *cluster) bundle(hsmArgs func(region string) []string) string {
 	c.t.Helper()
 	var fragments []string
@@ -149,11 +156,23 @@ func (c *cluster) bundle(hsmArgs func(region string) []string) string {
 		}
 		fragments = append(fragments, f)
 	}
-	path := filepath.Join(c.dir, "bundle.json")
-	if err := os.WriteFile(path, c.mustRun(append([]string{"bundle"}, fragments...)...), 0o644); err != nil {
+	c.bundleJSON = filepath.Join(c.dir, "bundle.json")
+	if err := os.WriteFile(c.bundleJSON, c.mustRun(append([]string{"bundle"}, fragments...)...), 0o644); err != nil {
 		c.t.Fatal(err)
 	}
-	return path
+	c.rootKey = filepath.Join(c.dir, "root.key")
+	c.mustRun("bundle", "root-key", "create", "--out", c.rootKey, "--partition", "cmdtest")
+	c.t.Setenv("MRKREPL_BUNDLE_ROOT_KEY", c.rootKey+".pub")
+	c.signed = filepath.Join(c.dir, "bundle.cose")
+	c.sign()
+	return c.signed
+}
+
+// sign signs c.bundleJSON into c.signed with the next serial, as an
+// operator does after every edit.
+func (c *cluster) sign() {
+	c.t.Helper()
+	c.mustRun("bundle", "sign", "--root-key", c.rootKey, "--out", c.signed, c.bundleJSON)
 }
 
 // daemon runs a command until the cluster stops; it must then exit 0.
@@ -513,6 +532,7 @@ func (c *cluster) startReloading(bundle string, hsm func(region string) []string
 	logs := map[string]*syncBuffer{}
 	series := reloadSeries{}
 	proxyArgs := []string{"proxy", "--bundle", bundle, "--bundle-reload-interval", "50ms", "--heartbeat-disabled",
+		"--bundle-serial-file", filepath.Join(c.dir, "proxy.serial"),
 		"--nats-user", "proxy", "--nats-password-file", c.pwFiles[natsauth.RoleProxy], "--metrics-addr", "127.0.0.1:0"}
 	for _, r := range c.regions {
 		logs[r] = c.daemon(append([]string{"worker", "--region", r, "--nats-url", c.urls[r], "--bundle", bundle,
@@ -549,11 +569,19 @@ func writeFile(t *testing.T, path string, data []byte) {
 // a restart, on their own (content compared, not the modification time)
 // and on SIGHUP; a file they cannot read or a bundle they refuse is counted
 // as an error and leaves the bundle in force, with which they keep working.
+// Refused at every reload, each counted and logged with its reason (the
+// holes of security review M2): an unsigned bundle, a rollback to an older
+// serial, a bundle signed by another root key, a bundle of another
+// partition signed by the root, and a new bundle under the serial in force.
 func TestBundleReload(t *testing.T) {
 	c := newCluster(t, "us-east-1", "eu-west-1")
 	hsm := func(r string) []string { return []string{"--hsm", "soft:" + filepath.Join(c.dir, r, "hsm")} }
 	bundle := c.bundle(hsm)
-	good, err := os.ReadFile(bundle)
+	serial1, err := os.ReadFile(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
+	goodJSON, err := os.ReadFile(c.bundleJSON)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -565,15 +593,21 @@ func TestBundleReload(t *testing.T) {
 	writeFile(t, bundle, []byte("{not json"))
 	reloads.want(t, 0, 1)
 	c.replicate("us-east-1", "eu-west-1")
-	// Good again: a reload. The same bytes written again: none. A changed
-	// bundle (eu-west-1 gets a second key): a reload.
-	writeFile(t, bundle, good)
+	// Good again (the same serial and bundle as in force): a reload. The
+	// same bytes written again: none. A changed bundle (eu-west-1 gets a
+	// second key), signed with serial 2: a reload.
+	writeFile(t, bundle, serial1)
 	reloads.want(t, 1, 1)
-	writeFile(t, bundle, good)
+	writeFile(t, bundle, serial1)
 	spare := filepath.Join(c.dir, "spare.json")
 	writeFile(t, spare, c.mustRun("rsk", "--hsm", "soft:"+filepath.Join(c.dir, "spare"), "--region", "eu-west-1", "--partition", "cmdtest"))
-	c.mustRun("bundle", "add", "-w", bundle, spare)
+	c.mustRun("bundle", "add", "-w", c.bundleJSON, spare)
+	c.sign()
 	reloads.want(t, 2, 1)
+	serial2, err := os.ReadFile(bundle)
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	// SIGHUP: every daemon reads the file again, changed or not.
 	proc, err := os.FindProcess(os.Getpid())
@@ -585,21 +619,134 @@ func TestBundleReload(t *testing.T) {
 	}
 	reloads.want(t, 3, 1)
 
-	// A valid bundle of another partition: refused by each, counted.
-	writeFile(t, bundle, bytes.Replace(good, []byte(`"partition": "cmdtest"`), []byte(`"partition": "other"`), 1))
+	// Rollback: the serial 1 bundle again (its RSKs, genuinely signed).
+	writeFile(t, bundle, serial1)
 	reloads.want(t, 3, 2)
+	// Unsigned: the bare JSON bundle, as anyone who can write the file
+	// can make.
+	writeFile(t, bundle, goodJSON)
+	reloads.want(t, 3, 3)
+	// Signed by another root key, with a high serial.
+	otherRoot := filepath.Join(c.dir, "other-root.key")
+	c.mustRun("bundle", "root-key", "create", "--out", otherRoot)
+	forged := filepath.Join(c.dir, "forged.cose")
+	c.mustRun("bundle", "sign", "--root-key", otherRoot, "--serial", "99", "--out", forged, c.bundleJSON)
+	copyFile(t, forged, bundle)
+	reloads.want(t, 3, 4)
+	// Another partition, signed by the partition's own root.
+	otherJSON := filepath.Join(c.dir, "other.json")
+	writeFile(t, otherJSON, bytes.Replace(goodJSON, []byte(`"partition": "cmdtest"`), []byte(`"partition": "other"`), 1))
+	otherSigned := filepath.Join(c.dir, "other.cose")
+	c.mustRun("bundle", "sign", "--root-key", c.rootKey, "--serial", "100", "--out", otherSigned, otherJSON)
+	copyFile(t, otherSigned, bundle)
+	reloads.want(t, 3, 5)
+	// A new bundle re-using the serial in force (2).
+	reused := filepath.Join(c.dir, "reused.cose")
+	c.mustRun("bundle", "sign", "--root-key", c.rootKey, "--serial", "2", "--out", reused, filepath.Join(c.dir, "us-east-1.json"))
+	copyFile(t, reused, bundle)
+	reloads.want(t, 3, 6)
+	// Through all that, serial 2 stayed in force: it is accepted again
+	// (a higher serial would have made it older), and the daemons work.
+	writeFile(t, bundle, serial2)
+	reloads.want(t, 4, 6)
 	c.replicate("eu-west-1", "us-east-1")
 	c.shutdown()
 
+	if data, err := os.ReadFile(filepath.Join(c.dir, "proxy.serial")); err != nil || string(data) != "2\n" {
+		t.Errorf("the proxy's serial file: %q, %v; want 2", data, err)
+	}
 	for name, log := range logs {
 		out := log.String()
 		for _, want := range []string{`"msg":"watching the trust bundle file"`, `"trigger":"sighup"`, `"trigger":"changed"`,
-			`"msg":"trust bundle not reloaded; the previous one stays in force"`, `"msg":"trust bundle refused; the previous one stays in force"`,
-			`"msg":"trust bundle in force"`, `for partition \"other\"`} {
+			`"msg":"trust bundle not reloaded; the previous one stays in force"`,
+			`"msg":"trust bundle in force"`, `"serial":2`,
+			`trust bundle is not signed`, `trust bundle older than the one accepted: serial 1, the lowest accepted is 2`,
+			`trust bundle not signed by the root key`, `trust bundle of another partition: partition \"other\", want \"cmdtest\"`,
+			`serial 2 is in force with other content`} {
 			if !strings.Contains(out, want) {
 				t.Errorf("%s log lacks %s", name, want)
 			}
 		}
+	}
+}
+
+// copyFile replaces dst with src's content atomically.
+func copyFile(t *testing.T, src, dst string) {
+	t.Helper()
+	data, err := os.ReadFile(src)
+	if err != nil {
+		t.Fatal(err)
+	}
+	writeFile(t, dst, data)
+}
+
+// TestBundleRefusedAtStart: a worker and a proxy do not start on a bundle
+// they would refuse at a reload (unsigned, signed by another root, of
+// another partition, older than their serial file's), nor without a root
+// key unless told --insecure-unsigned-bundle; nor on a password file
+// readable by others. Each exits with the reason, before any connection.
+func TestBundleRefusedAtStart(t *testing.T) {
+	dir := t.TempDir()
+	var stderr bytes.Buffer
+	mrkrepl := func(args ...string) int {
+		stderr.Reset()
+		return run(t.Context(), args, io.Discard, &stderr)
+	}
+	must := func(args ...string) {
+		if code := mrkrepl(args...); code != 0 {
+			t.Fatalf("mrkrepl %v: %d %s", args, code, stderr.String())
+		}
+	}
+	// A one-region bundle whose RSK is in a soft HSM.
+	hsmDir := filepath.Join(dir, "hsm")
+	frag := filepath.Join(dir, "frag.json")
+	var out bytes.Buffer
+	if code := run(t.Context(), []string{"rsk", "--hsm", "soft:" + hsmDir, "--region", "us-east-1", "--partition", "cmdtest"}, &out, &stderr); code != 0 {
+		t.Fatal(stderr.String())
+	}
+	writeFile(t, frag, out.Bytes())
+	root := filepath.Join(dir, "root.key")
+	must("bundle", "root-key", "create", "--out", root, "--partition", "cmdtest")
+	other := filepath.Join(dir, "other.key")
+	must("bundle", "root-key", "create", "--out", other)
+	good := filepath.Join(dir, "good.cose")
+	must("bundle", "sign", "--root-key", root, "--out", good, "--serial", "5", frag)
+	forged := filepath.Join(dir, "forged.cose")
+	must("bundle", "sign", "--root-key", other, "--out", forged, "--serial", "6", frag)
+	otherJSON := filepath.Join(dir, "other.json")
+	data, _ := os.ReadFile(frag)
+	writeFile(t, otherJSON, bytes.Replace(data, []byte(`"partition": "cmdtest"`), []byte(`"partition": "other"`), 1))
+	otherPart := filepath.Join(dir, "other.cose")
+	must("bundle", "sign", "--root-key", root, "--out", otherPart, "--serial", "7", otherJSON)
+	serialFile := filepath.Join(dir, "serial")
+	writeFile(t, serialFile, []byte("6\n"))
+	pw := filepath.Join(dir, "pw")
+	writeFile(t, pw, []byte("secret\n")) // mode 0644
+
+	worker := []string{"worker", "--region", "us-east-1", "--hsm", "soft:" + hsmDir, "--nats-url", "nats://127.0.0.1:1"}
+	proxy := []string{"proxy", "--region", "us-east-1=nats://127.0.0.1:1"}
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no root key", []string{"--bundle", good}, "bundle_root_key (--bundle-root-key): required"},
+		{"unsigned", []string{"--bundle", frag, "--bundle-root-key", root + ".pub"}, "trust bundle is not signed"},
+		{"other root", []string{"--bundle", forged, "--bundle-root-key", root + ".pub"}, "trust bundle not signed by the root key"},
+		{"other partition", []string{"--bundle", otherPart, "--bundle-root-key", root + ".pub"}, `trust bundle of another partition: partition "other", want "cmdtest"`},
+		{"older than the serial file", []string{"--bundle", good, "--bundle-root-key", root + ".pub", "--bundle-serial-file", serialFile},
+			"trust bundle older than the one accepted: serial 5, the lowest accepted is 6"},
+		{"signed but insecure", []string{"--bundle", good, "--insecure-unsigned-bundle"}, "load bundle"},
+		{"world-readable password", []string{"--bundle", good, "--bundle-root-key", root + ".pub", "--nats-user", "u", "--nats-password-file", pw},
+			"mode 0644 is accessible by group or others"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, base := range [][]string{worker, proxy} {
+				if code := mrkrepl(append(slices.Clone(base), tc.args...)...); code == 0 || !strings.Contains(stderr.String(), tc.want) {
+					t.Errorf("%s: exit %d, want a refusal with %q:\n%s", base[0], code, tc.want, stderr.String())
+				}
+			}
+		})
 	}
 }
 
@@ -650,7 +797,8 @@ func TestRSKRotationCommands(t *testing.T) {
 		t.Fatal(err)
 	}
 	newKey := nb.Keys()[0]
-	c.mustRun("bundle", "add", "-w", bundle, newFrag)
+	c.mustRun("bundle", "add", "-w", c.bundleJSON, newFrag)
+	c.sign()
 	reloads.want(t, 1, 0)
 	// The worker signs with it: its RSK expiry is the new key's.
 	waitSeries(t, usBase, `mrkrepl_worker_rsk_expiry_timestamp_seconds{region="us-east-1"}`, float64(newKey.NotAfter.Unix()))
@@ -658,10 +806,12 @@ func TestRSKRotationCommands(t *testing.T) {
 	c.replicate("eu-west-1", "us-east-1")
 
 	// 2. Retire the old RSK, then remove it.
-	c.mustRun("bundle", "retire", "-w", "--kid", oldKID[:16], bundle)
+	c.mustRun("bundle", "retire", "-w", "--kid", oldKID[:16], c.bundleJSON)
+	c.sign()
 	reloads.want(t, 2, 0)
 	c.replicate("us-east-1", "eu-west-1")
-	c.mustRun("bundle", "remove", "-w", "--kid", oldKID, bundle)
+	c.mustRun("bundle", "remove", "-w", "--kid", oldKID, c.bundleJSON)
+	c.sign()
 	reloads.want(t, 3, 0)
 	c.replicate("us-east-1", "eu-west-1")
 	c.shutdown()
@@ -674,4 +824,39 @@ func TestRSKRotationCommands(t *testing.T) {
 	if !signs {
 		t.Errorf("the worker never logged that it signs with the new rsk:\n%.3000s", us)
 	}
+}
+
+// TestWorkerWithoutJetStream runs a worker against a server without
+// JetStream: it keeps retrying, and says exactly that in its log and in
+// /readyz.
+func TestWorkerWithoutJetStream(t *testing.T) {
+	c := newCluster(t, "us-east-1", "eu-west-1")
+	bundle := c.bundle(func(r string) []string { return []string{"--hsm", "soft:" + filepath.Join(c.dir, r, "hsm")} })
+	s, err := server.NewServer(&server.Options{ServerName: "no-js", Host: "127.0.0.1", Port: server.RANDOM_PORT, NoLog: true, NoSigs: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	go s.Start()
+	if !s.ReadyForConnections(10 * time.Second) {
+		t.Fatal("server not ready")
+	}
+	t.Cleanup(s.Shutdown)
+	log := c.daemon("worker", "--region", "us-east-1", "--nats-url", s.ClientURL(), "--bundle", bundle,
+		"--hsm", "soft:"+filepath.Join(c.dir, "us-east-1", "hsm"), "--metrics-addr", "127.0.0.1:0", "--log-format", "json")
+	base := endpoint(t, log)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		code, body := httpGet(t, base+"/readyz")
+		if code != 200 && strings.Contains(body, noJetStreamMessage) {
+			break
+		}
+		if code == 200 || time.Now().After(deadline) {
+			t.Fatalf("/readyz: %d %q, want 503 with %q", code, body, noJetStreamMessage)
+		}
+		time.Sleep(50 * time.Millisecond) // poll interval
+	}
+	if !strings.Contains(log.String(), `"level":"ERROR","msg":"worker did not start: `+noJetStreamMessage) {
+		t.Errorf("log does not say the server has no JetStream:\n%s", log.String())
+	}
+	c.shutdown()
 }

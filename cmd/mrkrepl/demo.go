@@ -72,6 +72,7 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 		Logger: logger, ProxyDelay: *delay, Registerer: reg,
 		Password: appPassword, AdminPassword: adminPassword,
 		Apps: []natsauth.App{demoIntruder},
+		KMS:  true, // each worker's AWS KMS API on 127.0.0.1 (demo_kms.go)
 	})
 	if err != nil {
 		return fmt.Errorf("start partition: %w", err)
@@ -137,6 +138,9 @@ func runDemo(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fmt.Fprintf(stdout, "  mrkrepl key describe <key id> --server %s --region %s %s\n", regions[1].URL, regions[1].Name, creds)
 	fmt.Fprintf(stdout, "  mrkrepl key policy get <key id> --server %s --region %s %s\n", us.URL, us.Name, creds)
 	fmt.Fprintf(stdout, "  mrkrepl events --follow --server %s --region %s --nats-user %s --nats-password-file %s   (the admin: stored events need the JetStream API)\n", us.URL, us.Name, natsauth.UserAdmin, adminFile)
+	if err := demoKMS(ctx, stdout, p, dir); err != nil {
+		return err
+	}
 	<-ctx.Done()
 	fmt.Fprintln(stdout, "stopping")
 	return nil

@@ -46,7 +46,7 @@ func runInspect(ctx context.Context, args []string, stdout, stderr io.Writer) er
 	if *bundlePath == "" {
 		env, err = messages.Parse(raw)
 	} else {
-		bundle, berr := messages.LoadBundle(*bundlePath)
+		bundle, berr := loadAnyBundle(*bundlePath)
 		if berr != nil {
 			return berr
 		}

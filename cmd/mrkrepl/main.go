@@ -8,8 +8,10 @@
 //	mrkrepl rsk        print a region's RSK as a trust-bundle fragment; rsk create: a new one (rotation)
 //	mrkrepl bundle     merge fragments into the partition's trust bundle; add, retire, remove, list keys
 //	mrkrepl hsm init   create the region's RSK inside a PKCS#11 token
+//	mrkrepl nats-config  print the accounts block of a region's nats-server configuration
 //	mrkrepl key        create, describe, replicate keys; encrypt and decrypt (the request API)
 //	mrkrepl events     show a region's audit events, or follow them
+//	mrkrepl access-key issue, list, delete access keys of a region's KMS API
 //
 // Run "mrkrepl <command> -h" for a command's flags.
 package main
@@ -43,9 +45,11 @@ var commands = []command{
 	{"rsk", "print a region's RSK as a trust-bundle fragment (rsk create: make a new one)", runRSK},
 	{"bundle", "merge trust-bundle fragments; add, retire, remove, list a bundle's keys", runBundle},
 	{"hsm", "hsm init: create the region's RSK inside a PKCS#11 token", runHSM},
+	{"nats-config", "print the accounts block of a region's nats-server configuration", runNATSConfig},
 	{"bench", "measure replication throughput, latency and cost against the crypto bound", runBench},
 	{"key", "create, replicate, rotate, move and delete keys; encrypt, decrypt, generate data keys", runKey},
 	{"events", "show a region's audit events (--follow to keep following)", runEvents},
+	{"access-key", "issue, list and delete access keys of a region's KMS API (AWS SigV4)", runAccessKey},
 }
 
 func usage(w io.Writer) {
@@ -55,7 +59,7 @@ func usage(w io.Writer) {
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, "commands:")
 	for _, c := range commands {
-		fmt.Fprintf(w, "  %-9s %s\n", c.name, c.summary)
+		fmt.Fprintf(w, "  %-11s %s\n", c.name, c.summary)
 	}
 	fmt.Fprintln(w)
 	fmt.Fprintln(w, `Run "mrkrepl <command> -h" for a command's flags.`)

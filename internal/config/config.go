@@ -34,6 +34,7 @@ import (
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/internal/authz"
+	"github.com/mrkrepl/mrkrepl/internal/layout"
 	"github.com/mrkrepl/mrkrepl/messages"
 	"go.yaml.in/yaml/v3"
 )
@@ -75,6 +76,27 @@ type HSM struct {
 // JetStream sizes the streams and buckets the process creates.
 type JetStream struct {
 	Replicas int `yaml:"replicas,omitempty"` // 1, 3 or 5
+	// Limits override layout.DefaultLimits by resource (requests, outbox,
+	// inbox, events, dlq, heartbeat, keys, repl, replay, pending, tokens):
+	// max_bytes and max_msg_size (a bucket's max value size), in bytes; -1
+	// for none (docs/OPERATIONS.md, "Limits").
+	Limits map[string]layout.Limit `yaml:"limits,omitempty"`
+	// MaxDeliver overrides layout.DefaultMaxDeliver on every consumer.
+	MaxDeliver int `yaml:"max_deliver,omitempty"`
+}
+
+// Layout is the layout.Options these settings give.
+func (j JetStream) Layout() layout.Options {
+	return layout.Options{Replicas: j.Replicas, Limits: j.Limits, MaxDeliver: j.MaxDeliver}
+}
+
+func (c *checker) jetstream(j JetStream) {
+	if err := layout.CheckLimits(j.Limits); err != nil {
+		c.fail("jetstream.limits", "", "%v", err)
+	}
+	if j.MaxDeliver < 0 {
+		c.fail("jetstream.max_deliver", "", "want 0 (the default) or more, got %d", j.MaxDeliver)
+	}
 }
 
 // Metrics is the HTTP endpoint of /metrics, /healthz and /readyz.
@@ -90,12 +112,24 @@ type Log struct {
 
 // Worker is the configuration of `mrkrepl worker`.
 type Worker struct {
-	Region      string    `yaml:"region,omitempty"`
-	Bundle      string    `yaml:"bundle,omitempty"` // trust bundle file (JSON)
-	NATS        NATS      `yaml:"nats,omitempty"`   // the region's own cluster
-	HSM         HSM       `yaml:"hsm,omitempty"`
-	JetStream   JetStream `yaml:"jetstream,omitempty"`
-	Concurrency int       `yaml:"concurrency,omitempty"` // messages at once per consumer
+	Region string `yaml:"region,omitempty"`
+	Bundle string `yaml:"bundle,omitempty"` // trust bundle file (signed; JSON with insecure_unsigned_bundle)
+	// BundleRootKey is the partition root's public key file (PEM, from
+	// "mrkrepl bundle root-key create"): the bundle file must be signed by
+	// it ("mrkrepl bundle sign"), at start and at every reload.
+	BundleRootKey string `yaml:"bundle_root_key,omitempty"`
+	// BundleSerialFile, if set, keeps the highest bundle serial put in
+	// force across restarts: a bundle with a lower serial is refused even
+	// at start. The process must be able to write it.
+	BundleSerialFile string `yaml:"bundle_serial_file,omitempty"`
+	// InsecureUnsignedBundle accepts an unsigned (bare JSON) bundle when
+	// no root key is configured: anyone who can write the file is then
+	// every region. For development only.
+	InsecureUnsignedBundle bool      `yaml:"insecure_unsigned_bundle,omitempty"`
+	NATS                   NATS      `yaml:"nats,omitempty"` // the region's own cluster
+	HSM                    HSM       `yaml:"hsm,omitempty"`
+	JetStream              JetStream `yaml:"jetstream,omitempty"`
+	Concurrency            int       `yaml:"concurrency,omitempty"` // messages at once per consumer
 	// ClockSkew is the allowance for clocks between regions (0: the
 	// protocol's default).
 	ClockSkew time.Duration `yaml:"clock_skew,omitempty"`
@@ -113,6 +147,19 @@ type Worker struct {
 	Log                  Log           `yaml:"log,omitempty"`
 	// Authz is who may do what (docs/AUTHZ.md).
 	Authz Authz `yaml:"authz,omitempty"`
+	// KMS is the worker's AWS KMS API endpoint (docs/KMS-API.md).
+	KMS KMS `yaml:"kms,omitempty"`
+}
+
+// KMS configures the worker's AWS KMS API endpoint (docs/KMS-API.md).
+// Empty Listen serves none. Without TLSCert and TLSKey it serves plain
+// HTTP, which the worker refuses on anything but a loopback address.
+type KMS struct {
+	Listen       string `yaml:"listen,omitempty"`        // host:port
+	TLSCert      string `yaml:"tls_cert,omitempty"`      // PEM certificate chain file
+	TLSKey       string `yaml:"tls_key,omitempty"`       // PEM private key file
+	AccountID    string `yaml:"account_id,omitempty"`    // 12 digits, in ARNs (default 000000000000)
+	ARNPartition string `yaml:"arn_partition,omitempty"` // in ARNs (default aws)
 }
 
 // Authz configures the worker's authorization (docs/AUTHZ.md).
@@ -144,6 +191,18 @@ type Heartbeat struct {
 // Proxy is the configuration of `mrkrepl proxy`.
 type Proxy struct {
 	Bundle string `yaml:"bundle,omitempty"`
+	// BundleRootKey is the partition root's public key file (PEM, from
+	// "mrkrepl bundle root-key create"): the bundle file must be signed by
+	// it ("mrkrepl bundle sign"), at start and at every reload.
+	BundleRootKey string `yaml:"bundle_root_key,omitempty"`
+	// BundleSerialFile, if set, keeps the highest bundle serial put in
+	// force across restarts: a bundle with a lower serial is refused even
+	// at start. The process must be able to write it.
+	BundleSerialFile string `yaml:"bundle_serial_file,omitempty"`
+	// InsecureUnsignedBundle accepts an unsigned (bare JSON) bundle when
+	// no root key is configured: anyone who can write the file is then
+	// every region. For development only.
+	InsecureUnsignedBundle bool `yaml:"insecure_unsigned_bundle,omitempty"`
 	// NATS holds what every region's connection shares unless the region
 	// sets it (credentials, CA, client certificate); its URL is unused.
 	NATS NATS `yaml:"nats,omitempty"`
@@ -294,6 +353,22 @@ func (c *checker) file(key, flag, path string, required bool) {
 	}
 }
 
+// bundleTrust checks the bundle's root key settings: secure by default, a
+// root key is required unless unsigned bundles are explicitly allowed.
+func (c *checker) bundleTrust(rootKey, serialFile string, insecure bool) {
+	switch {
+	case rootKey == "" && !insecure:
+		c.fail("bundle_root_key", "--bundle-root-key", "required: the partition root's public key, which signs the bundle (docs/OPERATIONS.md, \"Trust bundle\"); insecure_unsigned_bundle (--insecure-unsigned-bundle) accepts an unsigned bundle instead, for development only")
+	case rootKey != "" && insecure:
+		c.fail("insecure_unsigned_bundle", "--insecure-unsigned-bundle", "set together with bundle_root_key: choose one")
+	case rootKey != "":
+		c.file("bundle_root_key", "--bundle-root-key", rootKey, true)
+	}
+	if serialFile != "" && insecure {
+		c.fail("bundle_serial_file", "--bundle-serial-file", "an unsigned bundle has no serial")
+	}
+}
+
 func (c *checker) nats(prefix, flagPrefix string, n NATS, needURL bool) {
 	key := func(k string) string { return prefix + k }
 	flag := func(f string) string {
@@ -406,6 +481,7 @@ func (w *Worker) Validate() error {
 		c.fail("region", "--region", "%q is not a valid region name", w.Region)
 	}
 	c.file("bundle", "--bundle", w.Bundle, true)
+	c.bundleTrust(w.BundleRootKey, w.BundleSerialFile, w.InsecureUnsignedBundle)
 	c.nats("nats.", "--nats-", w.NATS, true)
 	scheme, _, _ := strings.Cut(w.HSM.URI, ":")
 	switch strings.ToLower(scheme) {
@@ -451,6 +527,7 @@ func (w *Worker) Validate() error {
 		c.fail("bundle_reload_interval", "--bundle-reload-interval", "negative")
 	}
 	c.common(w.JetStream.Replicas, w.Concurrency, w.Metrics, w.Log)
+	c.jetstream(w.JetStream)
 	return c.err()
 }
 
@@ -462,6 +539,7 @@ var durableRE = regexp.MustCompile(`^[A-Za-z0-9_-]{1,32}$`)
 func (p *Proxy) Validate() error {
 	var c checker
 	c.file("bundle", "--bundle", p.Bundle, true)
+	c.bundleTrust(p.BundleRootKey, p.BundleSerialFile, p.InsecureUnsignedBundle)
 	shared := p.NATS
 	shared.URL = ""
 	c.nats("nats.", "--nats-", shared, false)
@@ -500,6 +578,7 @@ func (p *Proxy) Validate() error {
 		}
 	}
 	c.common(p.JetStream.Replicas, p.Concurrency, p.Metrics, p.Log)
+	c.jetstream(p.JetStream)
 	return c.err()
 }
 
@@ -574,6 +653,9 @@ func (w Worker) LogValue() slog.Value {
 	return slog.GroupValue(
 		slog.String("region", w.Region),
 		slog.String("bundle", w.Bundle),
+		slog.String("bundle_root_key", w.BundleRootKey),
+		slog.String("bundle_serial_file", w.BundleSerialFile),
+		slog.Bool("insecure_unsigned_bundle", w.InsecureUnsignedBundle),
 		slog.Any("nats", w.NATS),
 		slog.Any("hsm", w.HSM),
 		slog.Int("replicas", w.JetStream.Replicas),
@@ -592,6 +674,9 @@ func (w Worker) LogValue() slog.Value {
 func (p Proxy) LogValue() slog.Value {
 	attrs := []slog.Attr{
 		slog.String("bundle", p.Bundle),
+		slog.String("bundle_root_key", p.BundleRootKey),
+		slog.String("bundle_serial_file", p.BundleSerialFile),
+		slog.Bool("insecure_unsigned_bundle", p.InsecureUnsignedBundle),
 		slog.String("durable", p.Durable),
 		slog.Int("replicas", p.JetStream.Replicas),
 		slog.Int("concurrency", p.Concurrency),

@@ -101,10 +101,12 @@ func TestLoadErrorsNameTheFile(t *testing.T) {
 func TestWorkerValidate(t *testing.T) {
 	dir := t.TempDir()
 	bundle := writeFile(t, dir, "bundle.json", "{}")
+	root := writeFile(t, dir, "root.pub", "")
 	pin := writeFile(t, dir, "pin", "1234\n")
 	valid := func() Worker {
 		w := DefaultWorker()
 		w.Region, w.Bundle, w.HSM.URI = "us-east-1", bundle, "soft:"+dir
+		w.BundleRootKey = root
 		return w
 	}
 	if w := valid(); w.Validate() != nil {
@@ -117,6 +119,12 @@ func TestWorkerValidate(t *testing.T) {
 	}{
 		{"nothing set", func(w *Worker) { *w = DefaultWorker() }, []string{
 			"region (--region): required", "bundle (--bundle): required", "hsm.uri (--hsm): required"}},
+		{"no root key", func(w *Worker) { w.BundleRootKey = "" }, []string{"bundle_root_key (--bundle-root-key): required"}},
+		{"root key and insecure", func(w *Worker) { w.InsecureUnsignedBundle = true }, []string{"insecure_unsigned_bundle (--insecure-unsigned-bundle): set together"}},
+		{"missing root key", func(w *Worker) { w.BundleRootKey = filepath.Join(dir, "nope.pub") }, []string{"bundle_root_key (--bundle-root-key): stat"}},
+		{"serial file unsigned", func(w *Worker) {
+			w.BundleRootKey, w.InsecureUnsignedBundle, w.BundleSerialFile = "", true, filepath.Join(dir, "serial")
+		}, []string{"bundle_serial_file (--bundle-serial-file): an unsigned bundle has no serial"}},
 		{"bad region", func(w *Worker) { w.Region = "US EAST" }, []string{`region (--region): "US EAST" is not a valid region name`}},
 		{"missing bundle", func(w *Worker) { w.Bundle = filepath.Join(dir, "nope.json") }, []string{"bundle (--bundle): stat", "nope.json"}},
 		{"bundle is a dir", func(w *Worker) { w.Bundle = dir }, []string{"is a directory"}},
@@ -165,7 +173,7 @@ func TestProxyValidate(t *testing.T) {
 	bundle := writeFile(t, dir, "bundle.json", "{}")
 	valid := func() Proxy {
 		p := DefaultProxy()
-		p.Bundle = bundle
+		p.Bundle, p.InsecureUnsignedBundle = bundle, true
 		p.Regions = map[string]NATS{"us-east-1": {URL: "nats://us:4222"}, "eu-west-1": {URL: "tls://eu:4222"}}
 		return p
 	}
@@ -178,6 +186,7 @@ func TestProxyValidate(t *testing.T) {
 		want   string
 	}{
 		{"no regions", func(p *Proxy) { p.Regions = nil }, "regions (--region): required"},
+		{"no root key", func(p *Proxy) { p.InsecureUnsignedBundle = false }, "bundle_root_key (--bundle-root-key): required"},
 		{"region without url", func(p *Proxy) { p.Regions["ap-southeast-2"] = NATS{} }, "regions.ap-southeast-2.url: required"},
 		{"region url", func(p *Proxy) { p.Regions["ap-southeast-2"] = NATS{URL: "ap:4222"} }, "regions.ap-southeast-2.url"},
 		{"bad region name", func(p *Proxy) { p.Regions["Bad_Region"] = NATS{URL: "nats://x"} }, `"Bad_Region" is not a valid region name`},

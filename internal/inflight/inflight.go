@@ -31,6 +31,22 @@ func (g *Group) Go(fn func()) bool {
 	return true
 }
 
+// Do runs fn on the calling goroutine, counted as work in flight, and
+// reports true, or reports false without running it once Close has been
+// called.
+func (g *Group) Do(fn func()) bool {
+	g.mu.RLock()
+	if g.closed {
+		g.mu.RUnlock()
+		return false
+	}
+	g.wg.Add(1)
+	g.mu.RUnlock()
+	defer g.wg.Done()
+	fn()
+	return true
+}
+
 // Close refuses new work and waits for the work in flight to end.
 func (g *Group) Close() {
 	g.mu.Lock()

@@ -28,7 +28,7 @@ func TestEverythingDescribed(t *testing.T) {
 	if err := streams.Err(); err != nil {
 		t.Fatal(err)
 	}
-	if n != 10 { // requests, inbox, events, outbox, dlq and five buckets
-		t.Errorf("%d streams, want 10", n)
+	if n != 12 { // requests, inbox, events, outbox, dlq and seven buckets
+		t.Errorf("%d streams, want 12", n)
 	}
 }

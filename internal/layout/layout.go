@@ -28,8 +28,11 @@ package layout
 
 import (
 	"context"
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -81,7 +84,8 @@ func KVStream(bucket string) string { return "KV_" + bucket }
 
 // Buckets returns the names of region's KV buckets.
 func Buckets(region string) []string {
-	return []string{KeysBucket(region), ReplBucket(region), ReplayBucket(region), PendingBucket(region), TokensBucket(region)}
+	return []string{KeysBucket(region), ReplBucket(region), ReplayBucket(region), PendingBucket(region), TokensBucket(region),
+		AccessKeysBucket(region), AliasesBucket(region)}
 }
 
 // Streams returns the names of every stream of region, those behind its KV
@@ -118,6 +122,12 @@ const AckWait = 4 * time.Second
 const PendingMarkerTTL = 10 * time.Second
 
 func TokensBucket(region string) string { return "MRK_" + upper(region) + "_TOKENS" }
+
+// AccessKeysBucket holds the KMS API's access keys of the region, by
+// access key id; AliasesBucket its aliases, by alias name
+// (docs/KMS-API.md).
+func AccessKeysBucket(region string) string { return "MRK_" + upper(region) + "_ACCESS_KEYS" }
+func AliasesBucket(region string) string    { return "MRK_" + upper(region) + "_ALIASES" }
 
 // Subjects.
 func RequestSubject(region, op string) string { return "mrk." + region + ".requests." + op }
@@ -195,6 +205,12 @@ const (
 type Options struct {
 	Replicas int                   // 1 (default) or 3
 	Storage  jetstream.StorageType // default FileStorage
+	// Limits overrides entries of DefaultLimits, by resource name
+	// (Resource*). A zero field keeps the default; -1 removes the limit.
+	Limits map[string]Limit
+	// MaxDeliver overrides DefaultMaxDeliver on the workers' consumers and
+	// the proxy's (0: the default).
+	MaxDeliver int
 }
 
 func (o Options) replicas() int {
@@ -202,6 +218,14 @@ func (o Options) replicas() int {
 		return 1
 	}
 	return o.Replicas
+}
+
+// MaxDeliverOr is o.MaxDeliver, or DefaultMaxDeliver when unset.
+func (o Options) MaxDeliverOr() int {
+	if o.MaxDeliver > 0 {
+		return o.MaxDeliver
+	}
+	return DefaultMaxDeliver
 }
 
 // EnsureOutbox creates region's outbox stream, with one subject per other
@@ -219,7 +243,7 @@ func EnsureOutbox(ctx context.Context, js jetstream.JetStream, region string, pa
 	if len(subjects) == 0 {
 		return fmt.Errorf("outbox of %s: partition has no other region", region)
 	}
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	cfg := jetstream.StreamConfig{
 		Name:        OutboxStream(region),
 		Description: "mrkrepl " + region + ": signed messages to other regions, for the proxy to forward",
 		Subjects:    subjects,
@@ -230,8 +254,9 @@ func EnsureOutbox(ctx context.Context, js jetstream.JetStream, region string, pa
 		Retention:   jetstream.LimitsPolicy,
 
 		MaxMsgsPerSubject: NoPerSubjectLimit,
-	})
-	if err != nil {
+	}
+	o.applyStream(ResourceOutbox, &cfg)
+	if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 		return fmt.Errorf("create stream %s: %w", OutboxStream(region), err)
 	}
 	return nil
@@ -239,7 +264,7 @@ func EnsureOutbox(ctx context.Context, js jetstream.JetStream, region string, pa
 
 // EnsureDLQ creates region's dead-letter stream.
 func EnsureDLQ(ctx context.Context, js jetstream.JetStream, region string, o Options) error {
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	cfg := jetstream.StreamConfig{
 		Name:        DLQStream(region),
 		Description: "mrkrepl " + region + ": dead letters (refused messages and requests), with header Mrk-Reason",
 		Subjects:    []string{DLQWildcard(region)},
@@ -247,9 +272,14 @@ func EnsureDLQ(ctx context.Context, js jetstream.JetStream, region string, o Opt
 		Replicas:    o.replicas(),
 		MaxAge:      30 * 24 * time.Hour,
 
+		// The dead-letter copies of one delivery are one (DeadLetter's
+		// Nats-Msg-Id): a window well beyond any retry delay.
+		Duplicates: DedupWindow,
+
 		MaxMsgsPerSubject: NoPerSubjectLimit,
-	})
-	if err != nil {
+	}
+	o.applyStream(ResourceDLQ, &cfg)
+	if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 		return fmt.Errorf("create stream %s: %w", DLQStream(region), err)
 	}
 	return nil
@@ -259,16 +289,16 @@ func EnsureDLQ(ctx context.Context, js jetstream.JetStream, region string, o Opt
 // proxy's probes of every pair (src, region) land there, one message kept
 // per subject, an hour at most; no worker reads it.
 func EnsureHeartbeat(ctx context.Context, js jetstream.JetStream, region string, o Options) error {
-	_, err := js.CreateOrUpdateStream(ctx, jetstream.StreamConfig{
+	cfg := jetstream.StreamConfig{
 		Name:              HeartbeatStream(region),
 		Subjects:          []string{HeartbeatWildcard(region)},
 		Storage:           o.Storage,
 		Replicas:          o.replicas(),
 		MaxMsgsPerSubject: 1,
 		MaxAge:            time.Hour,
-		Discard:           jetstream.DiscardOld,
-	})
-	if err != nil {
+	}
+	o.applyStream(ResourceHeartbeat, &cfg)
+	if _, err := js.CreateOrUpdateStream(ctx, cfg); err != nil {
 		return fmt.Errorf("create stream %s: %w", HeartbeatStream(region), err)
 	}
 	return nil
@@ -291,6 +321,7 @@ type ProxyConsumers struct {
 	Durable       string        // name prefix; default DefaultProxyDurable
 	AckWait       time.Duration // default 30 s
 	MaxAckPending int           // default 256 (4 × the proxy's default concurrency)
+	MaxDeliver    int           // default DefaultMaxDeliver
 }
 
 // ProxyConsumerConfig is the configuration of the proxy's consumer on
@@ -302,12 +333,16 @@ func ProxyConsumerConfig(src, dst string, c ProxyConsumers) jetstream.ConsumerCo
 	if c.MaxAckPending <= 0 {
 		c.MaxAckPending = 256
 	}
+	if c.MaxDeliver <= 0 {
+		c.MaxDeliver = DefaultMaxDeliver
+	}
 	return jetstream.ConsumerConfig{
 		Durable:       ProxyConsumer(c.Durable, dst),
 		FilterSubject: OutboxFilter(src, dst),
 		AckPolicy:     jetstream.AckExplicitPolicy,
 		AckWait:       c.AckWait,
 		MaxAckPending: c.MaxAckPending,
+		MaxDeliver:    c.MaxDeliver,
 		DeliverPolicy: jetstream.DeliverAllPolicy,
 	}
 }
@@ -337,6 +372,9 @@ type Region struct {
 	Replay   jetstream.KeyValue
 	Pending  jetstream.KeyValue
 	Tokens   jetstream.KeyValue
+	// The KMS API's (docs/KMS-API.md).
+	AccessKeys jetstream.KeyValue
+	Aliases    jetstream.KeyValue
 }
 
 // EnsureRegion creates every stream and bucket a region's workers use.
@@ -344,20 +382,21 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 	var r Region
 	var err error
 	streams := []struct {
-		dst *jetstream.Stream
-		cfg jetstream.StreamConfig
+		dst      *jetstream.Stream
+		resource string
+		cfg      jetstream.StreamConfig
 	}{
-		{&r.Requests, jetstream.StreamConfig{
+		{&r.Requests, ResourceRequests, jetstream.StreamConfig{
 			Name: RequestsStream(region), Subjects: []string{RequestsWildcard(region)},
 			Description: "mrkrepl " + region + ": request events (replicate-key), kept 7 days",
 			Duplicates:  DedupWindow, MaxAge: 7 * 24 * time.Hour,
 		}},
-		{&r.Inbox, jetstream.StreamConfig{
+		{&r.Inbox, ResourceInbox, jetstream.StreamConfig{
 			Name: InboxStream(region), Subjects: []string{InboxWildcard(region)},
 			Description: "mrkrepl " + region + ": signed messages from other regions, as the proxy delivered them",
 			Duplicates:  DedupWindow, MaxAge: 24 * time.Hour,
 		}},
-		{nil, jetstream.StreamConfig{
+		{nil, ResourceEvents, jetstream.StreamConfig{
 			Name: EventsStream(region), Subjects: []string{EventsWildcard(region)},
 			Description: "mrkrepl " + region + ": audit events, kept 30 days",
 			MaxAge:      30 * 24 * time.Hour,
@@ -367,6 +406,7 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 		s.cfg.MaxMsgsPerSubject = NoPerSubjectLimit
 		s.cfg.Storage = o.Storage
 		s.cfg.Replicas = o.replicas()
+		o.applyStream(s.resource, &s.cfg)
 		st, err := js.CreateOrUpdateStream(ctx, s.cfg)
 		if err != nil {
 			return nil, fmt.Errorf("create stream %s: %w", s.cfg.Name, err)
@@ -382,26 +422,32 @@ func EnsureRegion(ctx context.Context, js jetstream.JetStream, region string, pa
 		return nil, err
 	}
 	buckets := []struct {
-		dst *jetstream.KeyValue
-		cfg jetstream.KeyValueConfig
+		dst      *jetstream.KeyValue
+		resource string
+		cfg      jetstream.KeyValueConfig
 	}{
-		{&r.Keys, jetstream.KeyValueConfig{Bucket: KeysBucket(region), History: 5,
+		{&r.Keys, ResourceKeys, jetstream.KeyValueConfig{Bucket: KeysBucket(region), History: 5,
 			Description: "mrkrepl " + region + ": keys' metadata (no key material), by key id"}},
-		{&r.Repl, jetstream.KeyValueConfig{Bucket: ReplBucket(region), History: 1,
+		{&r.Repl, ResourceRepl, jetstream.KeyValueConfig{Bucket: ReplBucket(region), History: 1,
 			Description: "mrkrepl " + region + ": replication runs, by replication id"}},
-		{&r.Replay, jetstream.KeyValueConfig{Bucket: ReplayBucket(region), History: 1, TTL: ReplayWindow,
+		{&r.Replay, ResourceReplay, jetstream.KeyValueConfig{Bucket: ReplayBucket(region), History: 1, TTL: ReplayWindow,
 			Description: "mrkrepl " + region + ": ids of messages received, against replays"}},
 		// The sweeper removes entries with a purge whose marker expires
 		// (PendingMarkerTTL): no delete markers pile up, and no periodic
 		// PurgeDeletes (one JetStream API request per marker) is needed.
-		{&r.Pending, jetstream.KeyValueConfig{Bucket: PendingBucket(region), History: 1, LimitMarkerTTL: PendingMarkerTTL,
+		{&r.Pending, ResourcePending, jetstream.KeyValueConfig{Bucket: PendingBucket(region), History: 1, LimitMarkerTTL: PendingMarkerTTL,
 			Description: "mrkrepl " + region + ": keys with work outstanding, for the sweeper"}},
-		{&r.Tokens, jetstream.KeyValueConfig{Bucket: TokensBucket(region), History: 1, TTL: ClientTokenTTL,
+		{&r.Tokens, ResourceTokens, jetstream.KeyValueConfig{Bucket: TokensBucket(region), History: 1, TTL: ClientTokenTTL,
 			Description: "mrkrepl " + region + ": replicate-key client tokens, kept 24 hours"}},
+		{&r.AccessKeys, ResourceAccessKeys, jetstream.KeyValueConfig{Bucket: AccessKeysBucket(region), History: 1,
+			Description: "mrkrepl " + region + ": access keys of the KMS API, their secrets sealed by the region's HSM"}},
+		{&r.Aliases, ResourceAliases, jetstream.KeyValueConfig{Bucket: AliasesBucket(region), History: 1,
+			Description: "mrkrepl " + region + ": aliases of the KMS API (the region's own), by alias name"}},
 	}
 	for _, b := range buckets {
 		b.cfg.Storage = o.Storage
 		b.cfg.Replicas = o.replicas()
+		o.applyBucket(b.resource, &b.cfg)
 		*b.dst, err = js.CreateOrUpdateKeyValue(ctx, b.cfg)
 		if err != nil {
 			return nil, fmt.Errorf("create kv %s: %w", b.cfg.Bucket, err)
@@ -440,17 +486,85 @@ func leaderReads(ctx context.Context, js jetstream.JetStream, bucket string) (je
 	return kv, nil
 }
 
+// DeadLetterPrefix is how much of a refused message a dead letter keeps:
+// its first DeadLetterPrefix bytes, with the whole message's length
+// (HeaderLength) and SHA-256 (HeaderSHA256) in headers. A dead letter thus
+// always fits the DLQ's MaxMsgSize and NATS's max_payload, whatever the
+// refused message's size, so refusing it never fails for its size (before,
+// a message of max_payload was nak'ed forever: its copy did not fit).
+const DeadLetterPrefix = 1 << 10
+
+// DeadLetterDetailMax bounds the HeaderDetail of a dead letter, in bytes.
+const DeadLetterDetailMax = 1 << 10
+
+// Headers set on dead letters, beyond those above.
+const (
+	HeaderLength = "Mrk-Length" // the refused message's length in bytes, decimal
+	HeaderSHA256 = "Mrk-Sha256" // its SHA-256, hex
+	// HeaderOriginalSeq is "<stream> <sequence>" of the refused delivery.
+	HeaderOriginalSeq = "Mrk-Original-Seq"
+)
+
+// MsgID is the Nats-Msg-Id of a message published into an outbox or an
+// inbox: the hex SHA-256 of its bytes. Only byte-identical messages
+// collide, so a publisher cannot suppress another message by choosing its
+// msg_id as Nats-Msg-Id; a message published again (a redelivery, a
+// stored reply re-sent, a second proxy) has the same bytes and is dropped.
+func MsgID(data []byte) string {
+	sum := sha256.Sum256(data)
+	return hex.EncodeToString(sum[:])
+}
+
 // DeadLetter publishes msg, refused by component ("worker" or "proxy"), on
-// region's dead-letter stream with the reason and detail in headers.
-func DeadLetter(ctx context.Context, js jetstream.JetStream, region, component string, msg jetstream.Msg, reason, detail string) error {
+// region's dead-letter stream with the reason and detail in headers. The
+// dead letter holds at most DeadLetterPrefix bytes of msg, with msg's
+// length and SHA-256 in headers. Its Nats-Msg-Id names the refused
+// delivery (component, stream, stream sequence), so dead-lettering the
+// same message again (a redelivery after a lost Term) is dropped by the
+// DLQ: first is false then, and the caller does not count the refusal
+// again.
+func DeadLetter(ctx context.Context, js jetstream.JetStream, region, component string, msg jetstream.Msg, reason, detail string) (first bool, err error) {
+	data := msg.Data()
 	dl := nats.NewMsg(DLQSubject(region, component))
-	dl.Data = msg.Data()
+	dl.Data = data[:min(len(data), DeadLetterPrefix)]
 	dl.Header.Set(HeaderReason, reason)
-	dl.Header.Set(HeaderDetail, detail)
-	dl.Header.Set(HeaderOriginalSubject, msg.Subject())
+	dl.Header.Set(HeaderDetail, clip(detail, DeadLetterDetailMax))
+	dl.Header.Set(HeaderOriginalSubject, clip(msg.Subject(), DeadLetterDetailMax))
 	dl.Header.Set(HeaderComponent, component)
-	_, err := js.PublishMsg(ctx, dl)
-	return err
+	dl.Header.Set(HeaderLength, strconv.Itoa(len(data)))
+	dl.Header.Set(HeaderSHA256, MsgID(data))
+	id := component + ":" + MsgID(data) + ":" + reason
+	if md, err := msg.Metadata(); err == nil {
+		seq := md.Stream + " " + strconv.FormatUint(md.Sequence.Stream, 10)
+		dl.Header.Set(HeaderOriginalSeq, seq)
+		id = component + ":" + seq
+	}
+	ack, err := js.PublishMsg(ctx, dl, jetstream.WithMsgID(id))
+	if err != nil {
+		return false, err
+	}
+	return !ack.Duplicate, nil
+}
+
+// clip cuts s to at most n bytes, at a UTF-8 boundary, and replaces CR and
+// LF, which a header value cannot hold.
+func clip(s string, n int) string {
+	if len(s) > n {
+		s = strings.ToValidUTF8(s[:n], "")
+	}
+	return strings.NewReplacer("\r", " ", "\n", " ").Replace(s)
+}
+
+// LastDelivery reports whether msg is its consumer's last delivery
+// (maxDeliver, the consumer's MaxDeliver): a handler that would retry it
+// dead-letters it with ReasonMaxDeliver instead, since the server will not
+// deliver it again.
+func LastDelivery(msg jetstream.Msg, maxDeliver int) bool {
+	if maxDeliver <= 0 {
+		return false
+	}
+	md, err := msg.Metadata()
+	return err == nil && md.NumDelivered >= uint64(maxDeliver)
 }
 
 // RetryDelay is the delay before msg is delivered again after a failure:

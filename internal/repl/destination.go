@@ -30,6 +30,9 @@ func OnInit(run *Run, key *Key, env *messages.Envelope, policy string, cfg Confi
 	if in.PrimaryRegion != m.Src {
 		return refuseVerdict(Refuse(ReasonNotPrimary, "init from %s names primary %s", m.Src, in.PrimaryRegion)), nil, CreateRAKB{}
 	}
+	if r := CheckProperties("init", in.KeySpec, in.KeyUsage); r != nil {
+		return refuseVerdict(r), nil, CreateRAKB{}
+	}
 	if v := Match(run, env); v.Kind != Fresh {
 		return v, nil, CreateRAKB{}
 	}
@@ -37,8 +40,13 @@ func OnInit(run *Run, key *Key, env *messages.Envelope, policy string, cfg Confi
 	// reports the key as present at unwrap time, and the key confirmation
 	// in the receipt lets the source check that it is the same key (this is
 	// how a source that lost a receipt, or retried, learns of the replica).
-	if key != nil && !key.Deleted && (key.Role == Primary || key.PrimaryRegion != m.Src) {
-		return refuseVerdict(Refuse(ReasonKeyExists, "key %s exists in %s with primary %s", in.KeyID, cfg.Region, key.PrimaryRegion)), nil, CreateRAKB{}
+	if key != nil && !key.Deleted {
+		if key.Role == Primary || key.PrimaryRegion != m.Src {
+			return refuseVerdict(Refuse(ReasonKeyExists, "key %s exists in %s with primary %s", in.KeyID, cfg.Region, key.PrimaryRegion)), nil, CreateRAKB{}
+		}
+		if key.KeySpec != in.KeySpec || key.KeyUsage != in.KeyUsage {
+			return refuseVerdict(Refuse(ReasonBadProperties, "init for key %s with key_spec %q, key_usage %q; the replica here is %q, %q", in.KeyID, in.KeySpec, in.KeyUsage, key.KeySpec, key.KeyUsage)), nil, CreateRAKB{}
+		}
 	}
 	next := &Run{
 		ID: m.ReplicationID, Role: Destination, KeyID: in.KeyID, Version: in.Version,
@@ -74,6 +82,9 @@ func OnMaterial(run *Run, env *messages.Envelope, cfg Config) (Unwrap, *Refusal)
 	mat := env.Message.Material
 	if !bytes.Equal(mat.OfferDigest, run.OfferDigest) {
 		return Unwrap{}, Refuse(ReasonStateMismatch, "material answers another offer")
+	}
+	if p := mat.Properties; p.KeySpec != run.KeySpec || p.KeyUsage != run.KeyUsage {
+		return Unwrap{}, Refuse(ReasonBadProperties, "material with key_spec %q, key_usage %q; the init said %q, %q", p.KeySpec, p.KeyUsage, run.KeySpec, run.KeyUsage)
 	}
 	return Unwrap{
 		Ref:     KeyRef{KeyID: run.KeyID, Version: run.Version},

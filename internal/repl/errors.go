@@ -30,7 +30,9 @@ const (
 	ReasonNotPrimary    = "not_primary"    // init from a region that is not the key's primary
 	ReasonKeyExists     = "key_exists"     // init for a key version this region already holds
 	ReasonRunExpired    = "replication_expired"
-	ReasonUnknownKey    = "unknown_key" // lifecycle message for a key this region does not hold
+	ReasonUnknownKey    = "unknown_key"        // lifecycle message for a key this region does not hold
+	ReasonBadProperties = "bad_properties"     // key_spec/key_usage unsupported, or material's differ from the init's
+	ReasonEpochRange    = "epoch_out_of_range" // an epoch ≥ 2^63 or a jump beyond messages' bound
 )
 
 // RequestError is the answer to an API request the core turns down, with

@@ -151,6 +151,9 @@ func CheckHandover(k *Key, env *messages.Envelope, cfg Config) (HandoverVerdict,
 	if h.Epoch <= k.Epoch {
 		return HandoverRefused, Refuse(ReasonStateMismatch, "hand-over of key %s at epoch %d; this replica holds epoch %d", h.KeyID, h.Epoch, k.Epoch)
 	}
+	if r := CheckEpoch(k.Epoch, h.Epoch); r != nil {
+		return HandoverRefused, r
+	}
 	for _, v := range h.Versions {
 		if !slices.Contains(k.Versions, v) {
 			return HandoverRefused, Refuse(ReasonStateMismatch, "hand-over of key %s: version %d is not held in %s", h.KeyID, v, cfg.Region)

@@ -186,6 +186,8 @@ type Key struct {
 	// PendingPrimary is the region taking over while KeyState is UPDATING.
 	PendingPrimary string     `json:"pending_primary,omitempty"`
 	DeletionDate   *time.Time `json:"deletion_date,omitempty"` // PENDING_DELETION only
+	// SingleRegion: created with multi_region false; never replicated.
+	SingleRegion bool `json:"single_region,omitempty"`
 
 	// Primary: a version number a rotation reserved before generating it.
 	Reserved   uint32    `json:"reserved,omitempty"`
@@ -248,6 +250,7 @@ func (k *Key) Public() *api.Key {
 		CurrentVersion: k.CurrentVersion, CreatedAt: k.CreatedAt, UpdatedAt: k.UpdatedAt,
 		ReplicatedFrom: k.ReplicatedFrom, UsableAt: k.UsableAt, KeyState: string(k.KeyState),
 		Epoch: k.Epoch, PendingPrimary: k.PendingPrimary, DeletionDate: k.DeletionDate,
+		SingleRegion: k.SingleRegion,
 	}
 	for _, r := range k.Replicas {
 		out.Replicas = append(out.Replicas, api.Replica{

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/mrkrepl/mrkrepl/messages"
 )
 
 // Rotation: a primary reserves the next version number (so that two
@@ -21,6 +23,11 @@ func Reserve(k *Key, cfg Config, now time.Time) (uint32, *RequestError) {
 	}
 	if k.Reserved != 0 && now.Sub(k.ReservedAt) < ReservationTimeout {
 		return 0, Conflict("key %s is being rotated by another request", k.KeyID)
+	}
+	if len(k.Versions) >= messages.MaxVersions {
+		// key.sync, key.status and a hand-over list every version: one
+		// more would not Seal (review L2).
+		return 0, Conflict("key %s has %d versions, the most a key may have", k.KeyID, messages.MaxVersions)
 	}
 	next := slices.Max(k.Versions) + 1
 	k.Reserved, k.ReservedAt = next, now

@@ -29,8 +29,9 @@ type world struct {
 	order   []string
 	net     []*wire // messages in flight, oldest first
 	held    []*wire // messages delayed (hold) until release
-	// published is when each msg_id was first published: the outbox
-	// stream drops a publish with a msg_id it saw within dedupWindow.
+	// published is when each message (by digest) was first published:
+	// the outbox stream drops a publish of the same bytes within
+	// dedupWindow.
 	published map[string]time.Time
 	seq       map[string]int
 	log       []string
@@ -123,11 +124,12 @@ func (g *region) send(m *messages.Message, s Sealed) {
 		g.w.printf("not sent (crash): %s->%s %s %s %s", m.Src, m.Dst, shortType(m.Type), m.ReplicationID, m.MsgID)
 		return
 	}
-	if at, ok := g.w.published[m.MsgID]; ok && g.w.now.Sub(at) < dedupWindow {
+	// Nats-Msg-Id is the message's hash (layout.MsgID): the same bytes.
+	if at, ok := g.w.published[string(s.Digest)]; ok && g.w.now.Sub(at) < dedupWindow {
 		g.w.printf("publish %s->%s %s %s %s: de-duplicated by the outbox", m.Src, m.Dst, shortType(m.Type), m.ReplicationID, m.MsgID)
 		return
 	}
-	g.w.published[m.MsgID] = g.w.now
+	g.w.published[string(s.Digest)] = g.w.now
 	var copyM messages.Message
 	_ = json.Unmarshal(s.Raw, &copyM)
 	x := &wire{env: &messages.Envelope{KID: s.KID, Message: copyM, Raw: s.Raw, Digest: s.Digest}}

@@ -98,7 +98,7 @@ func CheckSync(k *Key, src string, s *messages.Sync, cfg Config) *Refusal {
 	if k.PrimaryRegion != src {
 		return Refuse(ReasonNotPrimary, "sync from %s; the primary of key %s is %s", src, s.KeyID, k.PrimaryRegion)
 	}
-	return nil
+	return CheckEpoch(k.Epoch, s.Epoch)
 }
 
 // SyncNamesNewPrimary reports whether s would give k a new primary (a duty

@@ -124,7 +124,7 @@ func Start(t testing.TB) *Running {
 	// With the production NATS accounts (mrkrepltest's default), so that
 	// what the metrics read on scrape is checked against the users'
 	// permissions too.
-	p := mrkrepltest.New(t, mrkrepltest.Options{Registerer: rec})
+	p := mrkrepltest.New(t, mrkrepltest.Options{Registerer: rec, KMS: true}) // KMS: the endpoints register their metrics
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	regions := p.Regions()
