@@ -212,7 +212,7 @@ func (p *Partition) tuneProxyConsumers(ctx context.Context) error {
 	if p.specs == nil || (p.opts.ProxyDelay == 0 && p.opts.Concurrency <= 0) {
 		return nil
 	}
-	c := layout.ProxyConsumers{AckWait: 30*time.Second + p.opts.ProxyDelay}
+	c := layout.ProxyConsumers{AckWait: layout.AckWait + p.opts.ProxyDelay}
 	if p.opts.Concurrency > 0 {
 		c.MaxAckPending = 4 * p.opts.Concurrency
 	}

@@ -204,7 +204,7 @@ func (p *Proxy) ensureStreams(ctx context.Context, src string) error {
 		}
 		_, err := js.CreateOrUpdateConsumer(ctx, layout.OutboxStream(src), layout.ProxyConsumerConfig(src, dst, layout.ProxyConsumers{
 			Durable:       p.cfg.Durable,
-			AckWait:       30*time.Second + p.delay(src, dst),
+			AckWait:       layout.AckWait + p.delay(src, dst),
 			MaxAckPending: 4 * p.cfg.Concurrency,
 			MaxDeliver:    p.cfg.Layout.MaxDeliverOr(),
 		}))

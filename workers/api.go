@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strconv"
 	"strings"
 	"time"
 
@@ -43,16 +42,11 @@ func requestLimit(op string) int {
 	return maxRequest
 }
 
-// startAPI registers the region's request API as micro services: one
-// instance per Concurrency, each serving every endpoint one request at a
-// time, in the default queue group (shared with the region's other
-// workers), so each request is served once.
-//
-// micro accounts a request (its count, errors, processing time: `nats micro
-// stats`) while its handler runs, so the handler answers before it returns;
-// the instances give the concurrency (a slow HSM call or KV round trip holds
-// up one instance's endpoint, not the API).
-func (w *Worker) startAPI() ([]micro.Service, error) {
+// startAPI serves the region's request API: every operation on
+// mrk.<region>.api.<op>, in micro's default queue group (shared with the
+// region's other workers, so each request is served once), and the micro
+// discovery protocol for them (apiService).
+func (w *Worker) startAPI() (*apiService, error) {
 	handlers := map[string]func(context.Context, []byte) (any, error){
 		api.OpCreateKey:           w.apiCreateKey,
 		api.OpDescribeKey:         w.apiDescribeKey,
@@ -73,53 +67,62 @@ func (w *Worker) startAPI() ([]micro.Service, error) {
 		api.OpListAccessKeys:  w.apiListAccessKeys,
 		api.OpDeleteAccessKey: w.apiDeleteAccessKey,
 	}
-	var svcs []micro.Service
-	stop := func() {
-		for _, s := range svcs {
-			_ = s.Stop()
+	svc := newAPIService(obs.ReadBuildInfo().SemVer(), // mrkrepl_build_info's version, as SemVer
+		"mrkrepl region "+w.cfg.Region, map[string]string{"region": w.cfg.Region})
+	ops := make([]string, 0, len(handlers))
+	for op := range handlers {
+		ops = append(ops, op)
+	}
+	slices.Sort(ops)
+	for _, op := range ops {
+		if err := svc.addEndpoint(w.cfg.Conn, op, layout.APISubject(w.cfg.Region, op), w.endpoint(svc, op, handlers[op])); err != nil {
+			svc.stop()
+			return nil, fmt.Errorf("endpoint %s: %w", op, err)
 		}
 	}
-	for i := range w.cfg.Concurrency {
-		svc, err := micro.AddService(w.cfg.Conn, micro.Config{
-			Name:        "mrkrepl",
-			Version:     obs.ReadBuildInfo().SemVer(), // mrkrepl_build_info's version, as SemVer
-			Description: "mrkrepl region " + w.cfg.Region,
-			Metadata:    map[string]string{"region": w.cfg.Region, "slot": strconv.Itoa(i)},
+	if err := svc.startDiscovery(w.cfg.Conn); err != nil {
+		svc.stop()
+		return nil, fmt.Errorf("service discovery: %w", err)
+	}
+	return svc, nil
+}
+
+// endpoint adapts fn to a subscription handler. The subscription delivers
+// one request after another; each is served on a goroutine of its own (at
+// most 2×Concurrency at once, then the subscription waits), so that one
+// slow HSM call or KV round trip does not hold up the endpoint's other
+// requests. The service's stats count each request when it is answered.
+func (w *Worker) endpoint(svc *apiService, op string, fn func(context.Context, []byte) (any, error)) nats.MsgHandler {
+	return func(m *nats.Msg) {
+		arrived := time.Now()
+		w.apiSem <- struct{}{}
+		started := w.inflight.Go(func() {
+			defer func() { <-w.apiSem }()
+			code, detail := w.serve(op, fn, m)
+			svc.record(op, time.Since(arrived), code, detail)
 		})
-		if err != nil {
-			stop()
-			return nil, err
-		}
-		svcs = append(svcs, svc)
-		for op, fn := range handlers {
-			err := svc.AddEndpoint(op, w.endpoint(op, fn), micro.WithEndpointSubject(layout.APISubject(w.cfg.Region, op)))
-			if err != nil {
-				stop()
-				return nil, fmt.Errorf("endpoint %s: %w", op, err)
-			}
-		}
-	}
-	return svcs, nil
-}
-
-// endpoint adapts fn to a micro handler, which micro calls on its
-// subscription's goroutine: the request is served and answered there
-// (Respond or Error), so micro's stats count it as it ended. A request that
-// arrives while the worker stops is answered 500.
-func (w *Worker) endpoint(op string, fn func(context.Context, []byte) (any, error)) micro.HandlerFunc {
-	return func(req micro.Request) {
-		if !w.inflight.Do(func() { w.serve(op, fn, req) }) {
-			_ = req.Error(api.CodeInternal, "worker stopping", nil)
+		if !started {
+			<-w.apiSem
+			w.answer(op, m.RespondMsg(errorReply(api.CodeInternal, "worker stopping")))
+			svc.record(op, time.Since(arrived), api.CodeInternal, "worker stopping")
 		}
 	}
 }
 
-func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req micro.Request) {
+// errorReply is an error answer in micro's form: no data, the code and
+// the description in headers.
+func errorReply(code, detail string) *nats.Msg {
+	return &nats.Msg{Header: nats.Header{micro.ErrorCodeHeader: []string{code}, micro.ErrorHeader: []string{detail}}}
+}
+
+// serve runs one request of op and answers it; it returns the error code
+// and description it answered, if any (for the service's stats).
+func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error), req *nats.Msg) (code, detail string) {
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	var resp any
-	data := req.Data()
-	p, err := w.principalOf(nats.Header(req.Headers()))
+	data := req.Data
+	p, err := w.principalOf(req.Header)
 	if err == nil {
 		ctx = withPrincipal(ctx, p)
 		switch {
@@ -140,17 +143,18 @@ func (w *Worker) serve(op string, fn func(context.Context, []byte) (any, error),
 			w.log.Error("request failed", "op", op, "err", err)
 			ae = &apiError{Code: api.CodeInternal, Detail: "internal error"}
 		}
-		w.answer(op, req.Error(ae.Code, ae.Detail, nil))
-		return
+		w.answer(op, req.RespondMsg(errorReply(ae.Code, ae.Detail)))
+		return ae.Code, ae.Detail
 	}
 	w.met.requests.WithLabelValues(op, "ok").Inc()
 	out, err := json.Marshal(resp)
 	if err != nil {
 		w.log.Error("response not encoded", "op", op, "err", err)
-		w.answer(op, req.Error(api.CodeInternal, "internal error", nil))
-		return
+		w.answer(op, req.RespondMsg(errorReply(api.CodeInternal, "internal error")))
+		return api.CodeInternal, "internal error"
 	}
 	w.answer(op, req.Respond(out))
+	return "", ""
 }
 
 // answer logs a reply that could not be sent (a request published without

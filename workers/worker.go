@@ -21,7 +21,6 @@ import (
 	"github.com/mrkrepl/mrkrepl/messages"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
-	"github.com/nats-io/nats.go/micro"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -113,8 +112,9 @@ type Worker struct {
 	mu        sync.Mutex
 	consumes  []jetstream.ConsumeContext
 	stopSweep context.CancelFunc
-	svcs      []micro.Service // the API's instances (startAPI)
-	inflight  inflight.Group  // goroutines of messages, requests and the sweeper
+	svc       *apiService    // the request API (startAPI)
+	apiSem    chan struct{}  // API requests in flight
+	inflight  inflight.Group // goroutines of messages, requests and the sweeper
 	sem       chan struct{}
 
 	audit        jetstream.JetStream // data-plane audit events (auditDataPlane)
@@ -195,6 +195,7 @@ func New(cfg Config) (*Worker, error) {
 		backend: cfg.HSM.Backend(),
 		sem:     make(chan struct{}, 2*cfg.Concurrency),
 		runs:    newRunCache(maxCachedRuns),
+		apiSem:  make(chan struct{}, 2*cfg.Concurrency),
 	}
 	// Data-plane audit events are published asynchronously (auditDataPlane);
 	// at most maxAuditPending unacknowledged at once, then publishing waits.
@@ -257,14 +258,12 @@ func (w *Worker) Start(ctx context.Context) error {
 		return fmt.Errorf("worker %s: api: %w", w.cfg.Region, err)
 	}
 	if err := w.startKMS(ctx); err != nil {
-		for _, s := range svc {
-			_ = s.Stop()
-		}
+		svc.stop()
 		return fmt.Errorf("worker %s: kms: %w", w.cfg.Region, err)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	w.svcs = svc
+	w.svc = svc
 	for _, c := range []struct {
 		cons jetstream.Consumer
 		fn   func(context.Context, jetstream.Msg)
@@ -354,10 +353,10 @@ func (w *Worker) stopLocked() {
 		c.Stop()
 	}
 	w.consumes = nil
-	for _, svc := range w.svcs {
-		_ = svc.Stop()
+	if w.svc != nil {
+		w.svc.stop()
+		w.svc = nil
 	}
-	w.svcs = nil
 }
 
 // rsk returns the signer this worker signs with now and its kid. Every

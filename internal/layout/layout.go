@@ -319,7 +319,7 @@ func ProxyConsumer(durable, dst string) string {
 // ProxyConsumers sizes the proxy's consumers (EnsureProxyConsumers).
 type ProxyConsumers struct {
 	Durable       string        // name prefix; default DefaultProxyDurable
-	AckWait       time.Duration // default 30 s
+	AckWait       time.Duration // default AckWait (a forward is a verify and a publish)
 	MaxAckPending int           // default 256 (4 × the proxy's default concurrency)
 	MaxDeliver    int           // default DefaultMaxDeliver
 }
@@ -328,7 +328,7 @@ type ProxyConsumers struct {
 // src's outbox for messages to dst.
 func ProxyConsumerConfig(src, dst string, c ProxyConsumers) jetstream.ConsumerConfig {
 	if c.AckWait <= 0 {
-		c.AckWait = 30 * time.Second
+		c.AckWait = AckWait
 	}
 	if c.MaxAckPending <= 0 {
 		c.MaxAckPending = 256

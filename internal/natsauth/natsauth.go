@@ -150,20 +150,14 @@ func WorkerPermissions(region string) *server.Permissions {
 		layout.EventsWildcard(region),
 		layout.DLQWildcard(region),
 		"$SRV.>",
-		// Replies inside MRK: every API instance of a worker (one micro
-		// service per slot, on one connection) answers an admin's $SRV
-		// PING/INFO/STATS, which one reply per request would cut to one
-		// instance. MRK's inboxes are the workers' and the admin's; the
-		// proxy's are _INBOX_proxy.
-		"_INBOX.>",
 	)
 	return &server.Permissions{
 		Publish: &server.SubjectPermission{Allow: pub},
 		Subscribe: &server.SubjectPermission{Allow: []string{
 			layout.APIWildcard(region), "$SRV.>", "_INBOX.>",
 		}},
-		// Replies to API calls through an application's import (_R_.…):
-		// one per request.
+		// Replies to API calls (through the application's import) and
+		// to the service discovery's $SRV requests: one per request.
 		Response: &server.ResponsePermission{MaxMsgs: 1},
 	}
 }
