@@ -436,12 +436,13 @@ func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, 
 	return rec.public(), nil
 }
 
-// usableKey returns the key's record if it can be used in this region.
+// usableKey returns the key's record if it can be used in this region
+// (for the data plane: the record may be the key cache's, not to be changed).
 func (w *Worker) usableKey(ctx context.Context, keyID string) (*keyRecord, error) {
 	if err := checkKeyID(keyID); err != nil {
 		return nil, err
 	}
-	key, err := w.loadKey(ctx, keyID)
+	key, err := w.dataPlaneKey(ctx, keyID)
 	if err != nil {
 		return nil, err
 	}
