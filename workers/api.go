@@ -11,7 +11,6 @@ import (
 	"fmt"
 	"slices"
 	"strconv"
-	"strings"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
@@ -179,7 +178,7 @@ func checkKeyID(id string) error {
 
 // decodeRequest parses a JSON request strictly.
 func decodeRequest(data []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return badRequest("invalid request: %v", err)

@@ -122,6 +122,7 @@ type Worker struct {
 	regionPolicy *authz.Policy       // Config.RegionPolicy, or the admins'
 	adminsPolicy string              // the policy of a key stored without one
 	policies     policies            // parsed key policies
+	callers      callers             // principals of Nats-Request-Info headers (authz.go)
 	kms          *kmsState           // the KMS API endpoint (kms.go), nil without Config.KMS
 	keys         keyCache            // the data plane's key records (keycache.go)
 }
