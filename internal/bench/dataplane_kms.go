@@ -237,8 +237,12 @@ func setupKMS(ctx context.Context, cfg *DataPlaneConfig, p, pNoAudit *mrkrepltes
 	if err != nil {
 		return s, err
 	}
-	go func() { _ = srv.Serve(l2, nil) }()
-	s.closers = append(s.closers, func() { _ = srv.Shutdown(context.Background()) })
+	// kmsapi.Server is an http.Handler; served by an http.Server set up
+	// as its Serve sets one up (Serve itself cannot be stopped without a
+	// race with its start).
+	hs2 := httpServer(srv)
+	go func() { _ = hs2.Serve(l2) }()
+	s.closers = append(s.closers, func() { _ = hs2.Close() })
 	sc := sdkClient(url2, ak.id, ak.secret, newHTTP())
 	s.targets[TargetFloorSigV4] = &dpTarget{name: TargetFloorSigV4, what: "kmsapi.Server (SigV4 verified, operation routed, reply encoded, metrics) with a handler that does no work",
 		call: func(ctx context.Context, i int) error { return mrkKeys.call(ctx, sc, cfg.Op, pt, i) }}
