@@ -19,14 +19,17 @@ import (
 //
 //   - noauth: one account, no service import; every request is the
 //     workers' local principal, still checked against the key's policy;
+//
 //   - accounts: the production layout (docs/NATS.md): the application's
 //     request crosses a service import (the server stamps Nats-Request-Info)
 //     and the key's policy decides for the proven principal;
+//
 //   - accounts-noaudit: the same without the data-plane audit events;
+//
 //   - echo: a responder that does no work, same payload sizes, same import
 //     path: the request/reply floor.
 //
-//	go test ./e2e -run '^$' -bench DataPlane -benchtime 20000x
+//     go test ./e2e -run '^$' -bench DataPlane -benchtime 20000x
 func BenchmarkDataPlane(b *testing.B) {
 	const inFlight = 64
 	plaintext := make([]byte, 64)

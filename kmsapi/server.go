@@ -21,6 +21,7 @@ import (
 	"net/http"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/internal/authz"
@@ -71,7 +72,10 @@ type Server struct {
 	verify *Verifier
 	log    *slog.Logger
 	met    *metrics
-	http   *http.Server
+
+	mu   sync.Mutex   // guards http and down: Serve and Shutdown may race
+	http *http.Server // set by Serve
+	down bool         // Shutdown was called
 }
 
 // New returns a Server for cfg and registers its metrics.
@@ -117,7 +121,7 @@ func (s *Server) Serve(l net.Listener, tlsConfig *tls.Config) error {
 	if err := CheckListener(l, tlsConfig); err != nil {
 		return err
 	}
-	s.http = &http.Server{
+	hs := &http.Server{
 		Handler:           s,
 		ReadHeaderTimeout: 10 * time.Second,
 		ReadTimeout:       30 * time.Second,
@@ -126,10 +130,18 @@ func (s *Server) Serve(l net.Listener, tlsConfig *tls.Config) error {
 		ErrorLog:          slog.NewLogLogger(s.log.Handler(), slog.LevelWarn),
 	}
 	if tlsConfig != nil {
-		s.http.TLSConfig = tlsConfig.Clone()
-		l = tls.NewListener(l, s.http.TLSConfig)
+		hs.TLSConfig = tlsConfig.Clone()
+		l = tls.NewListener(l, hs.TLSConfig)
 	}
-	err := s.http.Serve(l)
+	s.mu.Lock()
+	if s.down {
+		s.mu.Unlock()
+		_ = l.Close()
+		return nil
+	}
+	s.http = hs
+	s.mu.Unlock()
+	err := hs.Serve(l)
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -138,10 +150,14 @@ func (s *Server) Serve(l net.Listener, tlsConfig *tls.Config) error {
 
 // Shutdown stops serving, waiting for requests in flight until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
-	if s.http == nil {
+	s.mu.Lock()
+	hs := s.http
+	s.down = true
+	s.mu.Unlock()
+	if hs == nil {
 		return nil
 	}
-	return s.http.Shutdown(ctx)
+	return hs.Shutdown(ctx)
 }
 
 // ServeHTTP answers the API at "/" and the health endpoints /healthz

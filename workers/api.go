@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
@@ -184,7 +183,7 @@ func checkKeyID(id string) error {
 
 // decodeRequest parses a JSON request strictly.
 func decodeRequest(data []byte, v any) error {
-	dec := json.NewDecoder(strings.NewReader(string(data)))
+	dec := json.NewDecoder(bytes.NewReader(data))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(v); err != nil {
 		return badRequest("invalid request: %v", err)
@@ -442,12 +441,13 @@ func (w *Worker) apiDescribeReplication(ctx context.Context, data []byte) (any, 
 	return rec.Public(), nil
 }
 
-// usableKey returns the key's record if it can be used in this region.
+// usableKey returns the key's record if it can be used in this region
+// (for the data plane: the record may be the key cache's, not to be changed).
 func (w *Worker) usableKey(ctx context.Context, keyID string) (*repl.Key, error) {
 	if err := checkKeyID(keyID); err != nil {
 		return nil, err
 	}
-	key, err := w.loadKey(ctx, keyID)
+	key, err := w.dataPlaneKey(ctx, keyID)
 	if err != nil {
 		return nil, err
 	}

@@ -106,6 +106,9 @@ func (w *Worker) principalOf(h nats.Header) (authz.Principal, error) {
 		}
 		return *w.local, nil
 	}
+	if p, ok := w.callers.get(raw); ok {
+		return p, nil
+	}
 	var ri requestInfo
 	if err := json.Unmarshal([]byte(raw), &ri); err != nil || ri.Account == "" {
 		return authz.Principal{}, errUnauthenticated
@@ -120,7 +123,37 @@ func (w *Worker) principalOf(h nats.Header) (authz.Principal, error) {
 	if _, err := authz.ParsePrincipal(p.String()); err != nil {
 		return authz.Principal{}, errUnauthenticated
 	}
+	w.callers.put(raw, p)
 	return p, nil
+}
+
+// callers caches the principals of Nats-Request-Info headers: the server
+// writes the same header for every request of a connection (its client
+// info), so decoding it once per connection is enough. The principal is
+// a function of the header alone (and of Config.AccountNames, fixed):
+// nothing can go stale. Bounded: it starts afresh past maxCachedCallers.
+// Its Tags map is shared: read only, as everywhere.
+type callers struct {
+	mu sync.Mutex
+	m  map[string]authz.Principal
+}
+
+const maxCachedCallers = 4096
+
+func (c *callers) get(raw string) (authz.Principal, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	p, ok := c.m[raw]
+	return p, ok
+}
+
+func (c *callers) put(raw string, p authz.Principal) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.m == nil || len(c.m) >= maxCachedCallers {
+		c.m = map[string]authz.Principal{}
+	}
+	c.m[raw] = p
 }
 
 // setAuthz checks and installs the authorization settings of w.cfg.

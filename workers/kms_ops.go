@@ -91,11 +91,22 @@ func validation(format string, args ...any) error {
 
 // kmsKey resolves a request's KeyId and loads the key's record.
 func (w *Worker) kmsKey(ctx context.Context, keyID string) (*repl.Key, error) {
+	return w.kmsKeyFrom(ctx, keyID, w.loadKey)
+}
+
+// kmsDataPlaneKey is kmsKey for the data plane (encrypt, decrypt,
+// re-encrypt, generate-data-key): the record may be the key cache's
+// (keycache.go), not to be changed.
+func (w *Worker) kmsDataPlaneKey(ctx context.Context, keyID string) (*repl.Key, error) {
+	return w.kmsKeyFrom(ctx, keyID, w.dataPlaneKey)
+}
+
+func (w *Worker) kmsKeyFrom(ctx context.Context, keyID string, load func(context.Context, string) (*repl.Key, error)) (*repl.Key, error) {
 	id, err := w.resolveKeyID(ctx, keyID)
 	if err != nil {
 		return nil, err
 	}
-	k, err := w.loadKey(ctx, id)
+	k, err := load(ctx, id)
 	var ae *apiError
 	if errors.As(err, &ae) && ae.Code == api.CodeNotFound {
 		return nil, kmsapi.Errorf(kmsapi.ErrNotFound, "Key '%s' does not exist", w.keyARN(w.cfg.Region, id))
@@ -298,7 +309,7 @@ func (w *Worker) kmsOpen(ctx context.Context, blob []byte, wantKeyID *string, ac
 			return nil, nil, kmsapi.Errorf(kmsapi.ErrIncorrectKey, "The key ID in the request does not identify a KMS key that can perform this operation: the ciphertext was made with key %s", keyID)
 		}
 	}
-	k, err := w.kmsKey(ctx, keyID)
+	k, err := w.kmsDataPlaneKey(ctx, keyID)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -337,7 +348,7 @@ func kmsEncrypt(w *Worker, ctx context.Context, body []byte) (any, error) {
 	if err := checkAlgorithm(req.EncryptionAlgorithm); err != nil {
 		return nil, err
 	}
-	k, err := w.kmsKey(ctx, req.KeyID)
+	k, err := w.kmsDataPlaneKey(ctx, req.KeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -392,7 +403,7 @@ func kmsReEncrypt(w *Worker, ctx context.Context, body []byte) (any, error) {
 	if err := dryRun(req.DryRun); err != nil {
 		return nil, err
 	}
-	dst, err := w.kmsKey(ctx, req.DestinationKeyID)
+	dst, err := w.kmsDataPlaneKey(ctx, req.DestinationKeyID)
 	if err != nil {
 		return nil, err
 	}
@@ -445,7 +456,7 @@ func (w *Worker) kmsDataKey(ctx context.Context, body []byte, plaintext bool) (a
 	default:
 		return nil, validation("give KeySpec or NumberOfBytes")
 	}
-	k, err := w.kmsKey(ctx, req.KeyID)
+	k, err := w.kmsDataPlaneKey(ctx, req.KeyID)
 	if err != nil {
 		return nil, err
 	}

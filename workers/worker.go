@@ -122,7 +122,9 @@ type Worker struct {
 	regionPolicy *authz.Policy       // Config.RegionPolicy, or the admins'
 	adminsPolicy string              // the policy of a key stored without one
 	policies     policies            // parsed key policies
+	callers      callers             // principals of Nats-Request-Info headers (authz.go)
 	kms          *kmsState           // the KMS API endpoint (kms.go), nil without Config.KMS
+	keys         keyCache            // the data plane's key records (keycache.go)
 }
 
 // maxAuditPending bounds the data-plane audit events awaiting JetStream's
@@ -234,6 +236,7 @@ func (w *Worker) Start(ctx context.Context) error {
 	if err := layout.EnsureHeartbeat(ctx, w.js, w.cfg.Region, w.cfg.Layout); err != nil {
 		return fmt.Errorf("worker %s: %w", w.cfg.Region, err)
 	}
+	res.Keys = forgettingKV{KeyValue: res.Keys, c: &w.keys} // keycache.go
 	w.res = res
 	consumerCfg := func(name string) jetstream.ConsumerConfig {
 		return jetstream.ConsumerConfig{
@@ -345,6 +348,7 @@ func (w *Worker) Stop() {
 func (w *Worker) stopLocked() {
 	w.stopObservers() // metrics hook (observe.go)
 	w.stopKMS()       // kms.go
+	w.keys.stop()     // keycache.go
 	if w.stopSweep != nil {
 		w.stopSweep()
 		w.stopSweep = nil

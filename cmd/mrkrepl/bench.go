@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 	"sync"
@@ -42,11 +43,27 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	quiet := fs.Bool("quiet", false, "no progress on stderr")
 	cpuProfile := fs.String("cpuprofile", "", "write a CPU profile of the replication phase to `FILE`")
 	memProfile := fs.String("memprofile", "", "write a heap profile at the end of the replication phase to `FILE`")
+	var dp bench.DataPlaneConfig
+	fs.StringVar(&dp.Op, "op", "", "data plane: `OP` encrypt, decrypt or generate-data-key, instead of replication (see below)")
+	fs.StringVar(&dp.API, "api", bench.APINATS, "data plane: nats (the request API through a service import) or kms (the KMS endpoint, AWS SDK for Go v2)")
+	fs.IntVar(&dp.Rounds, "rounds", 3, "data plane: rounds of every target, interleaved")
+	fs.DurationVar(&dp.Warmup, "warmup", 500*time.Millisecond, "data plane: warm-up before each phase, not counted")
+	fs.IntVar(&dp.Keys, "data-keys", 8, "data plane: keys the requests use, round robin")
+	fs.IntVar(&dp.PlaintextBytes, "plaintext-bytes", 64, "data plane: plaintext size of encrypt (and of the ciphertexts decrypt opens)")
+	fs.BoolVar(&dp.CompareAudit, "compare-audit", false, "data plane: also run a second partition without data-plane audit events (target mrkrepl-noaudit)")
+	fs.BoolVar(&dp.NoAudit, "no-audit", false, "data plane: the partition's workers publish no data-plane audit events")
+	fs.StringVar(&dp.PeerURL, "peer-url", "", "data plane, kms: another KMS endpoint to compare, e.g. a local-kms at http://127.0.0.1:8080 (target peer)")
+	fs.IntVar(&dp.PeerPID, "peer-pid", 0, "data plane: the peer's process id, to count its CPU")
+	targets := fs.String("targets", "", "data plane: comma-separated targets to run (default all: mrkrepl, floor, floor-local for nats; mrkrepl, floor-http, floor-sigv4, peer for kms)")
 	newLogger := logFlags(fs, "error")
 	fs.Usage = func() {
 		fmt.Fprintf(stderr, "usage: mrkrepl bench [flags]\n\n")
 		fmt.Fprintf(stderr, "Start a partition in this process, replicate keys across it and report throughput,\n")
-		fmt.Fprintf(stderr, "latency, CPU and memory against the crypto bound measured in the same run.\n")
+		fmt.Fprintf(stderr, "latency, CPU and memory against the crypto bound measured in the same run.\n\n")
+		fmt.Fprintf(stderr, "With --op, measure the data plane instead: requests against one region (accounts and\n")
+		fmt.Fprintf(stderr, "key policies on) with --concurrency in flight (default 64) or at --rate per second, for\n")
+		fmt.Fprintf(stderr, "--duration (default 5s) or --count requests per phase, beside the request/reply floor,\n")
+		fmt.Fprintf(stderr, "round after round in one run; it reports requests/s, latency, CPU per request and ratios.\n\n")
 		fmt.Fprintf(stderr, "Like every mrkrepl command it runs two Ps per core unless GOMAXPROCS is set or a CPU\n")
 		fmt.Fprintf(stderr, "quota applies (docs/OPERATIONS.md, \"CPU\"); the bound runs on one goroutine per core.\n\nflags:\n")
 		shown := flag.NewFlagSet("", flag.ContinueOnError)
@@ -63,6 +80,14 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+	if set["op"] {
+		return runDataPlaneBench(ctx, fs, &dp, &cfg, set, *targets, *data, *asJSON, *quiet, *cpuProfile, newLogger, stdout, stderr)
+	}
+	for _, name := range []string{"api", "rounds", "warmup", "data-keys", "plaintext-bytes", "compare-audit", "no-audit", "peer-url", "peer-pid", "targets"} {
+		if set[name] {
+			return fmt.Errorf("--%s is a data-plane flag: give --op too", name)
+		}
+	}
 	if !set["count"] && !set["duration"] && !set["keys"] {
 		cfg.Duration = 10 * time.Second
 	}
@@ -117,6 +142,79 @@ func runBench(ctx context.Context, args []string, stdout, stderr io.Writer) erro
 		return runErr
 	}
 	if *asJSON {
+		enc := json.NewEncoder(stdout)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(res); err != nil {
+			return err
+		}
+	} else if err := res.WriteTable(stdout); err != nil {
+		return err
+	}
+	return runErr
+}
+
+// runDataPlaneBench is "mrkrepl bench --op …".
+func runDataPlaneBench(ctx context.Context, fs *flag.FlagSet, dp *bench.DataPlaneConfig, cfg *bench.Config, set map[string]bool, targets, data string,
+	asJSON, quiet bool, cpuProfile string, newLogger func(io.Writer) (*slog.Logger, error), stdout, stderr io.Writer) error {
+	for _, name := range []string{"keys", "delay", "hsm", "regions", "separate-servers", "memory-limit", "bound-time", "memprofile"} {
+		if set[name] {
+			return fmt.Errorf("--%s is a replication flag: not with --op", name)
+		}
+	}
+	for _, name := range []string{"count", "concurrency", "rounds", "data-keys", "plaintext-bytes"} {
+		if set[name] && fs.Lookup(name).Value.String() == "0" {
+			return fmt.Errorf("--%s 0: want at least 1", name)
+		}
+	}
+	if set["concurrency"] {
+		dp.Concurrency = cfg.Concurrency
+	}
+	if set["duration"] && cfg.Duration <= 0 {
+		return fmt.Errorf("--duration %s: want a positive duration", cfg.Duration)
+	}
+	dp.Duration, dp.Count, dp.Rate, dp.Timeout = cfg.Duration, cfg.Count, cfg.Rate, cfg.Timeout
+	dp.WorkerConcurrency = cfg.WorkerConcurrency
+	if set["warmup"] && dp.Warmup == 0 {
+		dp.Warmup = -1
+	}
+	if targets != "" {
+		dp.Targets = strings.Split(targets, ",")
+	}
+	if err := dp.Validate(); err != nil {
+		return err
+	}
+	logger, err := newLogger(stderr)
+	if err != nil {
+		return err
+	}
+	dp.Logger = logger
+	dp.Dir = data
+	if data != "" {
+		if err := os.MkdirAll(data, 0o700); err != nil {
+			return fmt.Errorf("--data: %w", err)
+		}
+	}
+	if cpuProfile != "" {
+		f, err := os.Create(cpuProfile)
+		if err != nil {
+			return fmt.Errorf("--cpuprofile: %w", err)
+		}
+		defer f.Close()
+		dp.CPUProfile = f
+	}
+	var pr *benchProgressLine
+	if !quiet {
+		pr = newBenchProgressLine(stderr)
+		dp.Progress = pr.update
+	}
+	res, runErr := bench.RunDataPlane(ctx, *dp)
+	if pr != nil {
+		pr.clear()
+	}
+	if res == nil {
+		return runErr
+	}
+	if asJSON {
 		enc := json.NewEncoder(stdout)
 		enc.SetIndent("", "  ")
 		if err := enc.Encode(res); err != nil {
