@@ -75,7 +75,9 @@ func startBenchPair(b *testing.B) (a, bb *benchRegion) {
 	var rs []*benchRegion
 	for i, name := range names {
 		_, nc := natstest.Start(b, name)
-		w, err := New(Config{Region: name, Bundle: bundle, HSM: hsms[i], Conn: nc})
+		w, err := New(Config{Region: name, Bundle: bundle, HSM: hsms[i], Conn: nc,
+			// One account, no service import: the benchmark is the local admin.
+			Admins: []string{"bench/admin"}, LocalPrincipal: "bench/admin"})
 		if err != nil {
 			b.Fatal(err)
 		}
