@@ -218,16 +218,23 @@ func noJetStream(err error) bool {
 		errors.Is(err, nats.ErrNoResponders)
 }
 
+// jsErrCodeClusterNoPeers is nats-server's "no suitable peers for
+// placement" (JSClusterNoPeersErr, 10005, answered 400): a replicated
+// stream or bucket asked for before enough servers of a cluster that is
+// still forming, or has lost one, are up. It passes when they are.
+const jsErrCodeClusterNoPeers jetstream.ErrorCode = 10005
+
 // transient reports whether a start failure may go away by itself: the
 // connection is down, a request timed out or found no responder, or
 // JetStream answered that it is not (yet) available, e.g. while a cluster
-// elects its leaders.
+// elects its leaders or has too few servers up to place a replicated
+// stream.
 func transient(err error, connected func() bool) bool {
 	if !connected() {
 		return true
 	}
 	var apiErr *jetstream.APIError
-	if errors.As(err, &apiErr) && apiErr.Code >= 500 {
+	if errors.As(err, &apiErr) && (apiErr.Code >= 500 || apiErr.ErrorCode == jsErrCodeClusterNoPeers) {
 		return true
 	}
 	for _, t := range []error{
