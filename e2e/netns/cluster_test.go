@@ -19,7 +19,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
+	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -370,11 +372,24 @@ func (c *cluster) startToxiproxy(ctx context.Context) {
 func toxiName(p, r, n int) string { return fmt.Sprintf("p%d-r%d-n%d", p, r, n) }
 
 // toxiPost calls toxiproxy's HTTP API (inside the proxy namespace).
+// toxiPost adds a toxic. A request whose answer did not come (toxiproxy's
+// control API on a loaded machine; seen once in a long run) is sent again,
+// a bounded number of times; on a second try "already exists" means the
+// first one took.
 func (c *cluster) toxiPost(ctx context.Context, path string, body any) {
 	c.t.Helper()
-	if err := c.toxiDo(ctx, http.MethodPost, path, body); err != nil {
-		c.t.Errorf("toxiproxy: %v", err)
+	var err error
+	for try := range 5 {
+		err = c.toxiDo(ctx, http.MethodPost, path, body)
+		if err == nil || try > 0 && strings.Contains(err.Error(), "409") {
+			return
+		}
+		var ne net.Error
+		if !errors.As(err, &ne) || !ne.Timeout() || ctx.Err() != nil {
+			break
+		}
 	}
+	c.t.Errorf("toxiproxy: %v", err)
 }
 
 func (c *cluster) toxiDo(ctx context.Context, method, path string, body any) error {
