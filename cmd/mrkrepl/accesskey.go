@@ -2,16 +2,13 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
-	"slices"
 	"text/tabwriter"
 	"time"
 
 	"github.com/mrkrepl/mrkrepl/api"
-	"github.com/mrkrepl/mrkrepl/client"
 )
 
 // "mrkrepl access-key" manages the access keys of a region's KMS API
@@ -41,38 +38,7 @@ func accessKeyUsage(w io.Writer) {
 }
 
 func runAccessKey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
-	if len(args) == 0 {
-		accessKeyUsage(stderr)
-		return errUsage
-	}
-	if a := args[0]; a == "-h" || a == "-help" || a == "--help" || a == "help" {
-		accessKeyUsage(stdout)
-		return nil
-	}
-	i := slices.IndexFunc(accessKeySubs, func(s keySub) bool { return s.name == args[0] })
-	if i < 0 {
-		fmt.Fprintf(stderr, "mrkrepl access-key: unknown subcommand %q\n\n", args[0])
-		accessKeyUsage(stderr)
-		return errUsage
-	}
-	sub := accessKeySubs[i]
-	k := &keyCmd{stdout: stdout, stderr: stderr}
-	defer func() {
-		if k.conn != nil {
-			k.conn.close()
-		}
-	}()
-	fs := newFlagSet("access-key "+sub.name, sub.synopsis, stderr)
-	k.flags.bind(fs)
-	err := sub.run(ctx, k, fs, args[1:])
-	if err == nil || errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
-		return err
-	}
-	var apiErr *client.Error
-	if errors.As(err, &apiErr) {
-		return fmt.Errorf("%s: %s (%s)", sub.name, apiErr.Description, apiErr.Code)
-	}
-	return fmt.Errorf("%s: %w", sub.name, err)
+	return runClientSubcommand(ctx, "access-key", accessKeySubs, accessKeyUsage, args, stdout, stderr)
 }
 
 func accessKeyCreate(ctx context.Context, k *keyCmd, fs *flag.FlagSet, args []string) error {

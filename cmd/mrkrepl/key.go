@@ -72,28 +72,35 @@ func keyUsage(w io.Writer) {
 }
 
 func runKey(ctx context.Context, args []string, stdout, stderr io.Writer) error {
+	return runClientSubcommand(ctx, "key", keySubs, keyUsage, args, stdout, stderr)
+}
+
+// runClientSubcommand runs "mrkrepl <command> <subcommand>" for the client
+// commands (key, access-key): usage, the subcommand's flags with the shared
+// connection flags, and its error in the words of the API.
+func runClientSubcommand(ctx context.Context, command string, subs []keySub, usage func(io.Writer), args []string, stdout, stderr io.Writer) error {
 	if len(args) == 0 {
-		keyUsage(stderr)
+		usage(stderr)
 		return errUsage
 	}
 	if a := args[0]; a == "-h" || a == "-help" || a == "--help" || a == "help" {
-		keyUsage(stdout)
+		usage(stdout)
 		return nil
 	}
-	i := slices.IndexFunc(keySubs, func(s keySub) bool { return s.name == args[0] })
+	i := slices.IndexFunc(subs, func(s keySub) bool { return s.name == args[0] })
 	if i < 0 {
-		fmt.Fprintf(stderr, "mrkrepl key: unknown subcommand %q\n\n", args[0])
-		keyUsage(stderr)
+		fmt.Fprintf(stderr, "mrkrepl %s: unknown subcommand %q\n\n", command, args[0])
+		usage(stderr)
 		return errUsage
 	}
-	sub := keySubs[i]
+	sub := subs[i]
 	k := &keyCmd{stdout: stdout, stderr: stderr}
 	defer func() {
 		if k.conn != nil {
 			k.conn.close()
 		}
 	}()
-	fs := newFlagSet("key "+sub.name, sub.synopsis, stderr)
+	fs := newFlagSet(command+" "+sub.name, sub.synopsis, stderr)
 	k.flags.bind(fs)
 	err := sub.run(ctx, k, fs, args[1:])
 	if err == nil || errors.Is(err, errUsage) || errors.Is(err, flag.ErrHelp) {
