@@ -43,9 +43,26 @@ func Seal(m *Message, signer crypto.Signer) ([]byte, error) {
 	if err != nil {
 		return nil, fmt.Errorf("seal: encode payload: %w", err)
 	}
-	cs, err := cose.NewSigner(cose.AlgorithmES384, lowSSigner{signer})
+	raw, err := sign1(payload, kid, signer)
 	if err != nil {
 		return nil, fmt.Errorf("seal: %w", err)
+	}
+	// Never emit what Parse refuses: this catches a message too large for
+	// MaxMessageSize and any disagreement between go-cose's encoding and
+	// the canonical form Parse rebuilds.
+	if _, _, err := parse(raw); err != nil {
+		return nil, fmt.Errorf("seal: self-check: %w", err)
+	}
+	return raw, nil
+}
+
+// sign1 makes the COSE_Sign1 envelope (ES384, low-S, the kid in the
+// protected header, no unprotected header) of payload: the one envelope of
+// protocol messages (Seal) and signed bundles (SignBundle).
+func sign1(payload, kid []byte, signer crypto.Signer) ([]byte, error) {
+	cs, err := cose.NewSigner(cose.AlgorithmES384, lowSSigner{signer})
+	if err != nil {
+		return nil, err
 	}
 	msg := &cose.Sign1Message{
 		Headers: cose.Headers{
@@ -58,17 +75,11 @@ func Seal(m *Message, signer crypto.Signer) ([]byte, error) {
 		Payload: payload,
 	}
 	if err := msg.Sign(rand.Reader, nil, cs); err != nil {
-		return nil, fmt.Errorf("seal: sign: %w", err)
+		return nil, fmt.Errorf("sign: %w", err)
 	}
 	raw, err := msg.MarshalCBOR()
 	if err != nil {
-		return nil, fmt.Errorf("seal: encode envelope: %w", err)
-	}
-	// Never emit what Parse refuses: this catches a message too large for
-	// MaxMessageSize and any disagreement between go-cose's encoding and
-	// the canonical form Parse rebuilds.
-	if _, _, err := parse(raw); err != nil {
-		return nil, fmt.Errorf("seal: self-check: %w", err)
+		return nil, fmt.Errorf("encode envelope: %w", err)
 	}
 	return raw, nil
 }

@@ -3,7 +3,6 @@ package messages
 import (
 	"bytes"
 	"crypto"
-	"crypto/rand"
 	"crypto/x509"
 	"encoding/hex"
 	"errors"
@@ -104,26 +103,9 @@ func SignBundle(bundleJSON []byte, serial uint64, signer crypto.Signer) ([]byte,
 	if err != nil {
 		return nil, fmt.Errorf("sign bundle: encode payload: %w", err)
 	}
-	cs, err := cose.NewSigner(cose.AlgorithmES384, lowSSigner{signer})
+	raw, err := sign1(payload, kid, signer)
 	if err != nil {
 		return nil, fmt.Errorf("sign bundle: %w", err)
-	}
-	msg := &cose.Sign1Message{
-		Headers: cose.Headers{
-			Protected: cose.ProtectedHeader{
-				cose.HeaderLabelAlgorithm: cose.AlgorithmES384,
-				cose.HeaderLabelKeyID:     kid,
-			},
-			Unprotected: cose.UnprotectedHeader{},
-		},
-		Payload: payload,
-	}
-	if err := msg.Sign(rand.Reader, nil, cs); err != nil {
-		return nil, fmt.Errorf("sign bundle: sign: %w", err)
-	}
-	raw, err := msg.MarshalCBOR()
-	if err != nil {
-		return nil, fmt.Errorf("sign bundle: encode envelope: %w", err)
 	}
 	// Never emit what VerifyBundle refuses.
 	if _, err := VerifySignedBundle(raw, signer.Public(), serial); err != nil {
